@@ -1,0 +1,186 @@
+"""The mitmproxy addon: options, reverse-mode setup, config watching, and the request hooks.
+
+The compiled config is one immutable object swapped whole on reload (a reference assignment):
+each request sees the old config or the new one, never a mix, and a bad file leaves the old one
+serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import weakref
+from pathlib import Path
+
+from mitmproxy import ctx, exceptions, http
+
+from .answers import INTERNAL_ERROR, NOT_FOUND, make_answer
+from .config import ConfigError, GatewayConfig, HttpListener, load_config
+from .pipeline import RequestContext
+from .policies import StepState
+from .routing import hostname_of
+
+logger = logging.getLogger("mitmgateway")
+
+CONFIG_POLL_SECONDS = 0.2
+# Reverse mode needs a target, but every request is routed by a proxy step or answered by the
+# gateway itself; the reserved .invalid name makes sure nothing could ever reach a default.
+UNROUTED_TARGET = "http://unrouted.invalid"
+NO_CONFIG = "The gateway has no valid configuration."
+REJECTED_MARKER = ":no_entry:"
+
+
+def _file_signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+class Gateway:
+    """Routes each request to its pipeline and runs it; reloads gateway.config.yml on change."""
+
+    def __init__(self) -> None:
+        self.config: GatewayConfig | None = None
+        self.state = StepState()
+        self._config_signature: tuple[int, int, int] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._contexts: weakref.WeakKeyDictionary[http.HTTPFlow, RequestContext] = weakref.WeakKeyDictionary()
+
+    def load(self, loader) -> None:
+        loader.add_option(
+            "gateway_config",
+            str,
+            "gateway.config.yml",
+            "The gateway's config file (Express Gateway's gateway.config.yml format, YAML or JSON).",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "gateway_config" in updated:
+            path = Path(ctx.options.gateway_config).expanduser().absolute()
+            signature = _file_signature(path)
+            try:
+                self._swap(load_config(path, self.state))
+            except ConfigError as e:
+                if self.config is not None:
+                    # A change of the option at run time is refused and rolled back.
+                    raise exceptions.OptionsError(f"invalid gateway config: {e}") from None
+                # At startup one clear line is enough: mitmproxy exits on errors logged then,
+                # and until it does every request is answered 503 (see requestheaders).
+                logger.error("invalid gateway config: %s", e)
+                return
+            self._config_signature = signature
+
+    def running(self) -> None:
+        if self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_config())
+
+    def done(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+
+    def _swap(self, config: GatewayConfig) -> None:
+        previous = self.config
+        self.config = config
+        self.state.keep_only(set(config.used_state))
+        if previous is None or previous.http != config.http:
+            self._listen(config.http)
+
+    def _listen(self, listener: HttpListener) -> None:
+        at = f"{listener.hostname}:{listener.port}" if listener.hostname else str(listener.port)
+        ctx.options.update(
+            mode=[f"reverse:{UNROUTED_TARGET}@{at}"],
+            # Choose the upstream per request (lazy), and route by the Host the client sent.
+            connection_strategy="lazy",
+            keep_host_header=True,
+        )
+
+    async def _watch_config(self) -> None:
+        while True:
+            await asyncio.sleep(CONFIG_POLL_SECONDS)
+            if self.config is None:
+                continue
+            signature = _file_signature(self.config.file)
+            if signature is None or signature == self._config_signature:
+                continue
+            self._config_signature = signature
+            try:
+                config = load_config(self.config.file, self.state)
+            except ConfigError as e:
+                logger.error("config change refused, still serving the last good config: %s", e)
+                continue
+            self._swap(config)
+            logger.info("config reloaded from %s", config.file)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        config = self.config
+        if config is None:
+            flow.response = make_answer(flow.request, 503, NO_CONFIG)
+            return
+        try:
+            self._handle(flow, config)
+        except Exception:
+            # Fail closed: a request the gateway could not judge never reaches an upstream.
+            logger.exception("gateway error on %s %s", flow.request.method, flow.request.pretty_url)
+            flow.response = make_answer(flow.request, 500, INTERNAL_ERROR)
+            self._record(flow, answered_by="gateway error")
+
+    def _handle(self, flow: http.HTTPFlow, config: GatewayConfig) -> None:
+        request = flow.request
+        origin = flow.metadata.get("gateway", {}).get("origin")
+        if flow.is_replay == "request" and origin:
+            # A replayed flow carries the upstream's Host and path: route it as first sent.
+            request.host_header, request.path = origin
+        host = request.host_header or ""
+        flow.metadata["gateway"] = {"origin": (host, request.path)}
+        hostname = hostname_of(host)
+        route = config.router.match(hostname, request.path, request.method)
+        if route is None:
+            flow.response = make_answer(request, 404, NOT_FOUND)
+            self._record(flow, answered_by="no apiEndpoint")
+            return
+        context = RequestContext(flow, route, hostname, config.clients.identify(flow))
+        answered_by = route.pipeline.run(context)
+        if answered_by is None and not context.routed:
+            # Like Express Gateway, a pipeline that neither answers nor proxies falls through to 404.
+            context.answer(make_answer(request, 404, NOT_FOUND))
+            answered_by = "no proxy step"
+        self._contexts[flow] = context
+        self._record(flow, answered_by, route.api_endpoint_name, route.pipeline.name, context)
+
+    def _record(
+        self,
+        flow: http.HTTPFlow,
+        answered_by: str | None,
+        api_endpoint: str | None = None,
+        pipeline: str | None = None,
+        context: RequestContext | None = None,
+    ) -> None:
+        """What mitmweb shows: metadata for tools, a comment and a marker for people."""
+        decision = flow.metadata.setdefault("gateway", {})
+        decision.update(apiEndpoint=api_endpoint, pipeline=pipeline, answeredBy=answered_by)
+        if context is not None and context.user is not None:
+            decision["user"] = dict(context.user)
+        where = f"apiEndpoint {api_endpoint} → pipeline {pipeline}" if pipeline else "no apiEndpoint matched"
+        if answered_by:
+            # The request never got an upstream: show it under the host the client asked for
+            # rather than reverse mode's placeholder target.
+            flow.request.data.host = hostname_of(flow.request.host_header or "") or flow.request.host
+            status = flow.response.status_code if flow.response else ""
+            flow.comment = f"gateway: {where}; answered {status} by {answered_by}"
+            flow.marked = REJECTED_MARKER
+        else:
+            flow.comment = f"gateway: {where}; proxied to {flow.request.host}:{flow.request.port}"
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        context = self._contexts.pop(flow, None)
+        if context is not None and flow.response is not None:
+            context.finish_response(flow.response)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._contexts.pop(flow, None)

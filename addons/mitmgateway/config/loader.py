@@ -1,0 +1,253 @@
+"""gateway.config.yml → one immutable, ready-to-serve `GatewayConfig`, or one `ConfigError`.
+
+Everything is checked here, up front: unknown keys, types, policies used but not declared,
+references to apiEndpoints and serviceEndpoints that do not exist, and every policy's action.
+The request path only reads what this builds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..clients import ClientResolver, parse_trusted_proxies
+from ..conditions import parse_condition
+from ..pipeline import Pipeline, Step
+from ..policies import POLICIES, BuildContext, StepState
+from ..routing import ApiEndpoint, Router, parse_api_endpoint
+from ..upstreams import ServiceEndpoint, parse_service_endpoint
+from .errors import ROOT, ConfigError, KeyPath
+from .schema import (
+    check_type,
+    check_unknown_keys,
+    not_supported_yet,
+    option,
+    parse_fields,
+    require_list,
+    require_mapping,
+)
+from .source import load_document
+
+logger = logging.getLogger(__name__)
+
+# EG accepts the singular spelling of these sections.
+SECTION_ALIASES = {
+    "apiEndpoint": "apiEndpoints",
+    "serviceEndpoint": "serviceEndpoints",
+    "policy": "policies",
+    "pipeline": "pipelines",
+}
+TOP_LEVEL_KEYS = (
+    "http",
+    "https",
+    "admin",
+    "apiEndpoints",
+    "serviceEndpoints",
+    "policies",
+    "pipelines",
+    "trustedProxies",
+    *SECTION_ALIASES,
+)
+
+
+def _port(value: Any, path: KeyPath) -> int:
+    port = check_type(int, value, path)
+    if not 0 < port < 65536:
+        raise ConfigError(path, f"must be a TCP port (1-65535), got {port}")
+    return port
+
+
+@dataclass(frozen=True)
+class HttpListener:
+    port: int = option("port", parse=_port)
+    hostname: str | None = option("hostname", None)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    file: Path
+    http: HttpListener
+    router: Router
+    clients: ClientResolver
+    service_endpoints: Mapping[str, ServiceEndpoint]
+    pipelines: Mapping[str, Pipeline]
+    used_state: frozenset[Any]
+    """The `StepState` keys this config's steps hold, so the rest can be dropped on swap."""
+
+
+def _sections(document: Any) -> dict[str, Any]:
+    document = require_mapping(document, ROOT)
+    check_unknown_keys(document, TOP_LEVEL_KEYS, ROOT)
+    sections = dict(document)
+    for alias, name in SECTION_ALIASES.items():
+        if alias in sections:
+            if name in sections:
+                raise ConfigError(KeyPath(alias), f"give either {alias} or {name}, not both")
+            sections[name] = sections.pop(alias)
+    return sections
+
+
+def _api_endpoints(raw: Any, path: KeyPath) -> dict[str, tuple[ApiEndpoint, ...]]:
+    endpoints = {}
+    for name, value in require_mapping(raw, path).items():
+        entry_path = path.key(name)
+        if not isinstance(value, list):
+            endpoints[name] = (parse_api_endpoint(require_mapping(value, entry_path), entry_path),)
+        elif not value:
+            raise ConfigError(entry_path, "must describe at least one endpoint")
+        else:
+            endpoints[name] = tuple(
+                parse_api_endpoint(require_mapping(entry, entry_path.index(i)), entry_path.index(i))
+                for i, entry in enumerate(value)
+            )
+    return endpoints
+
+
+def _declared_policies(raw: Any, path: KeyPath) -> frozenset[str]:
+    names = set()
+    for i, item in enumerate(require_list(raw, path)):
+        name = check_type(str, item, path.index(i))
+        if name not in POLICIES:
+            raise ConfigError(
+                path.index(i), f"unknown policy {name!r} (known: {', '.join(sorted(POLICIES))})"
+            )
+        names.add(name)
+    return frozenset(names)
+
+
+class _Builder:
+    """Builds pipelines from a validated document, collecting the state their steps hold."""
+
+    def __init__(
+        self,
+        config_dir: Path,
+        state: StepState,
+        declared: frozenset[str],
+        service_endpoints: Mapping[str, ServiceEndpoint],
+    ) -> None:
+        self.config_dir = config_dir
+        self.state = state
+        self.declared = declared
+        self.service_endpoints = service_endpoints
+        self.used_state: set[Any] = set()
+
+    def pipeline(self, name: str, raw: Any, path: KeyPath) -> tuple[Pipeline, tuple[str, ...]]:
+        raw = require_mapping(raw, path)
+        check_unknown_keys(raw, ("apiEndpoints", "policies"), path)
+        if "apiEndpoints" not in raw:
+            raise ConfigError(
+                path.key("apiEndpoints"), "is required: name the apiEndpoints this pipeline serves"
+            )
+        endpoint_names = check_type(tuple[str, ...], raw["apiEndpoints"], path.key("apiEndpoints"))
+        steps: list[Step] = []
+        policies_path = path.key("policies")
+        for i, entry in enumerate(require_list(raw.get("policies", []), policies_path)):
+            steps.extend(self.policy_steps(name, entry, policies_path.index(i), i))
+        return Pipeline(name, tuple(steps)), endpoint_names
+
+    def policy_steps(self, pipeline: str, entry: Any, path: KeyPath, index: int) -> list[Step]:
+        entry = require_mapping(entry, path)
+        if len(entry) != 1:
+            raise ConfigError(path, "each entry names one policy: '- POLICY: [{action: ...}]'")
+        ((policy_name, raw_steps),) = entry.items()
+        if policy_name not in POLICIES:
+            raise ConfigError(
+                path.key(policy_name),
+                f"unknown policy {policy_name!r} (known: {', '.join(sorted(POLICIES))})",
+            )
+        if policy_name not in self.declared:
+            raise ConfigError(
+                path.key(policy_name),
+                f"policy {policy_name!r} is used but not declared in policies",
+            )
+        steps_path = path.key(policy_name)
+        # EG runs a policy listed without steps once, with an empty action.
+        raw_steps = [{}] if raw_steps is None else raw_steps if isinstance(raw_steps, list) else [raw_steps]
+        return [
+            self.step(pipeline, policy_name, raw_step, steps_path.index(j), f"{index}.{j}")
+            for j, raw_step in enumerate(raw_steps)
+        ]
+
+    def step(self, pipeline: str, policy_name: str, raw: Any, path: KeyPath, position: str) -> Step:
+        raw = require_mapping(raw, path)
+        check_unknown_keys(raw, ("condition", "action"), path)
+        condition = parse_condition(raw["condition"], path.key("condition")) if "condition" in raw else None
+        policy_cls = POLICIES[policy_name]
+        action_path = path.key("action")
+        action = parse_fields(policy_cls.Action, raw.get("action"), action_path)
+        build = BuildContext(
+            action_path,
+            f"{pipeline}/{position}/{policy_name}",
+            self.config_dir,
+            self.service_endpoints,
+            self.state,
+            self.used_state,
+        )
+        return Step(policy_name, condition, policy_cls(action, build))
+
+
+def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
+    sections = _sections(document)
+    if "https" in sections:
+        not_supported_yet("https")(sections["https"], KeyPath("https"))
+    if "http" not in sections:
+        raise ConfigError("http.port", "is required: the port the gateway listens on")
+    http = parse_fields(HttpListener, sections["http"], KeyPath("http"))
+    trusted = parse_trusted_proxies(sections.get("trustedProxies", []), KeyPath("trustedProxies"))
+    api_endpoints = _api_endpoints(sections.get("apiEndpoints"), KeyPath("apiEndpoints"))
+    services_path = KeyPath("serviceEndpoints")
+    service_endpoints = {
+        name: parse_service_endpoint(name, raw, services_path.key(name))
+        for name, raw in require_mapping(sections.get("serviceEndpoints"), services_path).items()
+    }
+    declared = _declared_policies(sections.get("policies", []), KeyPath("policies"))
+    builder = _Builder(file.parent, state, declared, service_endpoints)
+
+    pipelines: dict[str, Pipeline] = {}
+    routes = []
+    served_by: dict[str, str] = {}
+    pipelines_path = KeyPath("pipelines")
+    for name, raw in require_mapping(sections.get("pipelines"), pipelines_path).items():
+        pipeline, endpoint_names = builder.pipeline(name, raw, pipelines_path.key(name))
+        pipelines[name] = pipeline
+        for i, endpoint_name in enumerate(endpoint_names):
+            path = pipelines_path.key(name).key("apiEndpoints").index(i)
+            if endpoint_name not in api_endpoints:
+                raise ConfigError(
+                    path,
+                    f"unknown apiEndpoint {endpoint_name!r} (declared: {', '.join(api_endpoints) or 'none'})",
+                )
+            if endpoint_name in served_by:
+                raise ConfigError(
+                    path,
+                    f"apiEndpoint {endpoint_name!r} is already served by pipeline {served_by[endpoint_name]!r}",
+                )
+            served_by[endpoint_name] = name
+            routes.extend(
+                (endpoint_name, endpoint, pipeline, KeyPath("apiEndpoints").key(endpoint_name))
+                for endpoint in api_endpoints[endpoint_name]
+            )
+    for name in api_endpoints.keys() - served_by.keys():
+        logger.warning("apiEndpoint %r is not served by any pipeline", name)
+    if "admin" in sections:
+        logger.info("the admin section is ignored: this gateway has no admin API")
+    return GatewayConfig(
+        file,
+        http,
+        Router(routes),
+        ClientResolver(trusted),
+        service_endpoints,
+        pipelines,
+        frozenset(builder.used_state),
+    )
+
+
+def load_config(file: Path, state: StepState, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Load, validate and build the config in `file`; a ConfigError names the file."""
+    try:
+        return build_config(load_document(file, env), file, state)
+    except ConfigError as e:
+        raise e.in_file(str(file)) from None

@@ -1,0 +1,81 @@
+"""Running a pipeline: its steps in order, each with an optional condition; the first answer ends it.
+
+The request context a policy sees lives here too. Per-request state stays on the context (and, for
+what mitmweb should show, in ``flow.metadata``), never in globals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mitmproxy import http
+
+if TYPE_CHECKING:
+    from .clients import ClientIdentification
+    from .conditions import Condition
+    from .policies.base import Policy
+    from .routing import RouteMatch
+
+ResponseCallback = Callable[[http.Response], None]
+
+
+class RequestContext:
+    """What policies and conditions know about one request while its pipeline runs."""
+
+    __slots__ = ("_response_callbacks", "client", "flow", "hostname", "route", "routed", "user")
+
+    def __init__(
+        self, flow: http.HTTPFlow, route: RouteMatch, hostname: str, client: ClientIdentification
+    ) -> None:
+        self.flow = flow
+        self.route = route
+        self.hostname = hostname
+        """The Host header's name, lower-cased, without the port."""
+        self.client = client
+        self.user: Mapping[str, Any] | None = None
+        """The verified identity (JWT claims) once an authentication policy has accepted one."""
+        self.routed = False
+        """Set by the proxy policy once the request has an upstream."""
+        self._response_callbacks: list[ResponseCallback] = []
+
+    @property
+    def client_ip(self) -> str:
+        return self.client.ip
+
+    def answer(self, response: http.Response) -> None:
+        """End the pipeline with the gateway's own response."""
+        self.flow.response = response
+
+    def on_response(self, callback: ResponseCallback) -> None:
+        """Run `callback` on the response before it goes to the client (upstream's or ours)."""
+        self._response_callbacks.append(callback)
+
+    def finish_response(self, response: http.Response) -> None:
+        for callback in self._response_callbacks:
+            callback(response)
+
+
+@dataclass(frozen=True)
+class Step:
+    policy_name: str
+    condition: Condition | None
+    policy: Policy
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    name: str
+    steps: tuple[Step, ...]
+
+    def run(self, ctx: RequestContext) -> str | None:
+        """Run the steps in order; returns the name of the policy that answered, if one did."""
+        flow = ctx.flow
+        for step in self.steps:
+            if step.condition is not None and not step.condition(ctx):
+                continue
+            step.policy.handle(ctx)
+            if flow.response is not None:
+                return step.policy_name
+        return None

@@ -1,0 +1,15 @@
+"""The built-in policies; importing this package registers them by name."""
+
+from . import jwt, proxy, rate_limit
+from .base import POLICIES, BuildContext, Policy, StepState, register_policy
+
+__all__ = [
+    "POLICIES",
+    "BuildContext",
+    "Policy",
+    "StepState",
+    "jwt",
+    "proxy",
+    "rate_limit",
+    "register_policy",
+]

@@ -1,0 +1,82 @@
+"""What a policy is, how it registers itself, and what it is given when a config is built."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from ..config.errors import KeyPath
+
+if TYPE_CHECKING:
+    from ..pipeline import RequestContext
+    from ..upstreams import ServiceEndpoint
+
+S = TypeVar("S")
+
+
+class StepState:
+    """Long-lived state (rate-limit counters...) that outlives a config reload.
+
+    A policy asks for its state under a key naming the step and the settings the state depends
+    on; an unchanged step of a reloaded config gets the same object back, and state nobody asked
+    for in the new config is dropped when it is swapped in.
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[Any, Any] = {}
+
+    def get(self, key: Any, create: Callable[[], S], used: set[Any]) -> S:
+        used.add(key)
+        if key not in self._items:
+            self._items[key] = create()
+        return self._items[key]
+
+    def keep_only(self, used: set[Any]) -> None:
+        self._items = {k: v for k, v in self._items.items() if k in used}
+
+
+@dataclass
+class BuildContext:
+    """What a policy may consult while it is built from its action, at config load."""
+
+    path: KeyPath
+    """Key path of the step's action, for errors."""
+    step_id: str
+    """``pipeline/policy index/step index``: identifies the step across reloads."""
+    config_dir: Path
+    service_endpoints: Mapping[str, ServiceEndpoint]
+    state: StepState
+    used_state: set[Any] = field(default_factory=set)
+
+    def step_state(self, settings: Any, create: Callable[[], S]) -> S:
+        return self.state.get((self.step_id, settings), create, self.used_state)
+
+
+class Policy(ABC):
+    """One configured step of a pipeline: built once from its action, then run per request."""
+
+    name: ClassVar[str]
+    Action: ClassVar[type]
+    """Frozen dataclass of the action's parameters, read with `config.schema.parse_fields`."""
+
+    @abstractmethod
+    def __init__(self, action: Any, build: BuildContext) -> None:
+        """Validate cross-references and prepare everything the request path needs."""
+
+    @abstractmethod
+    def handle(self, ctx: RequestContext) -> None:
+        """Let the request go on (maybe changed) or answer it with ``ctx.answer(...)``."""
+
+
+POLICIES: dict[str, type[Policy]] = {}
+
+P = TypeVar("P", bound=type[Policy])
+
+
+def register_policy(cls: P) -> P:
+    """Make a policy usable by its name in gateway.config.yml (a plugin does the same)."""
+    POLICIES[cls.name] = cls
+    return cls

@@ -1,0 +1,85 @@
+"""EG's ``${...}`` templates (``rateLimitBy: "${req.headers.apikey}"``), compiled at config load.
+
+No eval: each reference is resolved to a small getter over the request context; a template is a
+tuple of literal strings and getters.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .config.errors import ConfigError, KeyPath
+from .config.schema import check_type
+
+if TYPE_CHECKING:
+    from .pipeline import RequestContext
+
+Getter = Callable[["RequestContext"], Any]
+REFERENCE = re.compile(r"\$\{([^}]*)\}")
+
+
+def _claim(name: str) -> Getter:
+    return lambda ctx: ctx.user.get(name) if ctx.user is not None else None
+
+
+def _header(name: str) -> Getter:
+    return lambda ctx: ctx.flow.request.headers.get(name)
+
+
+SIMPLE_REFERENCES: dict[str, Getter] = {
+    "req.ip": lambda ctx: ctx.client_ip,
+    "req.hostname": lambda ctx: ctx.hostname,
+    "req.method": lambda ctx: ctx.flow.request.method,
+    "req.path": lambda ctx: ctx.flow.request.path.partition("?")[0],
+}
+PREFIXED_REFERENCES: dict[str, Callable[[str], Getter]] = {
+    "req.headers.": _header,
+    "req.user.": _claim,
+    "user.": _claim,
+}
+
+
+def _getter(reference: str, path: KeyPath) -> Getter:
+    reference = reference.strip()
+    if reference in SIMPLE_REFERENCES:
+        return SIMPLE_REFERENCES[reference]
+    for prefix, make in PREFIXED_REFERENCES.items():
+        if reference.startswith(prefix) and len(reference) > len(prefix):
+            return make(reference[len(prefix) :])
+    known = [*SIMPLE_REFERENCES, *(f"{p}NAME" for p in PREFIXED_REFERENCES)]
+    raise ConfigError(path, f"unknown template reference ${{{reference}}} (known: {', '.join(known)})")
+
+
+@dataclass(frozen=True)
+class Template:
+    parts: tuple[str | Getter, ...]
+
+    def render(self, ctx: RequestContext) -> str | None:
+        """The text, or None when a reference has no value for this request."""
+        out = []
+        for part in self.parts:
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            value = part(ctx)
+            if value is None:
+                return None
+            out.append(str(value))
+        return "".join(out)
+
+
+def parse_template(value: Any, path: KeyPath) -> Template:
+    text = check_type(str, value, path)
+    parts: list[str | Getter] = []
+    position = 0
+    for match in REFERENCE.finditer(text):
+        if match.start() > position:
+            parts.append(text[position : match.start()])
+        parts.append(_getter(match.group(1), path))
+        position = match.end()
+    if position < len(text):
+        parts.append(text[position:])
+    return Template(tuple(parts))

@@ -1,0 +1,67 @@
+"""serviceEndpoints: the upstream URLs a proxy step forwards to, parsed once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from .config.errors import ConfigError, KeyPath
+from .config.schema import check_type, not_supported_yet, option, parse_fields
+
+
+@dataclass(frozen=True)
+class Upstream:
+    scheme: str
+    host: str
+    port: int
+    base_path: str
+    """The URL's path without its trailing slash ('' for none), prepended to forwarded paths."""
+
+    @property
+    def authority(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+def parse_upstream_url(value: Any, path: KeyPath) -> Upstream:
+    text = check_type(str, value, path)
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as e:
+        raise ConfigError(path, f"invalid URL {text!r}: {e}") from e
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(path, f"must be an http:// or https:// URL with a host, got {text!r}")
+    if parts.query or parts.fragment:
+        raise ConfigError(path, f"must not carry a query or fragment, got {text!r}")
+    default_port = 443 if parts.scheme == "https" else 80
+    return Upstream(parts.scheme, parts.hostname, port or default_port, parts.path.rstrip("/"))
+
+
+def _urls(value: Any, path: KeyPath) -> tuple[Upstream, ...]:
+    items = check_type(tuple[str, ...], value, path)
+    if not items:
+        raise ConfigError(path, "must list at least one URL")
+    return tuple(parse_upstream_url(u, path.index(i)) for i, u in enumerate(items))
+
+
+@dataclass(frozen=True)
+class _ServiceEndpointFields:
+    url: Upstream | None = option("url", None, parse=parse_upstream_url)
+    urls: tuple[Upstream, ...] | None = option("urls", None, parse=_urls)
+    proxy_options: None = option("proxyOptions", None, parse=not_supported_yet("proxyOptions"))
+
+
+@dataclass(frozen=True)
+class ServiceEndpoint:
+    name: str
+    upstreams: tuple[Upstream, ...]
+
+
+def parse_service_endpoint(name: str, raw: Any, path: KeyPath) -> ServiceEndpoint:
+    fields = parse_fields(_ServiceEndpointFields, raw, path)
+    if (fields.url is None) == (fields.urls is None):
+        raise ConfigError(path, "give either url or urls")
+    return ServiceEndpoint(name, (fields.url,) if fields.url else fields.urls or ())
