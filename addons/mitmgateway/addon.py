@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
 
-from .answers import INTERNAL_ERROR, NOT_FOUND, make_answer
+from .answers import INTERNAL_ERROR, NOT_FOUND, ProxyErrorAnswers, make_answer
 from .config import ConfigError, GatewayConfig, HttpListener, load_config
 from .pipeline import RequestContext
 from .policies import StepState
@@ -47,9 +47,11 @@ class Gateway:
         self.state = StepState()
         self._config_signature: tuple[int, int, int] | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._error_answers = ProxyErrorAnswers()
         self._contexts: weakref.WeakKeyDictionary[http.HTTPFlow, RequestContext] = weakref.WeakKeyDictionary()
 
     def load(self, loader) -> None:
+        self._error_answers.install()
         loader.add_option(
             "gateway_config",
             str,
@@ -78,6 +80,7 @@ class Gateway:
             self._watcher = asyncio.get_running_loop().create_task(self._watch_config())
 
     def done(self) -> None:
+        self._error_answers.uninstall()
         if self._watcher is not None:
             self._watcher.cancel()
             self._watcher = None

@@ -1,0 +1,144 @@
+"""Real processes for the end-to-end tests: mitmdump with our addon, demo upstreams on 127.0.0.1."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+ENTRY = ROOT / "addons" / "gateway.py"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path | None = None, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output = log.read_text() if log else ""
+            raise RuntimeError(f"process exited with {process.returncode} before listening:\n{output}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass
+class Reply:
+    status: int
+    reason: str
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode()
+
+
+def send(
+    port: int,
+    path: str = "/",
+    *,
+    host: str | None = None,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+) -> Reply:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.putrequest(method, path, skip_host=host is not None, skip_accept_encoding=True)
+        if host is not None:
+            conn.putheader("Host", host)
+        for name, value in (headers or {}).items():
+            conn.putheader(name, value)
+        if body is not None:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        response = conn.getresponse()
+        return Reply(response.status, response.reason, response.headers, response.read())
+    finally:
+        conn.close()
+
+
+class Upstream:
+    """scripts/demo_upstream.py as a real process: echoes what it received as JSON."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "scripts" / "demo_upstream.py"), name, str(self.port)],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, self.process)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        stop(self.process)
+
+
+class Gateway:
+    """`mitmdump -s addons/gateway.py --set gateway_config=FILE`, as a user starts it."""
+
+    def __init__(self, config: Path, port: int, confdir: Path, entry: Path = ENTRY) -> None:
+        self.config = config
+        self.port = port
+        self.log_path = config.with_suffix(".log")
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [str(BIN / "mitmdump"), "-s", str(entry), "--set", f"gateway_config={config}",
+             "--set", f"confdir={confdir}"],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=config.parent,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        )
+        wait_for_port(port, self.process, self.log_path)
+
+    def send(self, path: str = "/", **kwargs) -> Reply:  # type: ignore[no-untyped-def]
+        return send(self.port, path, **kwargs)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self) -> int:
+        stop(self.process)
+        self._log.close()
+        return self.process.returncode
+
+
+def wait_until(predicate, timeout: float = 5.0, interval: float = 0.05):  # type: ignore[no-untyped-def]
+    """Poll `predicate` until it returns something truthy; its last value otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
