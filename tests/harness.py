@@ -23,7 +23,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path | None = None, timeout: float = 20) -> None:
+def wait_for_port(
+    port: int, process: subprocess.Popen[bytes], log: Path | None = None, timeout: float = 20
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -113,8 +115,15 @@ class Gateway:
         self.log_path = config.with_suffix(".log")
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [str(BIN / "mitmdump"), "-s", str(entry), "--set", f"gateway_config={config}",
-             "--set", f"confdir={confdir}"],
+            [
+                str(BIN / "mitmdump"),
+                "-s",
+                str(entry),
+                "--set",
+                f"gateway_config={config}",
+                "--set",
+                f"confdir={confdir}",
+            ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=config.parent,
