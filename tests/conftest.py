@@ -9,8 +9,8 @@ import pytest
 from harness import ROOT, Gateway, Upstream, free_port
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from gen_keys import generate  # noqa: E402
-from mint_token import mint  # noqa: E402
+from gen_keys import generate
+from mint_token import mint
 
 WALKTHROUGH = """\
 http:

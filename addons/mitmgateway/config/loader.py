@@ -223,7 +223,8 @@ def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
             if endpoint_name in served_by:
                 raise ConfigError(
                     path,
-                    f"apiEndpoint {endpoint_name!r} is already served by pipeline {served_by[endpoint_name]!r}",
+                    f"apiEndpoint {endpoint_name!r} is already served by pipeline "
+                    f"{served_by[endpoint_name]!r}",
                 )
             served_by[endpoint_name] = name
             routes.extend(
