@@ -10,6 +10,7 @@ same way and once.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -63,10 +64,14 @@ def check_unknown_keys(raw: Mapping[str, Any], accepted: typing.Iterable[str], p
             raise ConfigError(path.key(str(key)), f"unknown key (accepted: {choices})")
 
 
+# Resolved only for fields without a parser: the others may name types that exist for type
+# checkers only.
+_field_types = functools.cache(typing.get_type_hints)
+
+
 def parse_fields(cls: type[T], raw: Any, path: KeyPath) -> T:
     """Build dataclass `cls` from mapping `raw`, refusing unknown keys and wrong types."""
     raw = require_mapping(raw, path)
-    hints = typing.get_type_hints(cls)
     by_key = {f.metadata.get("key", f.name): f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     check_unknown_keys(raw, by_key, path)
     values: dict[str, Any] = {}
@@ -75,8 +80,9 @@ def parse_fields(cls: type[T], raw: Any, path: KeyPath) -> T:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ConfigError(path.key(key), "is required")
             continue
-        parse = f.metadata.get("parse") or (lambda v, p, t=hints[f.name]: check_type(t, v, p))
-        values[f.name] = parse(raw[key], path.key(key))
+        parse = f.metadata.get("parse")
+        value, where = raw[key], path.key(key)
+        values[f.name] = parse(value, where) if parse else check_type(_field_types(cls)[f.name], value, where)
     return cls(**values)
 
 

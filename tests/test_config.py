@@ -1,0 +1,180 @@
+"""Loading gateway.config.yml: every error names the file, the key path and what is wrong."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mitmgateway.config import ConfigError, load_config
+from mitmgateway.policies import StepState
+
+VALID = """\
+http: {port: 8080}
+apiEndpoints:
+  api: {host: api.local, paths: ['/v1/*']}
+serviceEndpoints:
+  backend: {url: 'http://127.0.0.1:9001'}
+policies: [proxy, rate-limit]
+pipelines:
+  main:
+    apiEndpoints: [api]
+    policies:
+      - rate-limit: [{action: {max: 10}}]
+      - proxy: [{action: {serviceEndpoint: backend}}]
+"""
+
+
+def load(tmp_path: Path, text: str, name: str = "gateway.config.yml", env: dict[str, str] | None = None):
+    path = tmp_path / name
+    path.write_text(text)
+    return load_config(path, StepState(), env or {})
+
+
+def error(tmp_path: Path, text: str, **kwargs) -> str:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, text, **kwargs)
+    return str(info.value)
+
+
+def test_valid_config_builds_router_and_pipelines(tmp_path):
+    config = load(tmp_path, VALID)
+    assert config.http.port == 8080
+    assert list(config.pipelines) == ["main"]
+    assert [s.policy_name for s in config.pipelines["main"].steps] == ["rate-limit", "proxy"]
+    assert config.router.match("api.local", "/v1/x", "GET").pipeline.name == "main"
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "reason"),
+    [
+        (("max: 10", 'max: "ten"'), "pipelines.main.policies[0].rate-limit[0].action.max",
+         "must be an integer, got string 'ten'"),
+        (("max: 10", "max: 0"), "pipelines.main.policies[0].rate-limit[0].action.max",
+         "must be greater than 0, got 0"),
+        (("max: 10", "max: 10, burst: 3"), "pipelines.main.policies[0].rate-limit[0].action.burst",
+         "unknown key (accepted: max, windowMs, rateLimitBy, message, statusCode, headers, "
+         "delayAfter, delayMs)"),
+        (("serviceEndpoint: backend", "serviceEndpoint: billing"),
+         "pipelines.main.policies[1].proxy[0].action.serviceEndpoint",
+         "unknown serviceEndpoint 'billing' (declared: backend)"),
+        (("policies: [proxy, rate-limit]", "policies: [proxy]"), "pipelines.main.policies[0].rate-limit",
+         "policy 'rate-limit' is used but not declared in policies"),
+        (("- rate-limit:", "- rate-limiter:"), "pipelines.main.policies[0].rate-limiter",
+         "unknown policy 'rate-limiter' (known: jwt, proxy, rate-limit)"),
+        (("policies: [proxy, rate-limit]", "policies: [proxy, cors]"), "policies[1]",
+         "unknown policy 'cors' (known: jwt, proxy, rate-limit)"),
+        (("apiEndpoints: [api]", "apiEndpoints: [web]"), "pipelines.main.apiEndpoints[0]",
+         "unknown apiEndpoint 'web' (declared: api)"),
+        (("port: 8080", "port: 80800"), "http.port", "must be a TCP port (1-65535), got 80800"),
+        (("http:", "htp:"), "htp", "unknown key (accepted: http, https, admin, apiEndpoints, "
+         "serviceEndpoints, policies, pipelines, trustedProxies, apiEndpoint, serviceEndpoint, "
+         "policy, pipeline)"),
+        (("paths: ['/v1/*']", "paths: ['v1/*']"), "apiEndpoints.api.paths[0]",
+         "path pattern 'v1/*' must start with '/'"),
+        (("host: api.local,", "hostRegex: '(', host: api.local,"), "apiEndpoints.api.hostRegex",
+         "invalid regular expression '(': missing ), unterminated subpattern at position 0"),
+        (("url: 'http://127.0.0.1:9001'", "url: 'ftp://127.0.0.1'"), "serviceEndpoints.backend.url",
+         "must be an http:// or https:// URL with a host, got 'ftp://127.0.0.1'"),
+        (("- proxy: [{action: {serviceEndpoint: backend}}]",
+          "- proxy: [{action: {serviceEndpoint: backend}, when: 1}]"),
+         "pipelines.main.policies[1].proxy[0].when", "unknown key (accepted: condition, action)"),
+        (("- proxy: [{action: {serviceEndpoint: backend}}]", "- proxy: [{action: {}}]"),
+         "pipelines.main.policies[1].proxy[0].action.serviceEndpoint", "is required"),
+        (("- proxy: [{action:", "- proxy: [{condition: {name: sometimes}, action:"),
+         "pipelines.main.policies[1].proxy[0].condition.name",
+         "unknown condition 'sometimes' (known: always, never, allOf, oneOf, not, pathExact, pathMatch, "
+         "method, hostMatch, authenticated, anonymous)"),
+        (("- proxy: [{action:", "- proxy: [{condition: {name: not, condition: {name: method}}, action:"),
+         "pipelines.main.policies[1].proxy[0].condition.condition.methods", "is required"),
+        (("- proxy: [{action:", "- proxy: [{condition: {name: expression, expression: 'x'}, action:"),
+         "pipelines.main.policies[1].proxy[0].condition.name", "the expression condition is not supported yet"),
+        (("max: 10", "max: 10, delayMs: 500"), "pipelines.main.policies[0].rate-limit[0].action.delayMs",
+         "delayMs is not supported yet"),
+    ],
+)
+def test_errors_name_file_key_path_and_reason(tmp_path, change, path, reason):
+    old, new = change
+    assert old in VALID
+    message = error(tmp_path, VALID.replace(old, new, 1))
+    assert message == f"{tmp_path / 'gateway.config.yml'}: {path}: {reason}"
+
+
+def test_apiendpoint_served_by_two_pipelines_is_refused(tmp_path):
+    text = VALID + "  second:\n    apiEndpoints: [api]\n    policies: []\n"
+    assert error(tmp_path, text).endswith(
+        "pipelines.second.apiEndpoints[0]: apiEndpoint 'api' is already served by pipeline 'main'"
+    )
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    message = error(tmp_path, VALID.replace("policies: [proxy, rate-limit]", "policies: [proxy, rate-limit"))
+    assert message.startswith(f"{tmp_path / 'gateway.config.yml'}: invalid YAML at line ")
+
+
+def test_duplicate_keys_are_refused(tmp_path):
+    message = error(tmp_path, VALID + "http: {port: 9090}\n")
+    assert "duplicate key 'http'" in message
+
+
+def test_json_config(tmp_path):
+    document = {
+        "http": {"port": 8081},
+        "apiEndpoints": {"api": {"host": "*"}},
+        "serviceEndpoints": {"backend": {"urls": ["http://127.0.0.1:1", "http://127.0.0.1:2"]}},
+        "policies": ["proxy"],
+        "pipelines": {"main": {"apiEndpoints": ["api"], "policies": [{"proxy": [{"action": {"serviceEndpoint": "backend"}}]}]}},
+    }
+    config = load(tmp_path, json.dumps(document), name="gateway.config.json")
+    assert config.http.port == 8081
+    assert len(config.service_endpoints["backend"].upstreams) == 2
+    broken = json.dumps(document)[:-1]
+    assert "invalid JSON at line 1" in error(tmp_path, broken, name="gateway.config.json")
+
+
+def test_environment_substitution(tmp_path):
+    text = VALID.replace("port: 8080", "port: '${PORT:-8080}'").replace(
+        "http://127.0.0.1:9001", "http://${BACKEND_HOST}:9001"
+    )
+    config = load(tmp_path, text, env={"BACKEND_HOST": "127.0.0.2"})
+    assert config.http.port == 8080
+    assert config.service_endpoints["backend"].upstreams[0].host == "127.0.0.2"
+    assert load(tmp_path, text, env={"PORT": "9000", "BACKEND_HOST": "h"}).http.port == 9000
+    assert error(tmp_path, text).endswith(
+        "serviceEndpoints.backend.url: environment variable BACKEND_HOST is not set and has no default"
+    )
+
+
+def test_templates_are_not_environment_references(tmp_path):
+    text = VALID.replace("max: 10", "max: 10, rateLimitBy: '${req.headers.x-api-key}'")
+    config = load(tmp_path, text)
+    assert config.pipelines["main"].steps[0].policy.action.rate_limit_by is not None
+
+
+def test_singular_aliases(tmp_path):
+    text = VALID.replace("apiEndpoints:\n", "apiEndpoint:\n").replace("pipelines:", "pipeline:")
+    assert list(load(tmp_path, text).pipelines) == ["main"]
+
+
+def test_policy_without_steps_runs_once_with_empty_action(tmp_path):
+    text = VALID.replace("- rate-limit: [{action: {max: 10}}]", "- rate-limit:")
+    step = load(tmp_path, text).pipelines["main"].steps[0]
+    assert step.policy.action.max == 5
+    assert step.policy.action.window_ms == 60_000
+
+
+def test_https_is_refused_as_not_supported(tmp_path):
+    assert error(tmp_path, VALID + "https: {port: 8443}\n").endswith("https: https is not supported yet")
+
+
+def test_unchanged_steps_keep_their_state_across_reloads(tmp_path):
+    state = StepState()
+    path = tmp_path / "gateway.config.yml"
+    path.write_text(VALID)
+    first = load_config(path, state, {})
+    second = load_config(path, state, {})
+    assert first.pipelines["main"].steps[0].policy.windows is second.pipelines["main"].steps[0].policy.windows
+    path.write_text(VALID.replace("max: 10", "max: 11"))
+    third = load_config(path, state, {})
+    assert third.pipelines["main"].steps[0].policy.windows is not first.pipelines["main"].steps[0].policy.windows
