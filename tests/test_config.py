@@ -49,49 +49,104 @@ def test_valid_config_builds_router_and_pipelines(tmp_path):
 @pytest.mark.parametrize(
     ("change", "path", "reason"),
     [
-        (("max: 10", 'max: "ten"'), "pipelines.main.policies[0].rate-limit[0].action.max",
-         "must be an integer, got string 'ten'"),
-        (("max: 10", "max: 0"), "pipelines.main.policies[0].rate-limit[0].action.max",
-         "must be greater than 0, got 0"),
-        (("max: 10", "max: 10, burst: 3"), "pipelines.main.policies[0].rate-limit[0].action.burst",
-         "unknown key (accepted: max, windowMs, rateLimitBy, message, statusCode, headers, "
-         "delayAfter, delayMs)"),
-        (("serviceEndpoint: backend", "serviceEndpoint: billing"),
-         "pipelines.main.policies[1].proxy[0].action.serviceEndpoint",
-         "unknown serviceEndpoint 'billing' (declared: backend)"),
-        (("policies: [proxy, rate-limit]", "policies: [proxy]"), "pipelines.main.policies[0].rate-limit",
-         "policy 'rate-limit' is used but not declared in policies"),
-        (("- rate-limit:", "- rate-limiter:"), "pipelines.main.policies[0].rate-limiter",
-         "unknown policy 'rate-limiter' (known: jwt, proxy, rate-limit)"),
-        (("policies: [proxy, rate-limit]", "policies: [proxy, cors]"), "policies[1]",
-         "unknown policy 'cors' (known: jwt, proxy, rate-limit)"),
-        (("apiEndpoints: [api]", "apiEndpoints: [web]"), "pipelines.main.apiEndpoints[0]",
-         "unknown apiEndpoint 'web' (declared: api)"),
+        (
+            ("max: 10", 'max: "ten"'),
+            "pipelines.main.policies[0].rate-limit[0].action.max",
+            "must be an integer, got string 'ten'",
+        ),
+        (
+            ("max: 10", "max: 0"),
+            "pipelines.main.policies[0].rate-limit[0].action.max",
+            "must be greater than 0, got 0",
+        ),
+        (
+            ("max: 10", "max: 10, burst: 3"),
+            "pipelines.main.policies[0].rate-limit[0].action.burst",
+            "unknown key (accepted: max, windowMs, rateLimitBy, message, statusCode, headers, "
+            "delayAfter, delayMs)",
+        ),
+        (
+            ("serviceEndpoint: backend", "serviceEndpoint: billing"),
+            "pipelines.main.policies[1].proxy[0].action.serviceEndpoint",
+            "unknown serviceEndpoint 'billing' (declared: backend)",
+        ),
+        (
+            ("policies: [proxy, rate-limit]", "policies: [proxy]"),
+            "pipelines.main.policies[0].rate-limit",
+            "policy 'rate-limit' is used but not declared in policies",
+        ),
+        (
+            ("- rate-limit:", "- rate-limiter:"),
+            "pipelines.main.policies[0].rate-limiter",
+            "unknown policy 'rate-limiter' (known: jwt, proxy, rate-limit)",
+        ),
+        (
+            ("policies: [proxy, rate-limit]", "policies: [proxy, cors]"),
+            "policies[1]",
+            "unknown policy 'cors' (known: jwt, proxy, rate-limit)",
+        ),
+        (
+            ("apiEndpoints: [api]", "apiEndpoints: [web]"),
+            "pipelines.main.apiEndpoints[0]",
+            "unknown apiEndpoint 'web' (declared: api)",
+        ),
         (("port: 8080", "port: 80800"), "http.port", "must be a TCP port (1-65535), got 80800"),
-        (("http:", "htp:"), "htp", "unknown key (accepted: http, https, admin, apiEndpoints, "
-         "serviceEndpoints, policies, pipelines, trustedProxies, apiEndpoint, serviceEndpoint, "
-         "policy, pipeline)"),
-        (("paths: ['/v1/*']", "paths: ['v1/*']"), "apiEndpoints.api.paths[0]",
-         "path pattern 'v1/*' must start with '/'"),
-        (("host: api.local,", "hostRegex: '(', host: api.local,"), "apiEndpoints.api.hostRegex",
-         "invalid regular expression '(': missing ), unterminated subpattern at position 0"),
-        (("url: 'http://127.0.0.1:9001'", "url: 'ftp://127.0.0.1'"), "serviceEndpoints.backend.url",
-         "must be an http:// or https:// URL with a host, got 'ftp://127.0.0.1'"),
-        (("- proxy: [{action: {serviceEndpoint: backend}}]",
-          "- proxy: [{action: {serviceEndpoint: backend}, when: 1}]"),
-         "pipelines.main.policies[1].proxy[0].when", "unknown key (accepted: condition, action)"),
-        (("- proxy: [{action: {serviceEndpoint: backend}}]", "- proxy: [{action: {}}]"),
-         "pipelines.main.policies[1].proxy[0].action.serviceEndpoint", "is required"),
-        (("- proxy: [{action:", "- proxy: [{condition: {name: sometimes}, action:"),
-         "pipelines.main.policies[1].proxy[0].condition.name",
-         "unknown condition 'sometimes' (known: always, never, allOf, oneOf, not, pathExact, pathMatch, "
-         "method, hostMatch, authenticated, anonymous)"),
-        (("- proxy: [{action:", "- proxy: [{condition: {name: not, condition: {name: method}}, action:"),
-         "pipelines.main.policies[1].proxy[0].condition.condition.methods", "is required"),
-        (("- proxy: [{action:", "- proxy: [{condition: {name: expression, expression: 'x'}, action:"),
-         "pipelines.main.policies[1].proxy[0].condition.name", "the expression condition is not supported yet"),
-        (("max: 10", "max: 10, delayMs: 500"), "pipelines.main.policies[0].rate-limit[0].action.delayMs",
-         "delayMs is not supported yet"),
+        (
+            ("http:", "htp:"),
+            "htp",
+            "unknown key (accepted: http, https, admin, apiEndpoints, "
+            "serviceEndpoints, policies, pipelines, trustedProxies, apiEndpoint, serviceEndpoint, "
+            "policy, pipeline)",
+        ),
+        (
+            ("paths: ['/v1/*']", "paths: ['v1/*']"),
+            "apiEndpoints.api.paths[0]",
+            "path pattern 'v1/*' must start with '/'",
+        ),
+        (
+            ("host: api.local,", "hostRegex: '(', host: api.local,"),
+            "apiEndpoints.api.hostRegex",
+            "invalid regular expression '(': missing ), unterminated subpattern at position 0",
+        ),
+        (
+            ("url: 'http://127.0.0.1:9001'", "url: 'ftp://127.0.0.1'"),
+            "serviceEndpoints.backend.url",
+            "must be an http:// or https:// URL with a host, got 'ftp://127.0.0.1'",
+        ),
+        (
+            (
+                "- proxy: [{action: {serviceEndpoint: backend}}]",
+                "- proxy: [{action: {serviceEndpoint: backend}, when: 1}]",
+            ),
+            "pipelines.main.policies[1].proxy[0].when",
+            "unknown key (accepted: condition, action)",
+        ),
+        (
+            ("- proxy: [{action: {serviceEndpoint: backend}}]", "- proxy: [{action: {}}]"),
+            "pipelines.main.policies[1].proxy[0].action.serviceEndpoint",
+            "is required",
+        ),
+        (
+            ("- proxy: [{action:", "- proxy: [{condition: {name: sometimes}, action:"),
+            "pipelines.main.policies[1].proxy[0].condition.name",
+            "unknown condition 'sometimes' (known: always, never, allOf, oneOf, not, pathExact, pathMatch, "
+            "method, hostMatch, authenticated, anonymous)",
+        ),
+        (
+            ("- proxy: [{action:", "- proxy: [{condition: {name: not, condition: {name: method}}, action:"),
+            "pipelines.main.policies[1].proxy[0].condition.condition.methods",
+            "is required",
+        ),
+        (
+            ("- proxy: [{action:", "- proxy: [{condition: {name: expression, expression: 'x'}, action:"),
+            "pipelines.main.policies[1].proxy[0].condition.name",
+            "the expression condition is not supported yet",
+        ),
+        (
+            ("max: 10", "max: 10, delayMs: 500"),
+            "pipelines.main.policies[0].rate-limit[0].action.delayMs",
+            "delayMs is not supported yet",
+        ),
     ],
 )
 def test_errors_name_file_key_path_and_reason(tmp_path, change, path, reason):
@@ -124,7 +179,12 @@ def test_json_config(tmp_path):
         "apiEndpoints": {"api": {"host": "*"}},
         "serviceEndpoints": {"backend": {"urls": ["http://127.0.0.1:1", "http://127.0.0.1:2"]}},
         "policies": ["proxy"],
-        "pipelines": {"main": {"apiEndpoints": ["api"], "policies": [{"proxy": [{"action": {"serviceEndpoint": "backend"}}]}]}},
+        "pipelines": {
+            "main": {
+                "apiEndpoints": ["api"],
+                "policies": [{"proxy": [{"action": {"serviceEndpoint": "backend"}}]}],
+            }
+        },
     }
     config = load(tmp_path, json.dumps(document), name="gateway.config.json")
     assert config.http.port == 8081
@@ -177,4 +237,6 @@ def test_unchanged_steps_keep_their_state_across_reloads(tmp_path):
     assert first.pipelines["main"].steps[0].policy.windows is second.pipelines["main"].steps[0].policy.windows
     path.write_text(VALID.replace("max: 10", "max: 11"))
     third = load_config(path, state, {})
-    assert third.pipelines["main"].steps[0].policy.windows is not first.pipelines["main"].steps[0].policy.windows
+    assert (
+        third.pipelines["main"].steps[0].policy.windows is not first.pipelines["main"].steps[0].policy.windows
+    )

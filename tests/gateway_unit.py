@@ -1,0 +1,49 @@
+"""Running the Gateway addon under mitmproxy's own test helpers (taddons, tflow)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from mitmproxy import http
+from mitmproxy.addons.proxyserver import Proxyserver
+from mitmproxy.test import taddons, tflow, tutils
+
+from mitmgateway.addon import Gateway
+
+
+@contextlib.contextmanager
+def running_gateway(config_file: Path) -> Iterator[Gateway]:
+    gateway = Gateway()
+    # Proxyserver declares the options the gateway sets (mode, connection_strategy...).
+    with taddons.context(Proxyserver(), gateway) as tctx:
+        tctx.configure(gateway, gateway_config=str(config_file))
+        assert gateway.config is not None, "the test config did not load"
+        yield gateway
+
+
+def make_flow(
+    host: str = "api.local",
+    path: str = "/",
+    *,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    peer: str = "192.0.2.10",
+) -> http.HTTPFlow:
+    """A flow as reverse mode hands it to the hooks: addressed to the placeholder target."""
+    request = tutils.treq(host="unrouted.invalid", port=80, path=path.encode(), method=method.encode())
+    request.headers.clear()
+    request.headers["Host"] = host
+    for name, value in (headers or {}).items():
+        request.headers.add(name, value)
+    request.content = b""
+    flow = tflow.tflow(req=request)
+    flow.client_conn.peername = (peer, 50000)
+    return flow
+
+
+def upstream_response(flow: http.HTTPFlow, gateway: Gateway, headers: dict[str, str] | None = None) -> None:
+    """Let the upstream answer 200, and run the gateway's response hook."""
+    flow.response = http.Response.make(200, b"ok", headers or {})
+    gateway.responseheaders(flow)

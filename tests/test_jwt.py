@@ -1,0 +1,252 @@
+"""The jwt policy: what verifies, what is refused, and which configs are refused."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+
+import jwt as pyjwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from gateway_unit import make_flow, running_gateway
+from mitmgateway.config import ConfigError, load_config
+from mitmgateway.policies import StepState
+
+CONFIG = """\
+http: {{port: 8080}}
+apiEndpoints: {{api: {{host: api.local}}}}
+serviceEndpoints: {{backend: {{url: 'http://127.0.0.1:9001'}}}}
+policies: [jwt, proxy]
+pipelines:
+  main:
+    apiEndpoints: [api]
+    policies:
+      - jwt: [{{action: {{checkCredentialExistence: false, {action}}}}}]
+      - proxy: [{{action: {{serviceEndpoint: backend}}}}]
+"""
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def private_key(keys):
+    return serialization.load_pem_private_key(keys[0].read_bytes(), None)
+
+
+def rs256(keys, **claims) -> str:
+    payload = {"sub": "alice", "exp": int(time.time()) + 60, **claims}
+    return pyjwt.encode(payload, private_key(keys), algorithm=claims.pop("alg", "RS256"))
+
+
+@pytest.fixture
+def gateway_with(tmp_path):
+    def start(action: str):
+        path = tmp_path / "gateway.config.yml"
+        path.write_text(CONFIG.format(action=action))
+        return running_gateway(path)
+
+    return start
+
+
+def outcome(gateway, flow) -> int:
+    gateway.requestheaders(flow)
+    return flow.response.status_code if flow.response else 200
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_valid_rs256_token_passes_and_claims_reach_metadata(gateway_with, rsa_keys):
+    with gateway_with(f"secretOrPublicKeyFile: {rsa_keys[1]}") as gateway:
+        flow = make_flow(headers=bearer(rs256(rsa_keys, role="admin")))
+        assert outcome(gateway, flow) == 200
+        assert flow.metadata["gateway"]["user"]["role"] == "admin"
+        assert flow.request.host == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    "make_token",
+    [
+        pytest.param(lambda keys: "", id="empty"),
+        pytest.param(lambda keys: "garbage", id="garbage"),
+        pytest.param(lambda keys: rs256(keys).rsplit(".", 1)[0], id="two-segments"),
+        pytest.param(
+            lambda keys: b64(b'{"alg":"none","typ":"JWT"}') + "." + b64(b'{"sub":"alice"}') + ".",
+            id="alg-none",
+        ),
+        pytest.param(
+            # HS/RS confusion: HMAC-signed with the RSA public key as the secret.
+            lambda keys: (
+                lambda signing_input: (
+                    signing_input
+                    + "."
+                    + b64(hmac.new(keys[1].read_bytes(), signing_input.encode(), hashlib.sha256).digest())
+                )
+            )(b64(b'{"alg":"HS256","typ":"JWT"}') + "." + b64(json.dumps({"sub": "alice"}).encode())),
+            id="hs256-with-public-key",
+        ),
+        pytest.param(lambda keys: rs256(keys, exp=int(time.time()) - 5), id="expired"),
+        pytest.param(lambda keys: rs256(keys, nbf=int(time.time()) + 60), id="not-yet-valid"),
+        pytest.param(lambda keys: rs256(keys, exp="tomorrow"), id="exp-not-a-number"),
+        pytest.param(
+            lambda keys: rs256(keys)[:-3] + ("AAA" if rs256(keys)[-3:] != "AAA" else "BBB"),
+            id="bad-signature",
+        ),
+    ],
+)
+def test_refused_tokens_are_401(gateway_with, rsa_keys, make_token):
+    with gateway_with(f"secretOrPublicKeyFile: {rsa_keys[1]}") as gateway:
+        flow = make_flow(headers=bearer(make_token(rsa_keys)))
+        assert outcome(gateway, flow) == 401
+        assert flow.response.text == "Unauthorized"
+        assert flow.response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert flow.request.host == "api.local"  # never routed upstream
+        assert flow.metadata["gateway"]["answeredBy"] == "jwt"
+
+
+def test_token_signed_by_another_key_is_401(gateway_with, rsa_keys, tmp_path):
+    from gen_keys import generate
+
+    other = generate(tmp_path / "other", "rsa")
+    with gateway_with(f"secretOrPublicKeyFile: {rsa_keys[1]}") as gateway:
+        assert outcome(gateway, make_flow(headers=bearer(rs256(other)))) == 401
+
+
+def test_missing_token_has_bare_bearer_challenge(gateway_with, rsa_keys):
+    with gateway_with(f"secretOrPublicKeyFile: {rsa_keys[1]}") as gateway:
+        flow = make_flow(headers={"Authorization": "Basic YWxpY2U6c2VjcmV0"})
+        assert outcome(gateway, flow) == 401
+        assert flow.response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_scheme_is_case_insensitive_and_whitespace_tolerated(gateway_with, rsa_keys):
+    with gateway_with(f"secretOrPublicKeyFile: {rsa_keys[1]}") as gateway:
+        flow = make_flow(headers={"Authorization": f"  bEaReR   {rs256(rsa_keys)}  "})
+        assert outcome(gateway, flow) == 200
+
+
+def test_ps256_accepted_with_rsa_key_and_aud_unchecked_when_not_configured(gateway_with, rsa_keys):
+    with gateway_with(f"secretOrPublicKeyFile: {rsa_keys[1]}") as gateway:
+        token = pyjwt.encode(
+            {"sub": "a", "aud": "x", "iss": "y", "iat": int(time.time()) + 600},
+            private_key(rsa_keys),
+            algorithm="PS256",
+        )
+        assert outcome(gateway, make_flow(headers=bearer(token))) == 200
+
+
+def test_clock_tolerance(gateway_with, rsa_keys):
+    with gateway_with(f"secretOrPublicKeyFile: {rsa_keys[1]}, clockTolerance: 30") as gateway:
+        assert outcome(gateway, make_flow(headers=bearer(rs256(rsa_keys, exp=int(time.time()) - 5)))) == 200
+        assert outcome(gateway, make_flow(headers=bearer(rs256(rsa_keys, exp=int(time.time()) - 60)))) == 401
+
+
+def test_audience_and_issuer(gateway_with, rsa_keys):
+    with gateway_with(
+        f"secretOrPublicKeyFile: {rsa_keys[1]}, audience: orders, issuer: [idp-a, idp-b]"
+    ) as gateway:
+        assert outcome(gateway, make_flow(headers=bearer(rs256(rsa_keys, aud="orders", iss="idp-b")))) == 200
+        assert outcome(gateway, make_flow(headers=bearer(rs256(rsa_keys, aud="billing", iss="idp-a")))) == 401
+        assert outcome(gateway, make_flow(headers=bearer(rs256(rsa_keys, aud="orders", iss="evil")))) == 401
+        assert outcome(gateway, make_flow(headers=bearer(rs256(rsa_keys, iss="idp-a")))) == 401
+
+
+@pytest.mark.parametrize(
+    ("action", "request_kwargs"),
+    [
+        ("jwtExtractor: header, jwtExtractorField: x-token", lambda t: {"headers": {"X-Token": t}}),
+        ("jwtExtractor: query, jwtExtractorField: access_token", lambda t: {"path": f"/x?access_token={t}"}),
+        (
+            "jwtExtractor: authScheme, jwtExtractorField: JWT",
+            lambda t: {"headers": {"Authorization": f"jwt {t}"}},
+        ),
+    ],
+)
+def test_extractors(gateway_with, rsa_keys, action, request_kwargs):
+    with gateway_with(f"secretOrPublicKeyFile: {rsa_keys[1]}, {action}") as gateway:
+        assert outcome(gateway, make_flow(**request_kwargs(rs256(rsa_keys)))) == 200
+        # The default place no longer counts.
+        assert outcome(gateway, make_flow(headers=bearer(rs256(rsa_keys)))) == 401
+
+
+def test_pass_through_lets_anonymous_requests_continue(gateway_with, rsa_keys):
+    with gateway_with(f"secretOrPublicKeyFile: {rsa_keys[1]}, passThrough: true") as gateway:
+        anonymous = make_flow()
+        assert outcome(gateway, anonymous) == 200
+        assert "user" not in anonymous.metadata["gateway"]
+        bad = make_flow(headers=bearer("garbage"))
+        assert outcome(gateway, bad) == 200
+
+
+def test_ec_key_takes_es256_only(gateway_with, ec_keys, rsa_keys):
+    with gateway_with(f"secretOrPublicKeyFile: {ec_keys[1]}") as gateway:
+        es256 = pyjwt.encode({"sub": "a"}, private_key(ec_keys), algorithm="ES256")
+        assert outcome(gateway, make_flow(headers=bearer(es256))) == 200
+        assert outcome(gateway, make_flow(headers=bearer(rs256(rsa_keys)))) == 401
+
+
+def test_hmac_secret_takes_hs_only(gateway_with, rsa_keys):
+    with gateway_with("secretOrPublicKey: 'a shared secret of thirty-two bytes!'") as gateway:
+        hs256 = pyjwt.encode({"sub": "a"}, "a shared secret of thirty-two bytes!", algorithm="HS256")
+        assert outcome(gateway, make_flow(headers=bearer(hs256))) == 200
+        assert outcome(gateway, make_flow(headers=bearer(rs256(rsa_keys)))) == 401
+
+
+@pytest.mark.parametrize(
+    ("action", "path", "reason"),
+    [
+        (
+            "secretOrPublicKeyFile: KEY, algorithms: [HS256]",
+            "action.algorithms[0]",
+            "HS256 cannot be verified with this key (it allows RS256, RS384, RS512, PS256, PS384, PS512)",
+        ),
+        (
+            "secretOrPublicKeyFile: KEY, algorithms: [none]",
+            "action.algorithms[0]",
+            "none cannot be verified with this key (it allows RS256, RS384, RS512, PS256, PS384, PS512)",
+        ),
+        (
+            "secretOrPublicKeyFile: PRIVATE",
+            "action.secretOrPublicKeyFile",
+            "is a private key: give the gateway the public key only",
+        ),
+        ("secretOrPublicKeyFile: missing.pem", "action.secretOrPublicKeyFile", "cannot read"),
+        ("audience: x", "action", "give either secretOrPublicKey or secretOrPublicKeyFile"),
+        (
+            "secretOrPublicKey: s, jwtExtractor: header",
+            "action.jwtExtractorField",
+            "is required with jwtExtractor header",
+        ),
+        (
+            "secretOrPublicKey: s, jwtExtractor: cookie",
+            "action.jwtExtractor",
+            "must be one of 'authBearer', 'header', 'query', 'authScheme', got string 'cookie'",
+        ),
+    ],
+)
+def test_config_errors(tmp_path, rsa_keys, action, path, reason):
+    text = CONFIG.format(action=action.replace("KEY", str(rsa_keys[1])).replace("PRIVATE", str(rsa_keys[0])))
+    file = tmp_path / "gateway.config.yml"
+    file.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(file, StepState(), {})
+    assert str(info.value).startswith(f"{file}: pipelines.main.policies[0].jwt[0].{path}: {reason}")
+
+
+def test_check_credential_existence_true_is_refused_with_the_reason(tmp_path, rsa_keys):
+    file = tmp_path / "gateway.config.yml"
+    file.write_text(
+        CONFIG.format(action=f"secretOrPublicKeyFile: {rsa_keys[1]}").replace(
+            "checkCredentialExistence: false, ", ""
+        )
+    )
+    with pytest.raises(
+        ConfigError, match=r"jwt\[0\]\.action\.checkCredentialExistence: true \(the default\) needs"
+    ):
+        load_config(file, StepState(), {})

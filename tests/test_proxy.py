@@ -1,0 +1,141 @@
+"""The proxy policy: where a request goes and what it carries, under mitmproxy's test helpers."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway_unit import make_flow, running_gateway, upstream_response
+
+CONFIG = """\
+http: {{port: 8080}}
+{extra}
+apiEndpoints:
+  api: {{host: api.local, paths: ['/api/*', '/users/:id']}}
+serviceEndpoints:
+  backend: {{url: 'http://127.0.0.1:9001'}}
+  based: {{url: 'https://backend.internal:8443/base/'}}
+  pool: {{urls: ['http://127.0.0.1:9001', 'http://127.0.0.2:9002', 'http://127.0.0.3:9003']}}
+policies: [proxy]
+pipelines:
+  main:
+    apiEndpoints: [api]
+    policies:
+      - proxy: [{{action: {{{action}}}}}]
+"""
+
+
+@pytest.fixture
+def gateway_with(tmp_path):
+    def start(action: str, extra: str = ""):
+        path = tmp_path / "gateway.config.yml"
+        path.write_text(CONFIG.format(action=action, extra=extra))
+        return running_gateway(path)
+
+    return start
+
+
+def forward(gateway, flow):
+    gateway.requestheaders(flow)
+    assert flow.response is None, flow.response and flow.response.text
+    return flow.request
+
+
+def test_change_origin_and_forwarded_headers(gateway_with):
+    with gateway_with("serviceEndpoint: backend") as gateway:
+        request = forward(gateway, make_flow(path="/api/items?q=1"))
+        assert request.url == "http://127.0.0.1:9001/api/items?q=1"
+        assert request.headers["Host"] == "127.0.0.1:9001"
+        assert request.headers["X-Forwarded-For"] == "192.0.2.10"
+        assert request.headers["X-Forwarded-Proto"] == "http"
+        assert request.headers["X-Forwarded-Host"] == "api.local"
+        assert len(request.headers["X-Request-Id"]) == 32
+
+
+def test_change_origin_false_keeps_the_clients_host(gateway_with):
+    with gateway_with("serviceEndpoint: backend, changeOrigin: false, xfwd: false") as gateway:
+        request = forward(gateway, make_flow(path="/api/x"))
+        assert (request.host, request.port) == ("127.0.0.1", 9001)
+        assert request.headers["Host"] == "api.local"
+        assert "X-Forwarded-For" not in request.headers
+
+
+@pytest.mark.parametrize(
+    ("action", "path", "expected"),
+    [
+        ("serviceEndpoint: based", "/api/x?y=1", "https://backend.internal:8443/base/api/x?y=1"),
+        ("serviceEndpoint: based, stripPath: true", "/api/x?y=1", "https://backend.internal:8443/base/x?y=1"),
+        ("serviceEndpoint: based, stripPath: true", "/API/", "https://backend.internal:8443/base/"),
+        ("serviceEndpoint: based, stripPath: true", "/users/7", "https://backend.internal:8443/base/7"),
+        ("serviceEndpoint: based, prependPath: false", "/api/x", "https://backend.internal:8443/api/x"),
+        ("serviceEndpoint: based, ignorePath: true", "/api/x?y=1", "https://backend.internal:8443/base"),
+    ],
+)
+def test_paths(gateway_with, action, path, expected):
+    with gateway_with(action) as gateway:
+        request = forward(gateway, make_flow(path=path))
+        assert request.url == expected
+        assert request.headers["Host"] == "backend.internal:8443"
+
+
+def test_round_robin_over_urls(gateway_with):
+    with gateway_with("serviceEndpoint: pool") as gateway:
+        hosts = [forward(gateway, make_flow(path="/api/x")).host for _ in range(4)]
+        assert hosts == ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.1"]
+
+
+def test_client_x_forwarded_for_replaced_unless_from_trusted_proxy(gateway_with):
+    with gateway_with("serviceEndpoint: backend", extra="trustedProxies: ['10.0.0.0/8']") as gateway:
+        spoofed = forward(gateway, make_flow(path="/api/x", headers={"X-Forwarded-For": "1.2.3.4"}))
+        assert spoofed.headers["X-Forwarded-For"] == "192.0.2.10"
+        trusted = make_flow(path="/api/x", peer="10.0.0.1", headers={"X-Forwarded-For": "198.51.100.1"})
+        assert forward(gateway, trusted).headers["X-Forwarded-For"] == "198.51.100.1, 10.0.0.1"
+
+
+def test_request_id_kept_when_sane_replaced_when_not(gateway_with):
+    with gateway_with("serviceEndpoint: backend") as gateway:
+        kept = forward(gateway, make_flow(path="/api/x", headers={"X-Request-Id": "abc-123"}))
+        assert kept.headers["X-Request-Id"] == "abc-123"
+        odd = forward(gateway, make_flow(path="/api/x", headers={"X-Request-Id": "a b\tc" * 40}))
+        assert len(odd.headers["X-Request-Id"]) == 32
+
+
+def test_hop_by_hop_headers_removed_both_ways(gateway_with):
+    with gateway_with("serviceEndpoint: backend") as gateway:
+        flow = make_flow(
+            path="/api/x",
+            headers={
+                "Connection": "keep-alive, X-Secret-Hop",
+                "Keep-Alive": "timeout=5",
+                "X-Secret-Hop": "1",
+                "Proxy-Authorization": "Basic eA==",
+                "TE": "gzip",
+                "Upgrade": "h2c",
+                "X-Kept": "yes",
+            },
+        )
+        request = forward(gateway, flow)
+        for name in ("Connection", "Keep-Alive", "X-Secret-Hop", "Proxy-Authorization", "TE", "Upgrade"):
+            assert name not in request.headers, name
+        assert request.headers["X-Kept"] == "yes"
+        upstream_response(flow, gateway, {"Connection": "close, X-Internal", "X-Internal": "1", "X-App": "a"})
+        assert "Connection" not in flow.response.headers
+        assert "X-Internal" not in flow.response.headers
+        assert flow.response.headers["X-App"] == "a"
+
+
+def test_websocket_handshake_keeps_upgrade(gateway_with):
+    with gateway_with("serviceEndpoint: backend") as gateway:
+        request = forward(
+            gateway, make_flow(path="/api/ws", headers={"Connection": "Upgrade", "Upgrade": "websocket"})
+        )
+        assert request.headers["Upgrade"] == "websocket"
+        assert request.headers["Connection"] == "Upgrade"
+
+
+def test_unmatched_path_is_404_and_shows_the_clients_host(gateway_with):
+    with gateway_with("serviceEndpoint: backend") as gateway:
+        flow = make_flow(path="/admin")
+        gateway.requestheaders(flow)
+        assert (flow.response.status_code, flow.response.text) == (404, "Not Found")
+        assert flow.request.host == "api.local"
+        assert flow.comment == "gateway: no apiEndpoint matched; answered 404 by no apiEndpoint"
