@@ -1,0 +1,95 @@
+"""Editing gateway.config.yml or the gateway's code while a real mitmdump serves."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+
+from conftest import one_pipeline
+from harness import ROOT, wait_until
+
+PROXY = "- proxy: [{action: {serviceEndpoint: backend}}]"
+
+
+def test_valid_edit_takes_effect_without_dropping_requests(start_gateway, upstreams):
+    url = upstreams["customers"].url
+    gateway = start_gateway(one_pipeline(url, PROXY, endpoint="host: '*.local'"))
+    assert gateway.send("/", host="a.local").status == 200
+    assert gateway.send("/", host="a.test").status == 404
+
+    statuses: list[int | str] = []
+    stop = threading.Event()
+
+    def keep_sending() -> None:
+        while not stop.is_set():
+            try:
+                statuses.append(gateway.send("/", host="a.local").status)
+            except OSError as e:
+                statuses.append(repr(e))
+
+    sender = threading.Thread(target=keep_sending)
+    sender.start()
+    try:
+        text = gateway.config.read_text().replace("host: '*.local'", "hostRegex: '[.](local|test)$'")
+        gateway.config.write_text(text)
+        assert wait_until(lambda: gateway.send("/", host="a.test").status == 200)
+    finally:
+        stop.set()
+        sender.join()
+    assert statuses and set(statuses) == {200}, statuses
+    assert "config reloaded from" in gateway.log()
+
+
+def test_invalid_edits_are_refused_and_the_last_good_config_serves(start_gateway, upstreams):
+    url = upstreams["customers"].url
+    gateway = start_gateway(one_pipeline(url, PROXY))
+    good = gateway.config.read_text()
+
+    gateway.config.write_text(good.replace("serviceEndpoint: backend", "serviceEndpoint: nowhere"))
+    assert wait_until(lambda: "config change refused" in gateway.log())
+    assert (
+        f"{gateway.config}: pipelines.api.policies[0].proxy[0].action.serviceEndpoint: "
+        "unknown serviceEndpoint 'nowhere' (declared: backend)" in gateway.log()
+    )
+    assert gateway.send("/", host="x.local").status == 200
+
+    gateway.config.write_text(good[: len(good) // 2])  # a half-written file
+    assert wait_until(lambda: gateway.log().count("config change refused") == 2)
+    assert gateway.send("/", host="x.local").status == 200
+
+    gateway.config.write_text(good.replace("host: '*'", "host: only.local"))
+    assert wait_until(lambda: gateway.send("/", host="x.local").status == 404)
+    assert gateway.send("/", host="only.local").status == 200
+
+
+def test_invalid_config_at_startup_exits_with_the_reason(tmp_path, confdir):
+    import subprocess
+
+    from harness import BIN, ENTRY
+
+    config = tmp_path / "gateway.config.yml"
+    config.write_text("http: {port: 0}\n")
+    result = subprocess.run(
+        [str(BIN / "mitmdump"), "-s", str(ENTRY), "--set", f"gateway_config={config}", "--set", f"confdir={confdir}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert f"invalid gateway config: {config}: http.port: must be a TCP port (1-65535), got 0" in result.stdout
+
+
+def test_editing_a_package_module_reloads_the_code(start_gateway, upstreams, tmp_path):
+    source = tmp_path / "src"
+    shutil.copytree(ROOT / "addons", source / "addons", ignore=shutil.ignore_patterns("__pycache__"))
+    gateway = start_gateway(
+        one_pipeline(upstreams["orders"].url, PROXY, endpoint="host: orders.local"),
+        entry=source / "addons" / "gateway.py",
+    )
+    assert gateway.send("/", host="nowhere.local").text == "Not Found"
+
+    answers = source / "addons" / "mitmgateway" / "answers.py"
+    answers.write_text(answers.read_text().replace('NOT_FOUND = "Not Found"', 'NOT_FOUND = "No such API"'))
+    assert wait_until(lambda: gateway.send("/", host="nowhere.local").text == "No such API", timeout=10)
+    assert gateway.send("/", host="orders.local").status == 200
+    assert "gateway code changed, reloading" in gateway.log()
