@@ -109,21 +109,22 @@ class Upstream:
 class Gateway:
     """`mitmdump -s addons/gateway.py --set gateway_config=FILE`, as a user starts it."""
 
-    def __init__(self, config: Path, port: int, confdir: Path, entry: Path = ENTRY) -> None:
+    def __init__(
+        self,
+        config: Path,
+        port: int,
+        confdir: Path,
+        entry: Path = ENTRY,
+        runner: str = "mitmdump",
+        options: tuple[str, ...] = (),
+    ) -> None:
         self.config = config
         self.port = port
         self.log_path = config.with_suffix(".log")
         self._log = self.log_path.open("wb")
+        settings = [f"gateway_config={config}", f"confdir={confdir}", *options]
         self.process = subprocess.Popen(
-            [
-                str(BIN / "mitmdump"),
-                "-s",
-                str(entry),
-                "--set",
-                f"gateway_config={config}",
-                "--set",
-                f"confdir={confdir}",
-            ],
+            [str(BIN / runner), "-s", str(entry), *(arg for s in settings for arg in ("--set", s))],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=config.parent,

@@ -34,7 +34,11 @@ def evaluate(condition: dict, *, user: dict | None = None, **flow_kwargs) -> boo
         ({"name": "method", "methods": ["POST"]}, {"method": "GET"}, False),
         ({"name": "hostMatch", "pattern": "*.example.com"}, {"host": "API.example.com:8080"}, True),
         ({"name": "hostMatch", "pattern": "*.example.com"}, {"host": "example.org"}, False),
-        ({"name": "allOf", "conditions": [{"name": "always"}, {"name": "method", "methods": "GET"}]}, {}, True),
+        (
+            {"name": "allOf", "conditions": [{"name": "always"}, {"name": "method", "methods": "GET"}]},
+            {},
+            True,
+        ),
         ({"name": "allOf", "conditions": [{"name": "always"}, {"name": "never"}]}, {}, False),
         ({"name": "oneOf", "conditions": [{"name": "never"}, {"name": "always"}]}, {}, True),
         ({"name": "oneOf", "conditions": [{"name": "always"}, {"name": "always"}]}, {}, True),

@@ -70,13 +70,23 @@ def test_invalid_config_at_startup_exits_with_the_reason(tmp_path, confdir):
     config = tmp_path / "gateway.config.yml"
     config.write_text("http: {port: 0}\n")
     result = subprocess.run(
-        [str(BIN / "mitmdump"), "-s", str(ENTRY), "--set", f"gateway_config={config}", "--set", f"confdir={confdir}"],
+        [
+            str(BIN / "mitmdump"),
+            "-s",
+            str(ENTRY),
+            "--set",
+            f"gateway_config={config}",
+            "--set",
+            f"confdir={confdir}",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 1
-    assert f"invalid gateway config: {config}: http.port: must be a TCP port (1-65535), got 0" in result.stdout
+    assert (
+        f"invalid gateway config: {config}: http.port: must be a TCP port (1-65535), got 0" in result.stdout
+    )
 
 
 def test_editing_a_package_module_reloads_the_code(start_gateway, upstreams, tmp_path):

@@ -139,3 +139,15 @@ def test_unmatched_path_is_404_and_shows_the_clients_host(gateway_with):
         assert (flow.response.status_code, flow.response.text) == (404, "Not Found")
         assert flow.request.host == "api.local"
         assert flow.comment == "gateway: no apiEndpoint matched; answered 404 by no apiEndpoint"
+
+
+def test_replayed_flow_is_routed_as_first_sent(gateway_with):
+    with gateway_with("serviceEndpoint: based, stripPath: true") as gateway:
+        flow = make_flow(path="/api/x")
+        forward(gateway, flow)
+        replay = flow.copy()
+        replay.is_replay = "request"
+        replay.live = True
+        request = forward(gateway, replay)
+        assert request.url == "https://backend.internal:8443/base/x"
+        assert request.headers["X-Forwarded-Host"] == "api.local"

@@ -1,0 +1,63 @@
+"""Conditions and mitmweb's view of the gateway's decisions, on real processes."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+from conftest import one_pipeline
+from harness import free_port, wait_for_port
+
+
+def test_conditions_choose_which_steps_run(start_gateway, upstreams, rsa_keys, token):
+    steps = f"""
+- jwt:
+  - condition: {{name: not, condition: {{name: method, methods: [GET, HEAD]}}}}
+    action: {{secretOrPublicKeyFile: {rsa_keys[1]}, checkCredentialExistence: false}}
+- rate-limit:
+  - condition: {{name: anonymous}}
+    action: {{max: 1, windowMs: 60000}}
+  - condition: {{name: allOf, conditions: [{{name: authenticated}}, {{name: pathExact, path: /limited}}]}}
+    action: {{max: 1, windowMs: 60000, message: authenticated limit}}
+- proxy: [{{action: {{serviceEndpoint: backend}}}}]
+"""
+    gateway = start_gateway(one_pipeline(upstreams["customers"].url, steps))
+    auth = {"Authorization": f"Bearer {token}"}
+    # Reads need no token, but anonymous clients are limited.
+    assert gateway.send("/", host="x.local").status == 200
+    assert gateway.send("/", host="x.local").status == 429
+    # Writes need a token; authenticated requests skip the anonymous limit...
+    assert gateway.send("/", host="x.local", method="POST", body=b"{}").status == 401
+    for _ in range(3):
+        assert gateway.send("/", host="x.local", method="POST", body=b"{}", headers=auth).status == 200
+    # ...but not the one on /limited.
+    assert gateway.send("/limited", host="x.local", method="POST", body=b"", headers=auth).status == 200
+    limited = gateway.send("/limited", host="x.local", method="POST", body=b"", headers=auth)
+    assert (limited.status, limited.text) == (429, "authenticated limit")
+
+
+def test_mitmweb_shows_endpoint_pipeline_and_deciding_policy(start_gateway, walkthrough_config, token):
+    web_port = free_port()
+    gateway = start_gateway(
+        walkthrough_config,
+        runner="mitmweb",
+        options=("web_open_browser=false", f"web_port={web_port}", "web_host=127.0.0.1"),
+    )
+    wait_for_port(web_port, gateway.process, gateway.log_path)
+    assert gateway.send("/", host="orders.local").status == 401
+    assert (
+        gateway.send("/", host="customers.local", headers={"Authorization": f"Bearer {token}"}).status == 200
+    )
+    assert gateway.send("/", host="billing.local").status == 404
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/flows", timeout=10) as response:
+        flows = {f["request"]["pretty_host"]: f for f in json.load(response)}
+    rejected = flows["orders.local"]
+    assert rejected["comment"] == "gateway: apiEndpoint orders → pipeline orders; answered 401 by jwt"
+    assert rejected["marked"]
+    proxied = flows["127.0.0.1"]
+    assert proxied["comment"].startswith("gateway: apiEndpoint customers → pipeline customers; proxied to ")
+    assert not proxied["marked"]
+    assert (
+        flows["billing.local"]["comment"] == "gateway: no apiEndpoint matched; answered 404 by no apiEndpoint"
+    )
