@@ -23,6 +23,13 @@ def running_gateway(config_file: Path) -> Iterator[Gateway]:
         yield gateway
 
 
+def gateway_for(directory: Path, config_text: str) -> contextlib.AbstractContextManager[Gateway]:
+    """`running_gateway` on `config_text`, written to gateway.config.yml in `directory`."""
+    path = directory / "gateway.config.yml"
+    path.write_text(config_text)
+    return running_gateway(path)
+
+
 def make_flow(
     host: str = "api.local",
     path: str = "/",

@@ -12,7 +12,7 @@ import jwt as pyjwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from gateway_unit import make_flow, running_gateway
+from gateway_unit import gateway_for, make_flow
 from mitmgateway.config import ConfigError, load_config
 from mitmgateway.policies import StepState
 
@@ -45,12 +45,7 @@ def rs256(keys, **claims) -> str:
 
 @pytest.fixture
 def gateway_with(tmp_path):
-    def start(action: str):
-        path = tmp_path / "gateway.config.yml"
-        path.write_text(CONFIG.format(action=action))
-        return running_gateway(path)
-
-    return start
+    return lambda action: gateway_for(tmp_path, CONFIG.format(action=action))
 
 
 def outcome(gateway, flow) -> int:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from gateway_unit import make_flow, running_gateway, upstream_response
+from gateway_unit import gateway_for, make_flow, upstream_response
 from mitmgateway.config import load_config
 
 CONFIG = """\
@@ -32,12 +32,7 @@ pipelines:
 
 @pytest.fixture
 def gateway_with(tmp_path):
-    def start(action: str, extra: str = ""):
-        path = tmp_path / "gateway.config.yml"
-        path.write_text(CONFIG.format(action=action, extra=extra))
-        return running_gateway(path)
-
-    return start
+    return lambda action, extra="": gateway_for(tmp_path, CONFIG.format(action=action, extra=extra))
 
 
 def statuses(gateway, flows) -> list[int]:

@@ -44,6 +44,7 @@ class Gateway:
 
     def __init__(self) -> None:
         self.config: GatewayConfig | None = None
+        self.config_file: Path | None = None
         self.state = StepState()
         self._config_signature: tuple[int, int, int] | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -65,14 +66,16 @@ class Gateway:
             signature = _file_signature(path)
             try:
                 self._swap(load_config(path, self.state))
+                self.config_file = path
             except ConfigError as e:
                 if self.config is not None:
                     # A change of the option at run time is refused and rolled back.
                     raise exceptions.OptionsError(f"invalid gateway config: {e}") from None
                 # At startup one clear line is enough: mitmproxy exits on errors logged then,
-                # and until it does every request is answered 503 (see requestheaders).
+                # and until it does every request is answered 503 (see requestheaders). A host
+                # that keeps running (no error check) serves once the file is fixed.
                 logger.error("invalid gateway config: %s", e)
-                return
+                self.config_file = path
             self._config_signature = signature
 
     def running(self) -> None:
@@ -104,14 +107,14 @@ class Gateway:
     async def _watch_config(self) -> None:
         while True:
             await asyncio.sleep(CONFIG_POLL_SECONDS)
-            if self.config is None:
+            if self.config_file is None:
                 continue
-            signature = _file_signature(self.config.file)
+            signature = _file_signature(self.config_file)
             if signature is None or signature == self._config_signature:
                 continue
             self._config_signature = signature
             try:
-                config = load_config(self.config.file, self.state)
+                config = load_config(self.config_file, self.state)
             except ConfigError as e:
                 logger.error("config change refused, still serving the last good config: %s", e)
                 continue
@@ -138,9 +141,9 @@ class Gateway:
         origin = flow.metadata.get("gateway", {}).get("origin")
         if flow.is_replay == "request" and origin:
             # A replayed flow carries the upstream's Host and path: route it as first sent.
-            request.host_header, request.path = origin
+            request.host_header, request.path = origin["host"], origin["path"]
         host = request.host_header or ""
-        flow.metadata["gateway"] = {"origin": (host, request.path)}
+        flow.metadata["gateway"] = {"origin": {"host": host, "path": request.path}}
         hostname = hostname_of(host)
         route = config.router.match(hostname, request.path, request.method)
         if route is None:
