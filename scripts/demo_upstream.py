@@ -3,14 +3,18 @@
 
 Usage: demo_upstream.py NAME PORT
 Answers every request with JSON naming the service and echoing what it received (method, path,
-headers, body length), so a reader can see what the gateway forwarded.
+headers, body length), so a reader can see what the gateway forwarded. ``?delay=SECONDS`` makes
+it wait that long before answering (to see the gateway's upstream timeout).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 
 def make_handler(service: str) -> type[BaseHTTPRequestHandler]:
@@ -18,6 +22,9 @@ def make_handler(service: str) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"
 
         def _answer(self) -> None:
+            delay = parse_qs(urlsplit(self.path).query).get("delay")
+            if delay:
+                time.sleep(float(delay[0]))
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             payload = json.dumps(
@@ -34,7 +41,9 @@ def make_handler(service: str) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             if self.command != "HEAD":
-                self.wfile.write(payload)
+                # The gateway may have given up waiting (its upstream timeout).
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.wfile.write(payload)
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _answer
 

@@ -96,3 +96,13 @@ def test_upstream_down_is_502(start_gateway):
     assert (reply.status, reply.text) == (502, "Bad gateway.")
     # The gateway is still up and answers the next request the same way.
     assert gateway.send("/", host="anything.local").status == 502
+
+
+def test_slow_upstream_is_504_and_the_gateway_keeps_serving(start_gateway, upstreams):
+    steps = "- proxy: [{action: {serviceEndpoint: backend, proxyTimeout: 300}}]"
+    gateway = start_gateway(one_pipeline(upstreams["orders"].url, steps))
+    reply = gateway.send("/slow?delay=2", host="orders.local")
+    assert (reply.status, reply.text) == (504, "Gateway Timeout")
+    fast = gateway.send("/fast?delay=0.05", host="orders.local")
+    assert fast.status == 200
+    assert json.loads(fast.body)["path"] == "/fast?delay=0.05"

@@ -183,10 +183,17 @@ class Gateway:
         else:
             flow.comment = f"gateway: {where}; proxied to {flow.request.host}:{flow.request.port}"
 
+    def request(self, flow: http.HTTPFlow) -> None:
+        context = self._contexts.get(flow)
+        if context is not None and flow.response is None:
+            context.forwarded()
+
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         context = self._contexts.pop(flow, None)
         if context is not None and flow.response is not None:
-            context.finish_response(flow.response)
+            context.responded(flow.response)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        self._contexts.pop(flow, None)
+        context = self._contexts.pop(flow, None)
+        if context is not None:
+            context.finished()

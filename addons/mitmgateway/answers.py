@@ -16,6 +16,7 @@ from mitmproxy.proxy.layers.http import _http1
 
 NOT_FOUND = "Not Found"
 BAD_GATEWAY = "Bad gateway."
+GATEWAY_TIMEOUT = "Gateway Timeout"
 INTERNAL_ERROR = "Internal Server Error"
 
 

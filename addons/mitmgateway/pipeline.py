@@ -19,12 +19,23 @@ if TYPE_CHECKING:
     from .routing import RouteMatch
 
 ResponseCallback = Callable[[http.Response], None]
+Callback = Callable[[], None]
 
 
 class RequestContext:
     """What policies and conditions know about one request while its pipeline runs."""
 
-    __slots__ = ("_response_callbacks", "client", "flow", "hostname", "route", "routed", "user")
+    __slots__ = (
+        "_finish_callbacks",
+        "_forward_callbacks",
+        "_response_callbacks",
+        "client",
+        "flow",
+        "hostname",
+        "route",
+        "routed",
+        "user",
+    )
 
     def __init__(
         self, flow: http.HTTPFlow, route: RouteMatch, hostname: str, client: ClientIdentification
@@ -38,7 +49,9 @@ class RequestContext:
         """The verified identity (JWT claims) once an authentication policy has accepted one."""
         self.routed = False
         """Set by the proxy policy once the request has an upstream."""
+        self._forward_callbacks: list[Callback] = []
         self._response_callbacks: list[ResponseCallback] = []
+        self._finish_callbacks: list[Callback] = []
 
     @property
     def client_ip(self) -> str:
@@ -48,13 +61,30 @@ class RequestContext:
         """End the pipeline with the gateway's own response."""
         self.flow.response = response
 
+    def on_forward(self, callback: Callback) -> None:
+        """Run `callback` once the whole request has arrived and goes upstream."""
+        self._forward_callbacks.append(callback)
+
     def on_response(self, callback: ResponseCallback) -> None:
         """Run `callback` on the response before it goes to the client (upstream's or ours)."""
         self._response_callbacks.append(callback)
 
-    def finish_response(self, response: http.Response) -> None:
+    def on_finish(self, callback: Callback) -> None:
+        """Run `callback` when the exchange ends, with a response or with an error."""
+        self._finish_callbacks.append(callback)
+
+    def forwarded(self) -> None:
+        for callback in self._forward_callbacks:
+            callback()
+
+    def responded(self, response: http.Response) -> None:
         for callback in self._response_callbacks:
             callback(response)
+        self.finished()
+
+    def finished(self) -> None:
+        for callback in self._finish_callbacks:
+            callback()
 
 
 @dataclass(frozen=True)

@@ -6,17 +6,24 @@ handling (lazy connections, keep-alive per client connection) does the forwardin
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import logging
 import re
 import uuid
+import weakref
 from dataclasses import dataclass
 from typing import Literal
 
+from mitmproxy import ctx as mitmproxy_ctx
 from mitmproxy import http
+from mitmproxy.net.http import http1
+from mitmproxy.proxy import events
 
+from ..answers import GATEWAY_TIMEOUT, make_answer
 from ..clients import peer_ip
 from ..config.errors import ConfigError
-from ..config.schema import not_supported_yet, option
+from ..config.schema import non_negative, not_supported_yet, option
 from ..pipeline import RequestContext
 from ..upstreams import Upstream
 from .base import BuildContext, Policy, register_policy
@@ -31,6 +38,8 @@ HOP_BY_HOP = (
     "te",
     "upgrade",
 )
+logger = logging.getLogger(__name__)
+
 REQUEST_ID = "X-Request-Id"
 SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}\Z")
 
@@ -59,8 +68,43 @@ class ProxyAction:
     xfwd: bool = option("xfwd", True)
     prepend_path: bool = option("prependPath", True)
     ignore_path: bool = option("ignorePath", False)
-    timeout: None = option("timeout", None, parse=not_supported_yet("an upstream timeout"))
-    proxy_timeout: None = option("proxyTimeout", None, parse=not_supported_yet("an upstream timeout"))
+    proxy_timeout: int = option("proxyTimeout", 60_000, parse=non_negative)
+    """Milliseconds to wait for the upstream's response headers; 0 waits for ever."""
+    timeout: None = option(
+        "timeout", None, parse=not_supported_yet("the client-side timeout (proxyTimeout sets the upstream's)")
+    )
+
+
+_injections: set[asyncio.Future[None]] = set()
+
+
+def answer_upstream_timeout(flow_ref: weakref.ref[http.HTTPFlow]) -> None:
+    """Answer 504 for an upstream that has not started its response in time.
+
+    mitmproxy has no per-request upstream timeout and no way to answer a request it has already
+    forwarded, so the 504 is handed to mitmproxy as if the upstream had sent it (through the same
+    event injection mitmproxy's own `inject` commands use), with ``Connection: close`` so that
+    mitmproxy also closes the upstream connection, and the late real answer is never read.
+    """
+    flow = flow_ref()
+    if flow is None or flow.response is not None or flow.error is not None or not flow.live:
+        return
+    server = flow.server_conn
+    proxyserver = mitmproxy_ctx.master.addons.get("proxyserver")
+    handler = getattr(proxyserver, "connections", {}).get(flow.client_conn.id)
+    if handler is None or not server.connected or server.alpn == b"h2":
+        # Still connecting, or an HTTP/2 upstream: the operating system's timeouts apply.
+        logger.warning("upstream %s timed out; cannot answer 504 on this connection", server.address)
+        return
+    response = make_answer(flow.request, 504, GATEWAY_TIMEOUT, {"Connection": "close"})
+    flow.metadata.setdefault("gateway", {})["upstreamTimedOut"] = True
+    flow.comment += "; upstream timed out, answered 504"
+    flow.marked = ":hourglass:"
+    injection = asyncio.ensure_future(
+        handler.server_event(events.DataReceived(server, http1.assemble_response(response)))
+    )
+    _injections.add(injection)  # the event loop keeps only a weak reference to a task
+    injection.add_done_callback(_injections.discard)
 
 
 @register_policy
@@ -78,6 +122,7 @@ class ProxyPolicy(Policy):
                 f"unknown serviceEndpoint {action.service_endpoint!r} (declared: {known})",
             )
         self.upstreams = itertools.cycle(service.upstreams)
+        self.timeout = action.proxy_timeout / 1000
 
     def forwarded_path(self, ctx: RequestContext, upstream: Upstream) -> str:
         path = ctx.flow.request.path
@@ -117,3 +162,13 @@ class ProxyPolicy(Policy):
             headers[REQUEST_ID] = uuid.uuid4().hex
         ctx.routed = True
         ctx.on_response(lambda response: strip_hop_by_hop(response, upgrading=upgrading))
+        if self.timeout:
+            ctx.on_forward(lambda: self._start_timer(ctx))
+
+    def _start_timer(self, ctx: RequestContext) -> None:
+        # From the moment the whole request goes upstream, not from its headers: a slow upload
+        # is the client's time, not the upstream's.
+        timer = asyncio.get_running_loop().call_later(
+            self.timeout, answer_upstream_timeout, weakref.ref(ctx.flow)
+        )
+        ctx.on_finish(timer.cancel)
