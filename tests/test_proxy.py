@@ -88,8 +88,11 @@ def test_client_x_forwarded_for_replaced_unless_from_trusted_proxy(gateway_with)
 
 def test_request_id_kept_when_sane_replaced_when_not(gateway_with):
     with gateway_with("serviceEndpoint: backend") as gateway:
-        kept = forward(gateway, make_flow(path="/api/x", headers={"X-Request-Id": "abc-123"}))
+        flow = make_flow(path="/api/x", headers={"X-Request-Id": "abc-123"})
+        kept = forward(gateway, flow)
         assert kept.headers["X-Request-Id"] == "abc-123"
+        upstream_response(flow, gateway)
+        assert flow.response.headers["X-Request-Id"] == "abc-123"
         odd = forward(gateway, make_flow(path="/api/x", headers={"X-Request-Id": "a b\tc" * 40}))
         assert len(odd.headers["X-Request-Id"]) == 32
 

@@ -159,9 +159,15 @@ class ProxyPolicy(Policy):
                 headers["X-Forwarded-Host"] = original_host
         request_id = headers.get(REQUEST_ID)
         if request_id is None or not SAFE_REQUEST_ID.match(request_id):
-            headers[REQUEST_ID] = uuid.uuid4().hex
+            headers[REQUEST_ID] = request_id = uuid.uuid4().hex
         ctx.routed = True
-        ctx.on_response(lambda response: strip_hop_by_hop(response, upgrading=upgrading))
+
+        def finish_response(response: http.Response) -> None:
+            strip_hop_by_hop(response, upgrading=upgrading)
+            # The client can quote the id when it reports a problem.
+            response.headers.setdefault(REQUEST_ID, request_id)
+
+        ctx.on_response(finish_response)
         if self.timeout:
             ctx.on_forward(lambda: self._start_timer(ctx))
 
