@@ -143,6 +143,9 @@ class Router:
 
     def __init__(self, routes: Iterable[tuple[str, ApiEndpoint, Any, KeyPath]]) -> None:
         """`routes`: (apiEndpoint name, endpoint, pipeline, key path) in config order."""
+        routes = tuple(routes)
+        self.endpoints: tuple[tuple[str, ApiEndpoint, Any], ...] = tuple(r[:3] for r in routes)
+        """(apiEndpoint name, endpoint, pipeline) in config order, for tools that describe a config."""
         self._exact: dict[str, list[_Rule]] = {}
         wildcard: list[tuple[int, _Rule]] = []
         for name, endpoint, pipeline, path in routes:

@@ -1,0 +1,97 @@
+"""The ``mitmgateway`` console script: ``run`` serves a config, ``check`` validates one."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import ConfigError, GatewayConfig, load_config
+from .policies import StepState
+from .routing import ApiEndpoint
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mitmgateway", description="An API gateway made of mitmproxy addons."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="serve a gateway config in a lean mitmproxy master")
+    run.add_argument("-c", "--config", type=Path, default=Path("gateway.config.yml"))
+    run.add_argument(
+        "--workers", type=int, default=1, help="processes sharing the port (default 1; use one per core)"
+    )
+    run.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="OPTION=VALUE",
+        help="a mitmproxy option, as with mitmdump --set",
+    )
+    run.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    check = commands.add_parser("check", help="validate a config without serving it")
+    check.add_argument("-c", "--config", type=Path, default=Path("gateway.config.yml"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    config_path = args.config.expanduser().absolute()
+    if args.command == "check":
+        return check(config_path)
+    from . import runner  # imports mitmproxy's proxy core, which check does not need
+
+    if args.workers < 1:
+        print("mitmgateway: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.workers == 1:
+        return runner.serve(config_path, args.settings, reuse_port=args.reuse_port)
+    try:
+        load_config(config_path, StepState())
+    except ConfigError as e:
+        print(f"mitmgateway: invalid gateway config: {e}", file=sys.stderr)
+        return 1
+    return runner.WorkerPool(config_path, args.settings, args.workers).run()
+
+
+def check(config_path: Path) -> int:
+    try:
+        config = load_config(config_path, StepState())
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    print(summarize(config))
+    return 0
+
+
+def _describe_endpoint(endpoint: ApiEndpoint) -> str:
+    parts = [f"host {endpoint.host_regex.pattern!r}" if endpoint.host_regex else f"host {endpoint.host}"]
+    if endpoint.paths is not None:
+        parts.append("paths " + ", ".join(p.pattern for p in endpoint.paths))
+    elif endpoint.path_regex is not None:
+        parts.append(f"pathRegex {endpoint.path_regex.pattern!r}")
+    if endpoint.methods is not None:
+        parts.append("methods " + ", ".join(sorted(endpoint.methods)))
+    return ", ".join(parts)
+
+
+def summarize(config: GatewayConfig) -> str:
+    """What a valid config sets up, on one screen: endpoints → pipelines → policies, upstreams."""
+    listener = config.http
+    lines = [
+        f"{config.file}: OK",
+        f"listens on http://{listener.hostname or '*'}:{listener.port}",
+        "apiEndpoints → pipeline: policies",
+    ]
+    for name, endpoint, pipeline in config.router.endpoints:
+        steps = " → ".join(
+            step.policy_name + (" (if condition)" if step.condition else "") for step in pipeline.steps
+        )
+        lines.append(f"  {name} ({_describe_endpoint(endpoint)}) → {pipeline.name}: {steps or 'no policies'}")
+    lines.append("serviceEndpoints")
+    for service in config.service_endpoints.values():
+        urls = ", ".join(f"{u.scheme}://{u.authority}{u.base_path}" for u in service.upstreams)
+        lines.append(f"  {service.name}: {urls}")
+    return "\n".join(lines)

@@ -1,0 +1,197 @@
+"""The lean runner: our addons in a mitmproxy master that holds only what a reverse proxy needs.
+
+mitmdump dispatches every event of every flow to ~35 addons, almost none of which a gateway uses;
+this master keeps core, the proxy server, next-layer and TLS config, the script loader (so code
+edits reload live, as under ``mitmdump -s``) and the startup error check. ``--workers N`` runs N
+such processes on one port (SO_REUSEPORT: the kernel spreads connections over them) under a small
+supervisor that forwards SIGTERM and replaces a worker that dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import addonmanager, exceptions, flow, hooks, master, options
+from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, script, termlog, tlsconfig
+
+logger = logging.getLogger("mitmgateway")
+
+# The entry mitmproxy loads under mitmdump: beside the package in a source checkout (the layout
+# users edit live). An installed wheel has no such file and gets the addons without code reload.
+ENTRY_SCRIPT = Path(__file__).resolve().parent.parent / "gateway.py"
+# A worker that dies this soon after it started is failing to start (bad config, port taken):
+# replacing it would only loop, so the pool exits instead.
+STARTUP_SECONDS = 3.0
+_ADDON_SET_EVENTS = frozenset({"load", "configure", "running", "done"})
+
+
+class DispatchTable(addonmanager.AddonManager):
+    """mitmproxy's addon manager, minus the work it repeats for every event of every flow.
+
+    The stock manager walks every addon (and their children) with getattr for each event, then
+    triggers an `update` event after each lifecycle event. Here the handlers of each flow event
+    are looked up once and remembered; any load, configure, running or done event (which is what
+    a script load or reload, or an option change, goes through) drops the table. `update` is
+    skipped when no addon handles it.
+    """
+
+    def __init__(self, gateway_master: master.Master) -> None:
+        super().__init__(gateway_master)
+        self._handlers: dict[str, list[Callable[..., Any]]] = {}
+
+    def _handlers_for(self, event: hooks.Hook) -> list[Callable[..., Any]]:
+        handlers = self._handlers.get(event.name)
+        if handlers is None:
+            handlers = [func for addon in self.chain for _, func in self._iter_hooks(addon, event)]
+            self._handlers[event.name] = handlers
+        return handlers
+
+    def invoke_addon_sync(self, addon: Any, event: hooks.Hook) -> None:
+        if event.name in _ADDON_SET_EVENTS:
+            self._handlers.clear()
+        super().invoke_addon_sync(addon, event)
+
+    async def trigger_event(self, event: hooks.Hook) -> None:
+        if event.name in _ADDON_SET_EVENTS:
+            self._handlers.clear()
+            await super().trigger_event(event)
+            return
+        args = event.args()
+        for func in self._handlers_for(event):
+            try:
+                result = func(*args)
+                if result is not None and inspect.isawaitable(result):
+                    await result
+            except exceptions.AddonHalt:
+                return
+            except exceptions.OptionsError:
+                raise
+            except Exception as e:
+                logger.error("Addon error: %s", e, exc_info=True)
+
+    async def handle_lifecycle(self, event: hooks.Hook) -> None:
+        await self.trigger_event(event)
+        message = event.args()[0]
+        if isinstance(message, flow.Flow) and self._handlers_for(hooks.UpdateHook([])):
+            await self.trigger_event(hooks.UpdateHook([message]))
+
+
+class GatewayMaster(master.Master):
+    def __init__(self, opts: options.Options) -> None:
+        super().__init__(opts, with_termlog=False)
+        opts.changed.disconnect(self.addons._configure_all)
+        self.addons = DispatchTable(self)
+        self._termlog_addon = termlog.TermLog()
+        self.addons.add(
+            self._termlog_addon,
+            core.Core(),
+            proxyserver.Proxyserver(),
+            next_layer.NextLayer(),
+            tlsconfig.TlsConfig(),
+            script.ScriptLoader(),
+            errorcheck.ErrorCheck(),
+        )
+
+
+def _reuse_port_loop_factory() -> asyncio.AbstractEventLoop:
+    """An event loop whose listening sockets set SO_REUSEPORT, so workers can share one port."""
+
+    class ReusePortLoop(asyncio.SelectorEventLoop):
+        async def create_server(self, *args, **kwargs):  # type: ignore[override]
+            kwargs["reuse_port"] = True
+            return await super().create_server(*args, **kwargs)
+
+    return ReusePortLoop()
+
+
+def serve(config: Path, settings: Sequence[str], reuse_port: bool = False) -> int:
+    """Run one gateway process until it is told to stop; returns its exit code."""
+
+    async def main() -> int:
+        logging.getLogger().setLevel(logging.INFO)
+        opts = options.Options()
+        gateway_master = GatewayMaster(opts)
+        try:
+            opts.set(f"gateway_config={config}", *settings, defer=True)
+            if ENTRY_SCRIPT.exists():
+                opts.update(scripts=[str(ENTRY_SCRIPT)])
+            else:
+                from .addon import Gateway
+
+                gateway_master.addons.add(Gateway())
+        except Exception as e:  # OptionsError, or a script that fails to load
+            print(f"mitmgateway: {e}", file=sys.stderr)
+            return 1
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, gateway_master.shutdown)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        await gateway_master.run()
+        return 0
+
+    if reuse_port:
+        with asyncio.Runner(loop_factory=_reuse_port_loop_factory) as runner:
+            return runner.run(main())
+    return asyncio.run(main())
+
+
+class WorkerPool:
+    """N copies of ``mitmgateway run`` on one port; SIGTERM/SIGINT go to all of them."""
+
+    def __init__(self, config: Path, settings: Sequence[str], workers: int) -> None:
+        self.command = [
+            sys.executable,
+            "-m",
+            "mitmgateway",
+            "run",
+            "-c",
+            str(config),
+            "--reuse-port",
+            *(arg for setting in settings for arg in ("--set", setting)),
+        ]
+        self.size = workers
+        self.stopping = False
+        self.processes: list[tuple[subprocess.Popen[bytes], float]] = []
+
+    def _start_one(self) -> tuple[subprocess.Popen[bytes], float]:
+        return subprocess.Popen(self.command), time.monotonic()
+
+    def _stop_all(self, *_: object) -> None:
+        self.stopping = True
+        for process, _started in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._stop_all)
+        signal.signal(signal.SIGINT, self._stop_all)
+        self.processes = [self._start_one() for _ in range(self.size)]
+        while not self.stopping:
+            time.sleep(0.2)
+            for i, (process, started) in enumerate(self.processes):
+                code = process.poll()
+                if code is None or self.stopping:
+                    continue
+                if time.monotonic() - started < STARTUP_SECONDS:
+                    logger.error("worker %d exited with %d while starting; stopping", process.pid, code)
+                    self._stop_all()
+                    self._wait_all()
+                    return code or 1
+                logger.error("worker %d exited with %d; starting a new one", process.pid, code)
+                self.processes[i] = self._start_one()
+        return self._wait_all()
+
+    def _wait_all(self) -> int:
+        worst = 0
+        for process, _started in self.processes:
+            worst = max(worst, process.wait())
+        return worst
