@@ -30,8 +30,8 @@ from pathlib import Path
 import mitmproxy.version
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gen_keys import generate  # noqa: E402
-from mint_token import mint  # noqa: E402
+from gen_keys import generate
+from mint_token import mint
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -253,7 +253,7 @@ def chart(summary: dict[str, dict[str, float]], title: str, path: Path) -> None:
     names = list(summary)
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     bars = left.barh(names, [summary[n]["requests_per_second"] for n in names], color="#4c72b0")
-    left.bar_label(bars, labels=[f"{summary[n]['rps_vs_mitmdump']:.2f}× mitmdump" for n in names], padding=3)
+    left.bar_label(bars, labels=[f"{summary[n]['rps_vs_mitmdump']:.2f}x mitmdump" for n in names], padding=3)
     left.set_xlabel("requests/s (higher is better)")
     left.invert_yaxis()
     left.margins(x=0.3)
@@ -279,7 +279,7 @@ def main() -> int:
     args = parser.parse_args()
     for tool in ("wrk", "nginx"):
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
-            print(f"bench: {tool} is not installed (Debian: apt-get install wrk nginx-light)", file=sys.stderr)
+            print(f"bench: {tool} is missing (Debian: apt-get install wrk nginx-light)", file=sys.stderr)
             return 1
 
     with tempfile.TemporaryDirectory(prefix="mitmgateway-bench-") as tmp:
@@ -307,10 +307,10 @@ def main() -> int:
     settings = {k: v for k, v in vars(args).items() if k != "out"}
     print(f"\n{info['cpu']}, {info['cores']} cores, Python {info['python']}, mitmproxy {info['mitmproxy']}")
     print(f"wrk -t1 -c{args.connections}, {args.seconds:g} s per target, median of {args.rounds} rounds")
-    print(f"{'target':<28} {'req/s':>9} {'× mitmdump':>11} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    print(f"{'target':<28} {'req/s':>9} {'x mitmdump':>11} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for target, f in summary.items():
         print(
-            f"{target:<28} {f['requests_per_second']:9.0f} {f['rps_vs_mitmdump']:10.2f}× "
+            f"{target:<28} {f['requests_per_second']:9.0f} {f['rps_vs_mitmdump']:10.2f}x "
             f"{f['p50_ms']:8.2f} {f['p99_ms']:8.2f} {f['errors']:7.0f}"
         )
     args.out.mkdir(parents=True, exist_ok=True)
