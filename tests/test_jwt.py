@@ -245,3 +245,20 @@ def test_check_credential_existence_true_is_refused_with_the_reason(tmp_path, rs
         ConfigError, match=r"jwt\[0\]\.action\.checkCredentialExistence: true \(the default\) needs"
     ):
         load_config(file, StepState(), {})
+
+
+def test_verified_tokens_are_remembered_until_they_expire(gateway_with, rsa_keys):
+    with gateway_with(f"secretOrPublicKeyFile: {rsa_keys[1]}") as gateway:
+        policy = gateway.config.pipelines["main"].steps[0].policy
+        exp = int(time.time()) + 2
+        token = rs256(rsa_keys, exp=exp)
+        assert outcome(gateway, make_flow(headers=bearer(token))) == 200
+        assert token in policy.verified
+        assert outcome(gateway, make_flow(headers=bearer(token))) == 200
+        forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+        assert outcome(gateway, make_flow(headers=bearer(forged))) == 401
+        assert forged not in policy.verified
+        while time.time() <= exp:
+            time.sleep(0.1)
+        assert outcome(gateway, make_flow(headers=bearer(token))) == 401
+        assert token not in policy.verified

@@ -3,14 +3,23 @@
 The key decides which algorithms can ever verify: an RSA public key admits RS*/PS*, an EC key the
 ES algorithm of its curve, an Ed25519/Ed448 key EdDSA, and a secret that is no key at all HS*.
 ``alg: none`` and HS/RS confusion (a token HMAC-signed with the public key) therefore never pass.
+
+A signature check costs about 100 µs of CPU, as much as the rest of the gateway's work on a
+request, and clients send the same token again and again: each step remembers the tokens it has
+verified (bounded, least recently used first out) until they expire, so a repeated token costs
+one dict lookup. The cache belongs to the step as built, so a reload (maybe with a new key) starts
+afresh.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import jwt
+from cachetools import TLRUCache
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
@@ -24,6 +33,11 @@ from .base import BuildContext, Policy, register_policy
 HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
 RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
 EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
+
+VERIFIED_TOKENS = 10_000
+"""Verified tokens remembered per step."""
+UNEXPIRING_TOKEN_SECONDS = 300.0
+"""How long a token without ``exp`` stays remembered (it stays valid; this only bounds the entry)."""
 
 VerificationKey = Any  # a cryptography public key, or bytes for an HMAC secret
 
@@ -110,6 +124,9 @@ class JwtPolicy(Policy):
                     )
             self.algorithms = list(action.algorithms)
         self.options = {"verify_aud": action.audience is not None, "verify_iat": False}
+        self.verified: TLRUCache[str, tuple[Mapping[str, Any], float]] = TLRUCache(
+            maxsize=VERIFIED_TOKENS, ttu=lambda _token, entry, _now: entry[1], timer=time.monotonic
+        )
         self.scheme = (
             "bearer" if action.jwt_extractor == "authBearer" else (action.jwt_extractor_field or "").lower()
         )
@@ -124,7 +141,25 @@ class JwtPolicy(Policy):
         scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
         return token.strip() if scheme.lower() == self.scheme and token.strip() else None
 
-    def verify(self, token: str) -> dict[str, Any]:
+    def verify(self, token: str) -> Mapping[str, Any]:
+        """The token's claims if it is valid now; raises jwt.InvalidTokenError if not."""
+        cached = self.verified.get(token)
+        if cached is not None:
+            return cached[0]
+        claims = self._check_signature_and_claims(token)
+        # Remember it until it expires (the same leeway as verification gives).
+        now = time.monotonic()
+        exp = claims.get("exp")
+        lifetime = (
+            exp + self.action.clock_tolerance - time.time()
+            if isinstance(exp, int | float)
+            else UNEXPIRING_TOKEN_SECONDS
+        )
+        if lifetime > 0:
+            self.verified[token] = (claims, now + lifetime)
+        return claims
+
+    def _check_signature_and_claims(self, token: str) -> dict[str, Any]:
         return jwt.decode(
             token,
             self.key,
