@@ -37,7 +37,11 @@ def parse_upstream_url(value: Any, path: KeyPath) -> Upstream:
     if parts.query or parts.fragment:
         raise ConfigError(path, f"must not carry a query or fragment, got {text!r}")
     default_port = 443 if parts.scheme == "https" else 80
-    return Upstream(parts.scheme, parts.hostname, port or default_port, parts.path.rstrip("/"))
+    try:
+        host = parts.hostname.encode("idna").decode("ascii")
+    except UnicodeError as e:
+        raise ConfigError(path, f"invalid host name {parts.hostname!r}: {e}") from e
+    return Upstream(parts.scheme, host, port or default_port, parts.path.rstrip("/"))
 
 
 def _urls(value: Any, path: KeyPath) -> tuple[Upstream, ...]:

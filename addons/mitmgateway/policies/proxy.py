@@ -24,39 +24,15 @@ from ..answers import GATEWAY_TIMEOUT, make_answer
 from ..clients import peer_ip
 from ..config.errors import ConfigError
 from ..config.schema import non_negative, not_supported_yet, option
+from ..headers import encode, set_headers, strip_hop_by_hop
 from ..pipeline import RequestContext
 from ..upstreams import Upstream
 from .base import BuildContext, Policy, register_policy
 
-# RFC 9110 7.6.1: meaningful for one connection only, never forwarded.
-HOP_BY_HOP = (
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "upgrade",
-)
 logger = logging.getLogger(__name__)
 
 REQUEST_ID = "X-Request-Id"
 SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}\Z")
-
-
-def strip_hop_by_hop(message: http.Message, *, upgrading: bool) -> None:
-    headers = message.headers
-    named = [n.strip() for v in headers.get_all("connection") for n in v.split(",")]
-    for name in (*HOP_BY_HOP, *named):
-        # A WebSocket handshake needs Connection/Upgrade to reach the other side.
-        if upgrading and name.lower() in ("connection", "upgrade"):
-            continue
-        if name:
-            headers.pop(name, None)
-
-
-def is_upgrade(message: http.Message) -> bool:
-    return "upgrade" in message.headers.get("connection", "").lower()
 
 
 @dataclass(frozen=True)
@@ -142,28 +118,31 @@ class ProxyPolicy(Policy):
         request = ctx.flow.request
         upstream = next(self.upstreams)
         original_host = request.host_header
-        upgrading = is_upgrade(request)
-        strip_hop_by_hop(request, upgrading=upgrading)
+        upgrading = strip_hop_by_hop(request)
         request.path = self.forwarded_path(ctx, upstream)
         request.scheme = upstream.scheme
-        request.host = upstream.host
-        request.port = upstream.port
+        # Through `data`: the host and port setters each rewrite the Host header, set once below.
+        request.data.host = upstream.host
+        request.data.port = upstream.port
         request.host_header = upstream.authority if self.action.change_origin else original_host
-        headers = request.headers
+        added: list[tuple[bytes, bytes]] = []
         if self.action.xfwd:
             forwarded = ctx.client.trusted_forwarded_for
             peer = peer_ip(ctx.flow)
-            headers["X-Forwarded-For"] = f"{forwarded}, {peer}" if forwarded else peer
-            headers["X-Forwarded-Proto"] = "https" if ctx.flow.client_conn.tls else "http"
+            added.append((b"X-Forwarded-For", encode(f"{forwarded}, {peer}" if forwarded else peer)))
+            added.append((b"X-Forwarded-Proto", b"https" if ctx.flow.client_conn.tls else b"http"))
             if original_host:
-                headers["X-Forwarded-Host"] = original_host
-        request_id = headers.get(REQUEST_ID)
+                added.append((b"X-Forwarded-Host", encode(original_host)))
+        request_id = request.headers.get(REQUEST_ID)
         if request_id is None or not SAFE_REQUEST_ID.match(request_id):
-            headers[REQUEST_ID] = request_id = uuid.uuid4().hex
+            request_id = uuid.uuid4().hex
+            added.append((REQUEST_ID.encode(), request_id.encode()))
+        if added:
+            set_headers(request, tuple(added))
         ctx.routed = True
 
         def finish_response(response: http.Response) -> None:
-            strip_hop_by_hop(response, upgrading=upgrading)
+            strip_hop_by_hop(response, upgrading)
             # The client can quote the id when it reports a problem.
             response.headers.setdefault(REQUEST_ID, request_id)
 

@@ -16,6 +16,7 @@ from cachetools import TTLCache
 
 from ..answers import make_answer
 from ..config.schema import http_status, not_supported_yet, option, positive
+from ..headers import set_headers
 from ..pipeline import RequestContext
 from ..templates import Template, parse_template
 from .base import BuildContext, Policy, register_policy
@@ -78,15 +79,21 @@ class RateLimitPolicy(Policy):
             window = self.windows[key] = _Window(now, self.window)
         window.count += 1
         limit = self.action.max
-        headers = {}
-        if self.action.headers:
-            headers = {
-                "X-RateLimit-Limit": str(limit),
-                "X-RateLimit-Remaining": str(max(0, limit - window.count)),
-                "X-RateLimit-Reset": str(math.ceil(window.reset_epoch)),
-            }
         if window.count > limit:
-            headers["Retry-After"] = str(max(1, math.ceil(window.reset_monotonic - now)))
+            headers = {"Retry-After": str(max(1, math.ceil(window.reset_monotonic - now)))}
+            if self.action.headers:
+                headers.update(self._headers(limit, window))
             ctx.answer(make_answer(ctx.flow.request, self.action.status_code, self.action.message, headers))
-        elif headers:
-            ctx.on_response(lambda response: response.headers.update(headers))
+        elif self.action.headers:
+            fields = tuple(
+                (name.encode(), value.encode()) for name, value in self._headers(limit, window).items()
+            )
+            ctx.on_response(lambda response: set_headers(response, fields))
+
+    @staticmethod
+    def _headers(limit: int, window: _Window) -> dict[str, str]:
+        return {
+            "X-RateLimit-Limit": str(limit),
+            "X-RateLimit-Remaining": str(max(0, limit - window.count)),
+            "X-RateLimit-Reset": str(math.ceil(window.reset_epoch)),
+        }

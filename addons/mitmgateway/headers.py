@@ -1,0 +1,65 @@
+"""Header edits on mitmproxy messages, done in one pass over the raw fields.
+
+mitmproxy's `Headers` scans every field, converting each name, on each get, set and pop; the
+request path edits several headers of every message, so these helpers read and replace
+``headers.fields`` (a tuple of ``(name, value)`` bytes pairs) once instead.
+"""
+
+from __future__ import annotations
+
+from mitmproxy import http
+
+# RFC 9110 7.6.1: meaningful for one connection only, never forwarded.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"upgrade",
+    }
+)
+# A WebSocket handshake needs these to reach the other side.
+UPGRADE_HEADERS = frozenset({b"connection", b"upgrade"})
+
+Fields = tuple[tuple[bytes, bytes], ...]
+
+
+def encode(value: str) -> bytes:
+    """A header value as mitmproxy stores it (it decodes them as UTF-8 with surrogateescape)."""
+    return value.encode("utf-8", "surrogateescape")
+
+
+def _connection_tokens(fields: Fields) -> set[bytes]:
+    tokens = set()
+    for name, value in fields:
+        if name.lower() == b"connection":
+            tokens.update(token.strip().lower() for token in value.split(b","))
+    tokens.discard(b"")
+    return tokens
+
+
+def strip_hop_by_hop(message: http.Message, upgrading: bool | None = None) -> bool:
+    """Remove the hop-by-hop headers, and those the Connection header names.
+
+    `upgrading`: keep Connection/Upgrade for a protocol upgrade; None decides from this message.
+    Returns whether the message was treated as an upgrade.
+    """
+    fields = message.headers.fields
+    tokens = _connection_tokens(fields)
+    if upgrading is None:
+        upgrading = b"upgrade" in tokens
+    drop = (HOP_BY_HOP | tokens) - UPGRADE_HEADERS if upgrading else HOP_BY_HOP | tokens
+    kept = tuple(field for field in fields if field[0].lower() not in drop)
+    if len(kept) != len(fields):
+        message.headers.fields = kept
+    return upgrading
+
+
+def set_headers(message: http.Message, headers: Fields) -> None:
+    """Set each of `headers`, replacing any the message has of the same name."""
+    names = {name.lower() for name, _ in headers}
+    fields = message.headers.fields
+    message.headers.fields = tuple(field for field in fields if field[0].lower() not in names) + headers
