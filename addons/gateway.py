@@ -16,5 +16,6 @@ for _name in [m for m in sys.modules if m == "mitmgateway" or m.startswith("mitm
 
 from mitmgateway.addon import Gateway  # noqa: E402
 from mitmgateway.reloader import PackageReloader  # noqa: E402
+from mitmgateway.shutdown import GracefulShutdown  # noqa: E402
 
-addons = [Gateway(), PackageReloader(Path(__file__))]
+addons = [Gateway(), GracefulShutdown(), PackageReloader(Path(__file__))]

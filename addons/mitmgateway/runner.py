@@ -118,6 +118,8 @@ def serve(config: Path, settings: Sequence[str], reuse_port: bool = False) -> in
 
     async def main() -> int:
         logging.getLogger().setLevel(logging.INFO)
+        # One line per client connection is noise at gateway rates; the access log tells each request.
+        logging.getLogger("mitmproxy.proxy.server").setLevel(logging.WARNING)
         opts = options.Options()
         gateway_master = GatewayMaster(opts)
         try:
@@ -126,8 +128,9 @@ def serve(config: Path, settings: Sequence[str], reuse_port: bool = False) -> in
                 opts.update(scripts=[str(ENTRY_SCRIPT)])
             else:
                 from .addon import Gateway
+                from .shutdown import GracefulShutdown
 
-                gateway_master.addons.add(Gateway())
+                gateway_master.addons.add(Gateway(), GracefulShutdown())
         except Exception as e:  # OptionsError, or a script that fails to load
             print(f"mitmgateway: {e}", file=sys.stderr)
             return 1
@@ -150,12 +153,14 @@ class WorkerPool:
     def __init__(self, config: Path, settings: Sequence[str], workers: int) -> None:
         self.command = [
             sys.executable,
+            *(["-O"] if sys.flags.optimize else []),
             "-m",
             "mitmgateway",
             "run",
             "-c",
             str(config),
             "--reuse-port",
+            *([] if sys.flags.optimize else ["--debug"]),
             *(arg for setting in settings for arg in ("--set", setting)),
         ]
         self.size = workers

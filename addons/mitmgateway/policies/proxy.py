@@ -10,7 +10,7 @@ import asyncio
 import itertools
 import logging
 import re
-import uuid
+import secrets
 import weakref
 from dataclasses import dataclass
 from typing import Literal
@@ -135,7 +135,7 @@ class ProxyPolicy(Policy):
                 added.append((b"X-Forwarded-Host", encode(original_host)))
         request_id = request.headers.get(REQUEST_ID)
         if request_id is None or not SAFE_REQUEST_ID.match(request_id):
-            request_id = uuid.uuid4().hex
+            request_id = secrets.token_hex(16)
             added.append((REQUEST_ID.encode(), request_id.encode()))
         if added:
             set_headers(request, tuple(added))

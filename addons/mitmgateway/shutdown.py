@@ -1,0 +1,90 @@
+"""Graceful shutdown: on SIGTERM stop accepting, let requests in flight finish, then exit 0.
+
+mitmproxy exits at once on SIGTERM, cutting every exchange in progress: behind a load balancer or
+an orchestrator that sends SIGTERM before each deploy, that is a burst of failed requests. This
+addon takes SIGTERM over (SIGINT, Ctrl-C, keeps mitmproxy's immediate exit): it closes the
+listening sockets, marks responses still to come with ``Connection: close``, closes idle
+keep-alive connections once nothing is in flight, and then asks mitmproxy to exit. Requests still
+running after ``gateway_shutdown_timeout`` seconds are cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from mitmproxy import ctx, http
+
+logger = logging.getLogger("mitmgateway")
+
+DRAIN_POLL_SECONDS = 0.05
+
+
+class GracefulShutdown:
+    def __init__(self) -> None:
+        self.in_flight: set[http.HTTPFlow] = set()
+        self.draining = False
+        self._drain: asyncio.Task[None] | None = None
+
+    def load(self, loader) -> None:
+        loader.add_option(
+            "gateway_shutdown_timeout",
+            float,
+            30.0,
+            "Seconds a SIGTERM waits for requests in flight before the gateway exits anyway.",
+        )
+
+    def running(self) -> None:
+        loop = asyncio.get_running_loop()
+        # Replaces mitmproxy's own SIGTERM handler (an immediate exit).
+        loop.add_signal_handler(signal.SIGTERM, self.begin)
+
+    def done(self) -> None:
+        # A code reload replaces this addon: hand SIGTERM back until the new one takes it.
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, ctx.master.shutdown)
+        except RuntimeError:
+            pass
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self.in_flight.add(flow)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if self.draining and flow.response is not None:
+            flow.response.headers["Connection"] = "close"
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self.in_flight.discard(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self.in_flight.discard(flow)
+
+    def begin(self) -> None:
+        if self._drain is None:
+            self._drain = asyncio.get_running_loop().create_task(self.drain())
+
+    async def drain(self) -> None:
+        self.draining = True
+        timeout = ctx.options.gateway_shutdown_timeout
+        logger.info(
+            "SIGTERM: no longer accepting connections; waiting up to %gs for %d request(s) in flight",
+            timeout,
+            len(self.in_flight),
+        )
+        proxyserver = ctx.master.addons.get("proxyserver")
+        await proxyserver.servers.update([])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.in_flight and loop.time() < deadline:
+            await asyncio.sleep(DRAIN_POLL_SECONDS)
+        if self.in_flight:
+            logger.warning("shutting down with %d request(s) still in flight", len(self.in_flight))
+        # The last responses may still be on their way out: give them a moment, then close the
+        # keep-alive connections that are left idle.
+        await asyncio.sleep(DRAIN_POLL_SECONDS)
+        for handler in list(proxyserver.connections.values()):
+            handler.close_connection(handler.client)
+        while proxyserver.connections and loop.time() < deadline + 1:
+            await asyncio.sleep(DRAIN_POLL_SECONDS)
+        ctx.master.shutdown()
