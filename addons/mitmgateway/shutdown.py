@@ -11,6 +11,7 @@ running after ``gateway_shutdown_timeout`` seconds are cut.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 
@@ -42,10 +43,8 @@ class GracefulShutdown:
 
     def done(self) -> None:
         # A code reload replaces this addon: hand SIGTERM back until the new one takes it.
-        try:
+        with contextlib.suppress(RuntimeError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, ctx.master.shutdown)
-        except RuntimeError:
-            pass
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         self.in_flight.add(flow)
