@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import signal
@@ -117,14 +118,20 @@ class Gateway:
         entry: Path = ENTRY,
         runner: str = "mitmdump",
         options: tuple[str, ...] = (),
+        workers: int = 1,
     ) -> None:
+        """`runner`: mitmdump or mitmweb (with `entry` as -s script), or mitmgateway (the lean runner)."""
         self.config = config
         self.port = port
         self.log_path = config.with_suffix(".log")
         self._log = self.log_path.open("wb")
-        settings = [f"gateway_config={config}", f"confdir={confdir}", *options]
+        settings = [f"confdir={confdir}", *options]
+        if runner == "mitmgateway":
+            command = [str(BIN / runner), "run", "-c", str(config), "--workers", str(workers)]
+        else:
+            command = [str(BIN / runner), "-s", str(entry), "--set", f"gateway_config={config}"]
         self.process = subprocess.Popen(
-            [str(BIN / runner), "-s", str(entry), *(arg for s in settings for arg in ("--set", s))],
+            [*command, *(arg for s in settings for arg in ("--set", s))],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=config.parent,
@@ -152,3 +159,25 @@ def wait_until(predicate, timeout: float = 5.0, interval: float = 0.05):  # type
         if value or time.monotonic() > deadline:
             return value
         time.sleep(interval)
+
+
+def listening_pids(port: int) -> set[int]:
+    """PIDs of the processes holding a listening TCP socket on 127.0.0.1:`port`."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in list(f)[1:]:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{inode}]")
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) in inodes:
+                    pids.add(int(proc.name))
+                    break
+    return pids

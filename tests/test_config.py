@@ -156,6 +156,31 @@ def test_errors_name_file_key_path_and_reason(tmp_path, change, path, reason):
     assert message == f"{tmp_path / 'gateway.config.yml'}: {path}: {reason}"
 
 
+def test_independent_errors_are_reported_together(tmp_path):
+    file = tmp_path / "gateway.config.yml"
+    text = VALID.replace("port: 8080", "port: 0").replace("http://127.0.0.1:9001", "ftp://x")
+    text = text.replace("host: api.local,", "host: api.local, verbs: [GET],")
+    assert error(tmp_path, text).splitlines() == [
+        f"{file}: http.port: must be a TCP port (1-65535), got 0",
+        f"{file}: apiEndpoints.api.verbs: unknown key "
+        "(accepted: host, hostRegex, paths, pathRegex, methods, scopes)",
+        f"{file}: serviceEndpoints.backend.url: must be an http:// or https:// URL with a host, got 'ftp://x'",
+    ]
+
+
+def test_pipelines_are_checked_once_what_they_refer_to_is_valid(tmp_path):
+    # An invalid serviceEndpoint is reported once, not again by every proxy step naming it.
+    text = VALID.replace("http://127.0.0.1:9001", "ftp://x").replace("max: 10", "max: 0")
+    assert error(tmp_path, text).endswith("got 'ftp://x'")
+    two_steps = VALID.replace("max: 10", "max: 0").replace(
+        "serviceEndpoint: backend", "serviceEndpoint: nope"
+    )
+    assert [line.split(": ", 2)[1] for line in error(tmp_path, two_steps).splitlines()] == [
+        "pipelines.main.policies[0].rate-limit[0].action.max",
+        "pipelines.main.policies[1].proxy[0].action.serviceEndpoint",
+    ]
+
+
 def test_apiendpoint_served_by_two_pipelines_is_refused(tmp_path):
     text = VALID + "  second:\n    apiEndpoints: [api]\n    policies: []\n"
     assert error(tmp_path, text).endswith(

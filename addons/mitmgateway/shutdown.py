@@ -31,8 +31,8 @@ class GracefulShutdown:
     def load(self, loader) -> None:
         loader.add_option(
             "gateway_shutdown_timeout",
-            float,
-            30.0,
+            int,
+            30,
             "Seconds a SIGTERM waits for requests in flight before the gateway exits anyway.",
         )
 

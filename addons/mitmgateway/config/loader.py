@@ -19,7 +19,7 @@ from ..pipeline import Pipeline, Step
 from ..policies import POLICIES, BuildContext, StepState
 from ..routing import ApiEndpoint, Router, parse_api_endpoint
 from ..upstreams import ServiceEndpoint, parse_service_endpoint
-from .errors import ROOT, ConfigError, KeyPath
+from .errors import ROOT, ConfigError, ErrorCollector, KeyPath
 from .schema import (
     check_type,
     check_unknown_keys,
@@ -90,20 +90,23 @@ def _sections(document: Any) -> dict[str, Any]:
     return sections
 
 
-def _api_endpoints(raw: Any, path: KeyPath) -> dict[str, tuple[ApiEndpoint, ...]]:
+def _api_endpoints(raw: Any, path: KeyPath, errors: ErrorCollector) -> dict[str, tuple[ApiEndpoint, ...]]:
     endpoints = {}
     for name, value in require_mapping(raw, path).items():
-        entry_path = path.key(name)
-        if not isinstance(value, list):
-            endpoints[name] = (parse_api_endpoint(require_mapping(value, entry_path), entry_path),)
-        elif not value:
-            raise ConfigError(entry_path, "must describe at least one endpoint")
-        else:
-            endpoints[name] = tuple(
-                parse_api_endpoint(require_mapping(entry, entry_path.index(i)), entry_path.index(i))
-                for i, entry in enumerate(value)
-            )
+        with errors.part():
+            endpoints[name] = _api_endpoint(value, path.key(name))
     return endpoints
+
+
+def _api_endpoint(value: Any, entry_path: KeyPath) -> tuple[ApiEndpoint, ...]:
+    if not isinstance(value, list):
+        return (parse_api_endpoint(require_mapping(value, entry_path), entry_path),)
+    if not value:
+        raise ConfigError(entry_path, "must describe at least one endpoint")
+    return tuple(
+        parse_api_endpoint(require_mapping(entry, entry_path.index(i)), entry_path.index(i))
+        for i, entry in enumerate(value)
+    )
 
 
 def _declared_policies(raw: Any, path: KeyPath) -> frozenset[str]:
@@ -144,8 +147,11 @@ class _Builder:
         endpoint_names = check_type(tuple[str, ...], raw["apiEndpoints"], path.key("apiEndpoints"))
         steps: list[Step] = []
         policies_path = path.key("policies")
+        errors = ErrorCollector()
         for i, entry in enumerate(require_list(raw.get("policies", []), policies_path)):
-            steps.extend(self.policy_steps(name, entry, policies_path.index(i), i))
+            with errors.part():
+                steps.extend(self.policy_steps(name, entry, policies_path.index(i), i))
+        errors.raise_any()
         return Pipeline(name, tuple(steps)), endpoint_names
 
     def policy_steps(self, pipeline: str, entry: Any, path: KeyPath, index: int) -> list[Step]:
@@ -191,19 +197,33 @@ class _Builder:
 
 def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
     sections = _sections(document)
-    if "https" in sections:
-        not_supported_yet("https")(sections["https"], KeyPath("https"))
-    if "http" not in sections:
-        raise ConfigError("http.port", "is required: the port the gateway listens on")
-    http = parse_fields(HttpListener, sections["http"], KeyPath("http"))
-    trusted = parse_trusted_proxies(sections.get("trustedProxies", []), KeyPath("trustedProxies"))
-    api_endpoints = _api_endpoints(sections.get("apiEndpoints"), KeyPath("apiEndpoints"))
+    # Independent parts are all checked, so one run reports every mistake; pipelines refer to
+    # the rest and are only built once it is valid (else each reference would fail again).
+    errors = ErrorCollector()
+    with errors.part():
+        if "https" in sections:
+            not_supported_yet("https")(sections["https"], KeyPath("https"))
+    http = trusted = None
+    with errors.part():
+        if "http" not in sections:
+            raise ConfigError("http.port", "is required: the port the gateway listens on")
+        http = parse_fields(HttpListener, sections["http"], KeyPath("http"))
+    with errors.part():
+        trusted = parse_trusted_proxies(sections.get("trustedProxies", []), KeyPath("trustedProxies"))
+    api_endpoints: dict[str, tuple[ApiEndpoint, ...]] = {}
+    with errors.part():
+        api_endpoints = _api_endpoints(sections.get("apiEndpoints"), KeyPath("apiEndpoints"), errors)
     services_path = KeyPath("serviceEndpoints")
-    service_endpoints = {
-        name: parse_service_endpoint(name, raw, services_path.key(name))
-        for name, raw in require_mapping(sections.get("serviceEndpoints"), services_path).items()
-    }
-    declared = _declared_policies(sections.get("policies", []), KeyPath("policies"))
+    service_endpoints = {}
+    with errors.part():
+        for name, raw in require_mapping(sections.get("serviceEndpoints"), services_path).items():
+            with errors.part():
+                service_endpoints[name] = parse_service_endpoint(name, raw, services_path.key(name))
+    declared: frozenset[str] = frozenset()
+    with errors.part():
+        declared = _declared_policies(sections.get("policies", []), KeyPath("policies"))
+    errors.raise_any()
+    assert http is not None and trusted is not None
     builder = _Builder(file.parent, state, declared, service_endpoints)
 
     pipelines: dict[str, Pipeline] = {}
@@ -211,26 +231,29 @@ def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
     served_by: dict[str, str] = {}
     pipelines_path = KeyPath("pipelines")
     for name, raw in require_mapping(sections.get("pipelines"), pipelines_path).items():
-        pipeline, endpoint_names = builder.pipeline(name, raw, pipelines_path.key(name))
-        pipelines[name] = pipeline
-        for i, endpoint_name in enumerate(endpoint_names):
-            path = pipelines_path.key(name).key("apiEndpoints").index(i)
-            if endpoint_name not in api_endpoints:
-                raise ConfigError(
-                    path,
-                    f"unknown apiEndpoint {endpoint_name!r} (declared: {', '.join(api_endpoints) or 'none'})",
+        with errors.part():
+            pipeline, endpoint_names = builder.pipeline(name, raw, pipelines_path.key(name))
+            pipelines[name] = pipeline
+            for i, endpoint_name in enumerate(endpoint_names):
+                path = pipelines_path.key(name).key("apiEndpoints").index(i)
+                if endpoint_name not in api_endpoints:
+                    raise ConfigError(
+                        path,
+                        f"unknown apiEndpoint {endpoint_name!r} "
+                        f"(declared: {', '.join(api_endpoints) or 'none'})",
+                    )
+                if endpoint_name in served_by:
+                    raise ConfigError(
+                        path,
+                        f"apiEndpoint {endpoint_name!r} is already served by pipeline "
+                        f"{served_by[endpoint_name]!r}",
+                    )
+                served_by[endpoint_name] = name
+                routes.extend(
+                    (endpoint_name, endpoint, pipeline, KeyPath("apiEndpoints").key(endpoint_name))
+                    for endpoint in api_endpoints[endpoint_name]
                 )
-            if endpoint_name in served_by:
-                raise ConfigError(
-                    path,
-                    f"apiEndpoint {endpoint_name!r} is already served by pipeline "
-                    f"{served_by[endpoint_name]!r}",
-                )
-            served_by[endpoint_name] = name
-            routes.extend(
-                (endpoint_name, endpoint, pipeline, KeyPath("apiEndpoints").key(endpoint_name))
-                for endpoint in api_endpoints[endpoint_name]
-            )
+    errors.raise_any()
     for name in api_endpoints.keys() - served_by.keys():
         logger.warning("apiEndpoint %r is not served by any pipeline", name)
     if "admin" in sections:
