@@ -59,7 +59,8 @@ def test_without_a_valid_config_every_request_is_refused(tmp_path, caplog):
         flow = make_flow()
         gateway.requestheaders(flow)
         assert flow.response.status_code == 503
-        assert flow.request.host == "unrouted.invalid"
+        assert flow.metadata["gateway"]["answeredBy"] == "no config"
+        assert flow.comment == "gateway: no apiEndpoint matched; answered 503 by no config"
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,7 @@ def test_valid_config_builds_router_and_pipelines(tmp_path):
             ("http:", "htp:"),
             "htp",
             "unknown key (accepted: http, https, admin, apiEndpoints, "
-            "serviceEndpoints, policies, pipelines, trustedProxies, apiEndpoint, serviceEndpoint, "
+            "serviceEndpoints, policies, pipelines, trustedProxies, accessLog, apiEndpoint, serviceEndpoint, "
             "policy, pipeline)",
         ),
         (

@@ -15,11 +15,15 @@ from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
 
+from .access_log import AccessLog
+from .admin import AdminServer
 from .answers import INTERNAL_ERROR, NOT_FOUND, ProxyErrorAnswers, make_answer
 from .config import ConfigError, GatewayConfig, HttpListener, load_config
+from .metrics import GatewayMetrics
 from .pipeline import RequestContext
 from .policies import StepState
 from .routing import hostname_of
+from .tracing import ensure_traceparent
 
 logger = logging.getLogger("mitmgateway")
 
@@ -29,6 +33,9 @@ CONFIG_POLL_SECONDS = 0.2
 UNROUTED_TARGET = "http://unrouted.invalid"
 NO_CONFIG = "The gateway has no valid configuration."
 REJECTED_MARKER = ":no_entry:"
+POOL_DIR_ENV = "MITMGATEWAY_POOL_DIR"
+"""Set by `mitmgateway run --workers N` in its workers: the pool serves the admin port, and a
+worker tells it that it is ready by a file in this folder."""
 
 
 def _file_signature(path: Path) -> tuple[int, int, int] | None:
@@ -50,6 +57,12 @@ class Gateway:
         self._watcher: asyncio.Task[None] | None = None
         self._error_answers = ProxyErrorAnswers()
         self._contexts: weakref.WeakKeyDictionary[http.HTTPFlow, RequestContext] = weakref.WeakKeyDictionary()
+        self.metrics = GatewayMetrics()
+        self.access_log = AccessLog()
+        self.admin = AdminServer(ready=lambda: self.config is not None, metrics=self.metrics.exposition)
+        pool_dir = os.environ.get(POOL_DIR_ENV)
+        self._ready_file = Path(pool_dir) / f"ready-{os.getpid()}" if pool_dir else None
+        self._running = False
 
     def load(self, loader) -> None:
         self._error_answers.install()
@@ -79,10 +92,20 @@ class Gateway:
             self._config_signature = signature
 
     def running(self) -> None:
+        self._running = True
+        self._announce_ready()
         if self._watcher is None:
             self._watcher = asyncio.get_running_loop().create_task(self._watch_config())
 
+    def _announce_ready(self) -> None:
+        if self._ready_file is not None and self._running and self.config is not None:
+            self._ready_file.touch()
+
     def done(self) -> None:
+        if self._ready_file is not None:
+            self._ready_file.unlink(missing_ok=True)
+        self.admin.stop()
+        self.access_log.close()
         self._error_answers.uninstall()
         if self._watcher is not None:
             self._watcher.cancel()
@@ -94,6 +117,11 @@ class Gateway:
         self.state.keep_only(set(config.used_state))
         if previous is None or previous.http != config.http:
             self._listen(config.http)
+        self.access_log.configure(config.access_log)
+        if self._ready_file is None:
+            admin = config.admin
+            self.admin.configure((admin.address, admin.port) if admin else None)
+        self._announce_ready()
 
     def _listen(self, listener: HttpListener) -> None:
         at = f"{listener.hostname}:{listener.port}" if listener.hostname else str(listener.port)
@@ -116,9 +144,11 @@ class Gateway:
             try:
                 config = load_config(self.config_file, self.state)
             except ConfigError as e:
+                self.metrics.config_reloaded(False)
                 logger.error("config change refused, still serving the last good config: %s", e)
                 continue
             self._swap(config)
+            self.metrics.config_reloaded(True)
             logger.info("config reloaded from %s", config.file)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -127,6 +157,7 @@ class Gateway:
         config = self.config
         if config is None:
             flow.response = make_answer(flow.request, 503, NO_CONFIG)
+            self._record(flow, answered_by="no config")
             return
         try:
             self._handle(flow, config)
@@ -143,14 +174,19 @@ class Gateway:
             # A replayed flow carries the upstream's Host and path: route it as first sent.
             request.host_header, request.path = origin["host"], origin["path"]
         host = request.host_header or ""
-        flow.metadata["gateway"] = {"origin": {"host": host, "path": request.path}}
+        client = config.clients.identify(flow)
+        record = flow.metadata["gateway"] = {
+            "origin": {"host": host, "path": request.path},
+            "client": client.ip,
+            "traceparent": ensure_traceparent(request),
+        }
         hostname = hostname_of(host)
         route = config.router.match(hostname, request.path, request.method)
         if route is None:
             flow.response = make_answer(request, 404, NOT_FOUND)
             self._record(flow, answered_by="no apiEndpoint")
             return
-        context = RequestContext(flow, route, hostname, config.clients.identify(flow))
+        context = RequestContext(flow, route, hostname, client, record)
         answered_by = route.pipeline.run(context)
         if answered_by is None and not context.routed:
             # Like Express Gateway, a pipeline that neither answers nor proxies falls through to 404.
@@ -193,7 +229,19 @@ class Gateway:
         if context is not None and flow.response is not None:
             context.responded(flow.response)
 
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._observe(flow)
+
     def error(self, flow: http.HTTPFlow) -> None:
         context = self._contexts.pop(flow, None)
         if context is not None:
             context.finished()
+        self._observe(flow)
+
+    def _observe(self, flow: http.HTTPFlow) -> None:
+        record = flow.metadata.get("gateway")
+        if record is None or not flow.live:
+            return
+        self.metrics.observe(flow, record)
+        if self.access_log.enabled:
+            self.access_log.write(flow, record)

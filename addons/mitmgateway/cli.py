@@ -60,11 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers == 1:
         return runner.serve(config_path, args.settings, reuse_port=args.reuse_port)
     try:
-        load_config(config_path, StepState())
+        config = load_config(config_path, StepState())
     except ConfigError as e:
         print(f"mitmgateway: invalid gateway config: {e}", file=sys.stderr)
         return 1
-    return runner.WorkerPool(config_path, args.settings, args.workers).run()
+    admin = (config.admin.address, config.admin.port) if config.admin else None
+    return runner.WorkerPool(config_path, args.settings, args.workers, admin).run()
 
 
 def check(config_path: Path) -> int:

@@ -32,15 +32,24 @@ class RequestContext:
         "client",
         "flow",
         "hostname",
+        "record",
         "route",
         "routed",
         "user",
     )
 
     def __init__(
-        self, flow: http.HTTPFlow, route: RouteMatch, hostname: str, client: ClientIdentification
+        self,
+        flow: http.HTTPFlow,
+        route: RouteMatch,
+        hostname: str,
+        client: ClientIdentification,
+        record: dict[str, Any] | None = None,
     ) -> None:
         self.flow = flow
+        self.record: dict[str, Any] = {} if record is None else record
+        """What the gateway decided, as mitmweb, the metrics and the access log see it
+        (``flow.metadata["gateway"]``): policies add their findings here."""
         self.route = route
         self.hostname = hostname
         """The Host header's name, lower-cased, without the port."""

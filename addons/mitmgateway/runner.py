@@ -12,9 +12,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +25,10 @@ from typing import Any
 
 from mitmproxy import addonmanager, exceptions, flow, hooks, master, options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, script, termlog, tlsconfig
+
+from .addon import POOL_DIR_ENV
+from .admin import AdminServer
+from .metrics import MULTIPROCESS_DIR_ENV, collect_multiprocess
 
 logger = logging.getLogger("mitmgateway")
 
@@ -148,9 +155,15 @@ def serve(config: Path, settings: Sequence[str], reuse_port: bool = False) -> in
 
 
 class WorkerPool:
-    """N copies of ``mitmgateway run`` on one port; SIGTERM/SIGINT go to all of them."""
+    """N copies of ``mitmgateway run`` on one port; SIGTERM/SIGINT go to all of them.
 
-    def __init__(self, config: Path, settings: Sequence[str], workers: int) -> None:
+    The pool serves the admin port for all of them: /metrics sums their prometheus-client
+    multiprocess files, /ready holds once every worker has announced a valid config.
+    """
+
+    def __init__(
+        self, config: Path, settings: Sequence[str], workers: int, admin: tuple[str, int] | None
+    ) -> None:
         self.command = [
             sys.executable,
             *(["-O"] if sys.flags.optimize else []),
@@ -164,11 +177,18 @@ class WorkerPool:
             *(arg for setting in settings for arg in ("--set", setting)),
         ]
         self.size = workers
+        self.admin_address = admin
         self.stopping = False
         self.processes: list[tuple[subprocess.Popen[bytes], float]] = []
+        self.directory = Path(tempfile.mkdtemp(prefix="mitmgateway-pool-"))
+        self.env = {
+            **os.environ,
+            POOL_DIR_ENV: str(self.directory),
+            MULTIPROCESS_DIR_ENV: str(self.directory),
+        }
 
     def _start_one(self) -> tuple[subprocess.Popen[bytes], float]:
-        return subprocess.Popen(self.command), time.monotonic()
+        return subprocess.Popen(self.command, env=self.env), time.monotonic()
 
     def _stop_all(self, *_: object) -> None:
         self.stopping = True
@@ -176,16 +196,34 @@ class WorkerPool:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
 
+    def ready(self) -> bool:
+        return all(
+            process.poll() is None and (self.directory / f"ready-{process.pid}").exists()
+            for process, _started in self.processes
+        )
+
     def run(self) -> int:
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s] pool: %(message)s")
         signal.signal(signal.SIGTERM, self._stop_all)
         signal.signal(signal.SIGINT, self._stop_all)
-        self.processes = [self._start_one() for _ in range(self.size)]
+        admin = AdminServer(ready=self.ready, metrics=lambda: collect_multiprocess(str(self.directory)))
+        try:
+            self.processes = [self._start_one() for _ in range(self.size)]
+            admin.configure(self.admin_address)
+            code = self._supervise()
+        finally:
+            admin.stop()
+            shutil.rmtree(self.directory, ignore_errors=True)
+        return code
+
+    def _supervise(self) -> int:
         while not self.stopping:
             time.sleep(0.2)
             for i, (process, started) in enumerate(self.processes):
                 code = process.poll()
                 if code is None or self.stopping:
                     continue
+                (self.directory / f"ready-{process.pid}").unlink(missing_ok=True)
                 if time.monotonic() - started < STARTUP_SECONDS:
                     logger.error("worker %d exited with %d while starting; stopping", process.pid, code)
                     self._stop_all()

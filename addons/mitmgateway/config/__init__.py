@@ -1,6 +1,6 @@
 """The gateway's configuration: Express Gateway's gateway.config.yml, loaded and validated once."""
 
 from .errors import ConfigError, KeyPath
-from .loader import GatewayConfig, HttpListener, load_config
+from .loader import AdminListener, GatewayConfig, HttpListener, load_config
 
-__all__ = ["ConfigError", "GatewayConfig", "HttpListener", "KeyPath", "load_config"]
+__all__ = ["AdminListener", "ConfigError", "GatewayConfig", "HttpListener", "KeyPath", "load_config"]

@@ -49,6 +49,7 @@ TOP_LEVEL_KEYS = (
     "policies",
     "pipelines",
     "trustedProxies",
+    "accessLog",
     *SECTION_ALIASES,
 )
 
@@ -67,6 +68,25 @@ class HttpListener:
 
 
 @dataclass(frozen=True)
+class AdminListener:
+    """Where /metrics, /health and /ready are served (EG's admin section; EG spells it `host`)."""
+
+    port: int = option("port", parse=_port)
+    host: str = option("host", "127.0.0.1")
+    hostname: str | None = option("hostname", None)
+
+    @property
+    def address(self) -> str:
+        return self.hostname or self.host
+
+
+@dataclass(frozen=True)
+class AccessLogSettings:
+    path: str = option("path")
+    """A file (relative to the config file's folder), or '-' for standard output."""
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     file: Path
     http: HttpListener
@@ -76,6 +96,9 @@ class GatewayConfig:
     pipelines: Mapping[str, Pipeline]
     used_state: frozenset[Any]
     """The `StepState` keys this config's steps hold, so the rest can be dropped on swap."""
+    admin: AdminListener | None = None
+    access_log: Path | None = None
+    """None: no access log; Path('-'): standard output."""
 
 
 def _sections(document: Any) -> dict[str, Any]:
@@ -219,6 +242,14 @@ def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
         for name, raw in require_mapping(sections.get("serviceEndpoints"), services_path).items():
             with errors.part():
                 service_endpoints[name] = parse_service_endpoint(name, raw, services_path.key(name))
+    admin = access_log = None
+    with errors.part():
+        if sections.get("admin") is not None:
+            admin = parse_fields(AdminListener, sections["admin"], KeyPath("admin"))
+    with errors.part():
+        if sections.get("accessLog") is not None:
+            log_path = parse_fields(AccessLogSettings, sections["accessLog"], KeyPath("accessLog")).path
+            access_log = Path(log_path) if log_path == "-" else file.parent / log_path
     declared: frozenset[str] = frozenset()
     with errors.part():
         declared = _declared_policies(sections.get("policies", []), KeyPath("policies"))
@@ -256,8 +287,6 @@ def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
     errors.raise_any()
     for name in api_endpoints.keys() - served_by.keys():
         logger.warning("apiEndpoint %r is not served by any pipeline", name)
-    if "admin" in sections:
-        logger.info("the admin section is ignored: this gateway has no admin API")
     return GatewayConfig(
         file,
         http,
@@ -266,6 +295,8 @@ def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
         service_endpoints,
         pipelines,
         frozenset(builder.used_state),
+        admin,
+        access_log,
     )
 
 

@@ -93,6 +93,27 @@ def _read_key(action: JwtAction, build: BuildContext) -> tuple[bytes, KeyPath]:
         raise ConfigError(path, f"cannot read {file}: {e.strerror or e}") from e
 
 
+# Most specific first: several of pyjwt's errors derive from others.
+_FAILURE_REASONS: tuple[tuple[type[jwt.InvalidTokenError], str], ...] = (
+    (jwt.ExpiredSignatureError, "expired"),
+    (jwt.ImmatureSignatureError, "not_yet_valid"),
+    (jwt.InvalidAudienceError, "audience"),
+    (jwt.InvalidIssuerError, "issuer"),
+    (jwt.InvalidAlgorithmError, "algorithm"),
+    (jwt.InvalidSignatureError, "signature"),
+    (jwt.MissingRequiredClaimError, "missing_claim"),
+    (jwt.DecodeError, "malformed"),
+)
+
+
+def failure_reason(error: jwt.InvalidTokenError) -> str:
+    """A short, stable name for why a token was refused (a metrics label, a log field)."""
+    for kind, reason in _FAILURE_REASONS:
+        if isinstance(error, kind):
+            return reason
+    return "invalid"
+
+
 @register_policy
 class JwtPolicy(Policy):
     name = "jwt"
@@ -177,8 +198,11 @@ class JwtPolicy(Policy):
             try:
                 ctx.user = self.verify(token)
                 return
-            except jwt.InvalidTokenError:
+            except jwt.InvalidTokenError as e:
                 error = 'Bearer error="invalid_token"'
+                ctx.record["jwtFailure"] = failure_reason(e)
+        else:
+            ctx.record["jwtFailure"] = "missing"
         if not self.action.pass_through:
             challenge = error or "Bearer"
             ctx.answer(make_answer(ctx.flow.request, 401, "Unauthorized", {"WWW-Authenticate": challenge}))

@@ -140,6 +140,11 @@ class ProxyPolicy(Policy):
         if added:
             set_headers(request, tuple(added))
         ctx.routed = True
+        ctx.record.update(
+            serviceEndpoint=self.action.service_endpoint,
+            upstream=f"{upstream.host}:{upstream.port}",
+            requestId=request_id,
+        )
 
         def finish_response(response: http.Response) -> None:
             strip_hop_by_hop(response, upgrading)

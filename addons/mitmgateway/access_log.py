@@ -1,0 +1,95 @@
+"""The JSON-lines access log: one line per finished request, to a file or standard output.
+
+Each line is written with one ``write()`` on a file opened for appending, so the lines of several
+workers sharing the file never interleave. Off (no work at all per request) unless the config
+names a file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import http
+
+logger = logging.getLogger("mitmgateway")
+
+
+def _ms(start: float | None, end: float | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((end - start) * 1000, 3)
+
+
+def access_record(flow: http.HTTPFlow, record: dict[str, Any]) -> dict[str, Any]:
+    request, response = flow.request, flow.response
+    origin = record.get("origin", {})
+    end = response.timestamp_end if response is not None else time.time()
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(request.timestamp_start))
+        + f".{int(request.timestamp_start * 1000) % 1000:03d}Z",
+        "client": record.get("client") or flow.client_conn.peername[0],
+        "host": origin.get("host"),
+        "method": request.method,
+        "path": origin.get("path", request.path),
+        "status": response.status_code if response is not None else None,
+        "apiEndpoint": record.get("apiEndpoint"),
+        "pipeline": record.get("pipeline"),
+        "answeredBy": record.get("answeredBy"),
+        "upstream": record.get("upstream"),
+        "durationMs": _ms(request.timestamp_start, end),
+        "upstreamMs": _ms(request.timestamp_end, response.timestamp_start)
+        if response is not None and record.get("upstream") and not record.get("answeredBy")
+        else None,
+        "bytesSent": len(response.raw_content or b"") if response is not None else 0,
+        "requestId": record.get("requestId"),
+        "traceparent": record.get("traceparent"),
+        "error": flow.error.msg if flow.error else None,
+    }
+
+
+class AccessLog:
+    def __init__(self) -> None:
+        self.target: Path | None = None
+        self._fd: int | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self._fd is not None
+
+    def configure(self, target: Path | None) -> None:
+        if target == self.target:
+            return
+        self.close()
+        self.target = target
+        if target is None:
+            return
+        if str(target) == "-":
+            self._fd = sys.stdout.fileno()
+            return
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as e:
+            logger.error("cannot open the access log %s: %s", target, e.strerror or e)
+            self.target = None
+
+    def write(self, flow: http.HTTPFlow, record: dict[str, Any]) -> None:
+        if self._fd is None:
+            return
+        line = json.dumps(access_record(flow, record), separators=(",", ":"), ensure_ascii=False) + "\n"
+        try:
+            os.write(self._fd, line.encode("utf-8", "surrogateescape"))
+        except OSError as e:
+            logger.warning("access log write failed: %s", e.strerror or e)
+
+    def close(self) -> None:
+        if self._fd is not None and self._fd != sys.stdout.fileno():
+            os.close(self._fd)
+        self._fd = None
+        self.target = None

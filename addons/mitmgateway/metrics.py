@@ -1,0 +1,106 @@
+"""Prometheus metrics, counted from each flow's decision record (``flow.metadata["gateway"]``).
+
+Policies know nothing of Prometheus: they write what they decided into the record, and this
+module turns finished flows into counts. The label children are cached per label values, so a
+request costs a few dict lookups and increments. Each `GatewayMetrics` has its own registry (a code
+reload makes a new one instead of clashing with the old in a global registry). Under ``mitmgateway
+run --workers N`` the workers write to prometheus-client's multiprocess files
+(PROMETHEUS_MULTIPROC_DIR, set by the pool) and the pool serves their sum.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from mitmproxy import http
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+def _cached(factory: Callable[..., Any]) -> Callable[..., Any]:
+    """`metric.labels(*values)` remembered per label values (labels() takes a lock and builds keys)."""
+    children: dict[tuple[str, ...], Any] = {}
+
+    def child(*values: str) -> Any:
+        found = children.get(values)
+        if found is None:
+            found = children[values] = factory(*values)
+        return found
+
+    return child
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        multiprocess = MULTIPROCESS_DIR_ENV in os.environ
+        # In multiprocess mode values live in files; a registry would only get in the way.
+        self.registry = None if multiprocess else CollectorRegistry()
+        registry = self.registry
+        self._requests = Counter(
+            "mitmgateway_requests",
+            "Requests, by pipeline, the policy that answered ('proxy' when proxied) and status",
+            ["pipeline", "policy", "status"],
+            registry=registry,
+        )
+        self._upstream_seconds = Histogram(
+            "mitmgateway_upstream_response_seconds",
+            "From the request sent upstream to the upstream's response headers",
+            ["service"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._rate_limited = Counter(
+            "mitmgateway_rate_limited", "Requests refused by rate-limit", ["pipeline"], registry=registry
+        )
+        self._jwt_failures = Counter(
+            "mitmgateway_jwt_failures",
+            "Requests whose token the jwt policy refused, by reason",
+            ["pipeline", "reason"],
+            registry=registry,
+        )
+        self._reloads = Counter(
+            "mitmgateway_config_reloads",
+            "Config changes seen on disk, by result (ok or failed)",
+            ["result"],
+            registry=registry,
+        )
+        self.requests = _cached(self._requests.labels)
+        self.upstream_seconds = _cached(self._upstream_seconds.labels)
+        self.rate_limited = _cached(self._rate_limited.labels)
+        self.jwt_failures = _cached(self._jwt_failures.labels)
+
+    def config_reloaded(self, ok: bool) -> None:
+        self._reloads.labels("ok" if ok else "failed").inc()
+
+    def observe(self, flow: http.HTTPFlow, record: dict[str, Any]) -> None:
+        pipeline = record.get("pipeline") or ""
+        answered_by = record.get("answeredBy")
+        response = flow.response
+        status = str(response.status_code) if response is not None else "error"
+        self.requests(pipeline, answered_by or "proxy", status).inc()
+        if answered_by == "rate-limit":
+            self.rate_limited(pipeline).inc()
+        if reason := record.get("jwtFailure"):
+            self.jwt_failures(pipeline, reason).inc()
+        service = record.get("serviceEndpoint")
+        if service and response is not None and answered_by is None:
+            sent = flow.request.timestamp_end
+            if sent is not None and response.timestamp_start >= sent:
+                self.upstream_seconds(service).observe(response.timestamp_start - sent)
+
+    def exposition(self) -> bytes:
+        if self.registry is not None:
+            return generate_latest(self.registry)
+        return collect_multiprocess(os.environ[MULTIPROCESS_DIR_ENV])
+
+
+def collect_multiprocess(directory: str) -> bytes:
+    """The sum of every worker's metrics (the pool's /metrics)."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)
+    return generate_latest(registry)

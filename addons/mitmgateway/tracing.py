@@ -1,0 +1,44 @@
+"""W3C trace context: every request leaves the gateway with a valid ``traceparent``.
+
+A client's traceparent is kept as sent when it is well formed (the gateway does not start a span
+of its own); an absent or malformed one is replaced by a new trace, so upstreams and the access
+log always see one.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+from mitmproxy import http
+
+from .headers import set_headers
+
+TRACEPARENT = "traceparent"
+# version-traceid-parentid-flags; versions after 00 may append fields, "ff" is forbidden.
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}(-.*)?\Z")
+_ZERO_TRACE, _ZERO_PARENT = "0" * 32, "0" * 16
+
+
+def is_valid_traceparent(value: str) -> bool:
+    match = _TRACEPARENT.match(value)
+    if match is None:
+        return False
+    version, trace_id, parent_id, rest = match.groups()
+    if version == "ff" or (version == "00" and rest):
+        return False
+    return trace_id != _ZERO_TRACE and parent_id != _ZERO_PARENT
+
+
+def new_traceparent() -> str:
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+
+
+def ensure_traceparent(request: http.Request) -> str:
+    """The request's traceparent, set to a new one if it had none or a malformed one."""
+    values = request.headers.get_all(TRACEPARENT)
+    if len(values) == 1 and is_valid_traceparent(values[0]):
+        return values[0]
+    traceparent = new_traceparent()
+    set_headers(request, ((b"traceparent", traceparent.encode()),))
+    return traceparent

@@ -1,0 +1,192 @@
+"""Metrics, the access log, trace context and the admin port, on real running gateways."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from conftest import one_pipeline
+from harness import free_port, send, wait_until
+from mint_token import mint
+from mitmgateway.admin import AdminServer
+from mitmgateway.tracing import is_valid_traceparent
+
+
+def admin_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 when absent)."""
+    for line in text.splitlines():
+        match = re.match(r"([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$", line)
+        if not match or match.group(1) != name:
+            continue
+        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(match.group(3))
+    return 0.0
+
+
+@pytest.fixture
+def observed_walkthrough(walkthrough_config):
+    admin_port = free_port()
+
+    def render(port: int) -> str:
+        return (
+            walkthrough_config(port)
+            + f"admin: {{port: {admin_port}}}\naccessLog: {{path: logs/access.log}}\n"
+        )
+
+    return render, admin_port
+
+
+def test_metrics_count_requests_by_pipeline_policy_status_and_reason(
+    start_gateway, observed_walkthrough, rsa_keys, token, upstreams
+):
+    render, admin_port = observed_walkthrough
+    gateway = start_gateway(render)
+    expired = mint(rsa_keys[0], "demo-user", expires_in=-60)
+    assert gateway.send(host="customers.local").status == 401  # no token
+    assert gateway.send(host="customers.local").status == 429
+    time.sleep(1.05)
+    bearer = {"Authorization": f"Bearer {expired}"}
+    assert gateway.send(host="customers.local", headers=bearer).status == 401
+    time.sleep(1.05)
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert gateway.send(host="customers.local", headers=bearer).status == 200
+    assert gateway.send(host="orders.local", headers=bearer).status == 200
+    assert gateway.send(host="nowhere.local").status == 404
+
+    status, text = wait_until(
+        lambda: (r := admin_get(admin_port, "/metrics"))[1].count("mitmgateway_requests_total{") >= 5 and r,
+        timeout=5,
+    )
+    assert status == 200
+    requests = "mitmgateway_requests_total"
+    assert metric(text, requests, pipeline="customers", policy="jwt", status="401") == 2
+    assert metric(text, requests, pipeline="customers", policy="rate-limit", status="429") == 1
+    assert metric(text, requests, pipeline="customers", policy="proxy", status="200") == 1
+    assert metric(text, requests, pipeline="orders", policy="proxy", status="200") == 1
+    assert metric(text, requests, pipeline="", policy="no apiEndpoint", status="404") == 1
+    assert metric(text, "mitmgateway_rate_limited_total", pipeline="customers") == 1
+    failures = "mitmgateway_jwt_failures_total"
+    assert metric(text, failures, pipeline="customers", reason="missing") == 1
+    assert metric(text, failures, pipeline="customers", reason="expired") == 1
+    upstream = "mitmgateway_upstream_response_seconds_count"
+    assert metric(text, upstream, service="customers") == 1
+    assert metric(text, upstream, service="orders") == 1
+
+    config = gateway.config
+    config.write_text(config.read_text().replace("max: 1,", "max: 2,"))
+    wait_until(lambda: "config reloaded" in gateway.log())
+    config.write_text(config.read_text().replace("max: 2,", "max: lots,"))
+    wait_until(lambda: "config change refused" in gateway.log())
+    text = admin_get(admin_port, "/metrics")[1]
+    assert metric(text, "mitmgateway_config_reloads_total", result="ok") == 1
+    assert metric(text, "mitmgateway_config_reloads_total", result="failed") == 1
+
+
+def test_access_log_has_one_json_line_per_request(start_gateway, observed_walkthrough, token, upstreams):
+    render, _admin_port = observed_walkthrough
+    gateway = start_gateway(render)
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    bearer = {"Authorization": f"Bearer {token}", "traceparent": traceparent}
+    ok = gateway.send("/customers/7?x=1", host="customers.local", headers=bearer)
+    assert ok.status == 200
+    assert gateway.send(host="customers.local").status == 429
+
+    log_file = gateway.config.parent / "logs" / "access.log"
+    lines = wait_until(lambda: log_file.exists() and len(log_file.read_text().splitlines()) >= 2 and log_file)
+    first, second = (json.loads(line) for line in lines.read_text().splitlines())
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["time"])
+    assert first | {"time": None, "durationMs": None, "upstreamMs": None, "bytesSent": None} == {
+        "time": None,
+        "client": "127.0.0.1",
+        "host": "customers.local",
+        "method": "GET",
+        "path": "/customers/7?x=1",
+        "status": 200,
+        "apiEndpoint": "customers",
+        "pipeline": "customers",
+        "answeredBy": None,
+        "upstream": f"127.0.0.1:{upstreams['customers'].port}",
+        "durationMs": None,
+        "upstreamMs": None,
+        "bytesSent": None,
+        "requestId": ok.headers["X-Request-Id"],
+        "traceparent": traceparent,
+        "error": None,
+    }
+    assert 0 <= first["upstreamMs"] <= first["durationMs"]
+    assert first["bytesSent"] == len(ok.body)
+    assert (second["status"], second["answeredBy"], second["upstream"]) == (429, "rate-limit", None)
+
+
+def test_traceparent_is_kept_created_or_replaced_and_reaches_the_upstream(start_gateway, upstreams):
+    config = one_pipeline(upstreams["customers"].url, "- proxy: [{action: {serviceEndpoint: backend}}]")
+    gateway = start_gateway(config)
+
+    def forwarded(headers: dict[str, str]) -> str:
+        return json.loads(gateway.send(headers=headers).body)["headers"]["traceparent"]
+
+    kept = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    assert forwarded({"traceparent": kept}) == kept
+    created = forwarded({})
+    assert is_valid_traceparent(created) and created != forwarded({})
+    for malformed in ("garbage", "00-" + "0" * 32 + "-00f067aa0ba902b7-01", "ff-" + kept[3:]):
+        replaced = forwarded({"traceparent": malformed})
+        assert replaced != malformed and is_valid_traceparent(replaced)
+
+
+def test_health_and_ready_on_the_admin_port():
+    state = {"ready": False}
+    server = AdminServer(ready=lambda: state["ready"], metrics=lambda: b"# metrics\n")
+    port = free_port()
+    server.configure(("127.0.0.1", port))
+    try:
+        assert admin_get(port, "/health") == (200, "ok\n")
+        assert admin_get(port, "/ready") == (503, "no valid config loaded\n")
+        state["ready"] = True
+        assert admin_get(port, "/ready") == (200, "ready\n")
+        assert admin_get(port, "/metrics") == (200, "# metrics\n")
+        assert admin_get(port, "/nope")[0] == 404
+    finally:
+        server.stop()
+
+
+def test_a_pool_serves_the_sum_of_its_workers_metrics(start_gateway, upstreams):
+    admin_port = free_port()
+    config = one_pipeline(
+        upstreams["customers"].url,
+        "- proxy: [{action: {serviceEndpoint: backend}}]",
+        extra=f"admin: {{port: {admin_port}}}\n",
+    )
+    gateway = start_gateway(config, runner="mitmgateway", workers=2)
+    assert wait_until(lambda: admin_get(admin_port, "/ready")[0] == 200, timeout=20)
+    for i in range(30):
+        assert send(gateway.port, f"/{i}").status == 200
+    text = wait_until(
+        lambda: (
+            metric(
+                t := admin_get(admin_port, "/metrics")[1],
+                "mitmgateway_requests_total",
+                pipeline="api",
+                policy="proxy",
+                status="200",
+            )
+            == 30
+            and t
+        )
+    )
+    assert text, "the pool's /metrics did not add up the workers' requests"
+    assert admin_get(admin_port, "/health")[0] == 200
