@@ -35,8 +35,8 @@ logger = logging.getLogger("mitmgateway")
 # The entry mitmproxy loads under mitmdump: beside the package in a source checkout (the layout
 # users edit live). An installed wheel has no such file and gets the addons without code reload.
 ENTRY_SCRIPT = Path(__file__).resolve().parent.parent / "gateway.py"
-# A worker that dies this soon after it started is failing to start (bad config, port taken):
-# replacing it would only loop, so the pool exits instead.
+# A worker that dies this soon after it started, before it was ready to serve, is failing to
+# start (bad config, port taken): replacing it would only loop, so the pool exits instead.
 STARTUP_SECONDS = 3.0
 _ADDON_SET_EVENTS = frozenset({"load", "configure", "running", "done"})
 
@@ -223,8 +223,10 @@ class WorkerPool:
                 code = process.poll()
                 if code is None or self.stopping:
                     continue
-                (self.directory / f"ready-{process.pid}").unlink(missing_ok=True)
-                if time.monotonic() - started < STARTUP_SECONDS:
+                ready_file = self.directory / f"ready-{process.pid}"
+                was_serving = ready_file.exists()  # a worker killed hard leaves its file behind
+                ready_file.unlink(missing_ok=True)
+                if not was_serving and time.monotonic() - started < STARTUP_SECONDS:
                     logger.error("worker %d exited with %d while starting; stopping", process.pid, code)
                     self._stop_all()
                     self._wait_all()
