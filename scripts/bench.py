@@ -250,7 +250,9 @@ def chart(summary: dict[str, dict[str, float]], title: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(summary)
+    # The upstream alone is two orders of magnitude faster: it goes in the title, not the bars.
+    names = [n for n in summary if n != "upstream"]
+    upstream = summary["upstream"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     bars = left.barh(names, [summary[n]["requests_per_second"] for n in names], color="#4c72b0")
     left.bar_label(bars, labels=[f"{summary[n]['rps_vs_mitmdump']:.2f}x mitmdump" for n in names], padding=3)
@@ -264,7 +266,11 @@ def chart(summary: dict[str, dict[str, float]], title: str, path: Path) -> None:
     right.invert_yaxis()
     right.set_xlabel("latency, ms (lower is better)")
     right.legend()
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(
+        f"{title}\nnginx upstream alone: {upstream['requests_per_second']:.0f} req/s, "
+        f"p99 {upstream['p99_ms']:.2f} ms",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 

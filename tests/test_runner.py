@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -135,3 +136,35 @@ def test_shutdown_timeout_bounds_the_wait(start_gateway, upstreams):
     thread.join(timeout=10)
     assert not isinstance(result[0], Reply) or result[0].status != 200
     assert "shutting down with 1 request(s) still in flight" in gateway.log()
+
+
+def test_the_lean_masters_dispatch_follows_addons_as_they_come_and_go():
+    from mitmproxy import options
+    from mitmproxy.proxy.layers.http import HttpRequestHeadersHook
+    from mitmproxy.test import tflow
+
+    from mitmgateway.runner import GatewayMaster
+
+    seen: list[str] = []
+
+    class First:
+        def requestheaders(self, flow) -> None:  # type: ignore[no-untyped-def]
+            seen.append("first")
+
+    class Second:
+        async def requestheaders(self, flow) -> None:  # type: ignore[no-untyped-def]
+            seen.append("second")
+
+    async def main() -> None:
+        master = GatewayMaster(options.Options())
+        first = First()
+        master.addons.add(first)
+        flow = tflow.tflow()
+        await master.addons.handle_lifecycle(HttpRequestHeadersHook(flow))
+        master.addons.remove(first)
+        master.addons.add(Second())
+        await master.addons.handle_lifecycle(HttpRequestHeadersHook(flow))
+        await master.addons.handle_lifecycle(HttpRequestHeadersHook(flow))
+
+    asyncio.run(main())
+    assert seen == ["first", "second", "second"]
