@@ -7,7 +7,6 @@ import argparse
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from gen_keys import generate  # noqa: E402
 from mint_token import mint  # noqa: E402
+from processes import listening, wait_for_port  # noqa: E402
 
 BIN = Path(sys.executable).parent
 GATEWAY_PORT = int(os.environ.get("GATEWAY_PORT", "8080"))
@@ -27,18 +27,11 @@ SERVICES = {
 }
 
 
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 def wait_listening(port: int, process: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 20
-    while not listening(port):
-        if process.poll() is not None or time.monotonic() > deadline:
-            sys.exit(f"{what} did not start on port {port}")
-        time.sleep(0.1)
+    try:
+        wait_for_port(port, process)
+    except (RuntimeError, TimeoutError):
+        sys.exit(f"{what} did not start on port {port}")
 
 
 def call(host: str, headers: dict[str, str] | None = None) -> tuple[int, str]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,38 +14,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 ENTRY = ROOT / "addons" / "gateway.py"
+sys.path.insert(0, str(ROOT / "scripts"))
 
+from processes import free_port, stop, wait_for_port  # noqa: E402
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(
-    port: int, process: subprocess.Popen[bytes], log: Path | None = None, timeout: float = 20
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            output = log.read_text() if log else ""
-            raise RuntimeError(f"process exited with {process.returncode} before listening:\n{output}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+__all__ = ["free_port", "stop", "wait_for_port"]
 
 
 @dataclass
