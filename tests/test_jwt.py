@@ -262,3 +262,14 @@ def test_verified_tokens_are_remembered_until_they_expire(gateway_with, rsa_keys
             time.sleep(0.1)
         assert outcome(gateway, make_flow(headers=bearer(token))) == 401
         assert token not in policy.verified
+
+
+def test_a_numeric_string_exp_is_remembered_only_until_it_passes(gateway_with, rsa_keys):
+    # pyjwt accepts exp as a numeric string; the cache must read it the same way.
+    with gateway_with(f"secretOrPublicKeyFile: {rsa_keys[1]}") as gateway:
+        exp = int(time.time()) + 2
+        token = rs256(rsa_keys, exp=str(exp))
+        assert outcome(gateway, make_flow(headers=bearer(token))) == 200
+        while time.time() <= exp:
+            time.sleep(0.1)
+        assert outcome(gateway, make_flow(headers=bearer(token))) == 401

@@ -141,6 +141,8 @@ def test_traceparent_is_kept_created_or_replaced_and_reaches_the_upstream(start_
 
     kept = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     assert forwarded({"traceparent": kept}) == kept
+    echoed = json.loads(gateway.send(headers={"traceparent": "garbage", "tracestate": "v=1"}).body)
+    assert "tracestate" not in {name.lower() for name in echoed["headers"]}
     created = forwarded({})
     assert is_valid_traceparent(created) and created != forwarded({})
     for malformed in ("garbage", "00-" + "0" * 32 + "-00f067aa0ba902b7-01", "ff-" + kept[3:]):
@@ -190,3 +192,16 @@ def test_a_pool_serves_the_sum_of_its_workers_metrics(start_gateway, upstreams):
     )
     assert text, "the pool's /metrics did not add up the workers' requests"
     assert admin_get(admin_port, "/health")[0] == 200
+
+
+def test_a_query_string_credential_is_redacted_in_the_access_log():
+    from mitmproxy.test import tflow
+
+    from mitmgateway.access_log import access_record
+
+    flow = tflow.tflow(resp=True)
+    record = {
+        "origin": {"host": "api.local", "path": "/items?access_token=eyJsecret&page=2"},
+        "secretQueryParams": ["access_token"],
+    }
+    assert access_record(flow, record)["path"] == "/items?access_token=REDACTED&page=2"

@@ -115,10 +115,30 @@ def test_hop_by_hop_headers_removed_both_ways(gateway_with):
         for name in ("Connection", "Keep-Alive", "X-Secret-Hop", "Proxy-Authorization", "TE", "Upgrade"):
             assert name not in request.headers, name
         assert request.headers["X-Kept"] == "yes"
-        upstream_response(flow, gateway, {"Connection": "close, X-Internal", "X-Internal": "1", "X-App": "a"})
+        upstream_response(
+            flow, gateway, {"Connection": "keep-alive, X-Internal", "X-Internal": "1", "X-App": "a"}
+        )
         assert "Connection" not in flow.response.headers
         assert "X-Internal" not in flow.response.headers
         assert flow.response.headers["X-App"] == "a"
+
+
+@pytest.mark.parametrize(
+    "request_headers,response_headers",
+    [({"Connection": "close"}, {}), ({}, {"Connection": "close, X-Internal", "X-Internal": "1"})],
+    ids=["client-closes", "upstream-closes"],
+)
+def test_a_close_either_side_asked_for_stays_visible_to_mitmproxy(
+    gateway_with, request_headers, response_headers
+):
+    # mitmproxy decides from the (stripped) headers whether to keep each connection open.
+    with gateway_with("serviceEndpoint: backend") as gateway:
+        flow = make_flow(path="/api/x", headers=request_headers)
+        request = forward(gateway, flow)
+        assert "Connection" not in request.headers
+        upstream_response(flow, gateway, response_headers)
+        assert flow.response.headers.get_all("Connection") == ["close"]
+        assert "X-Internal" not in flow.response.headers
 
 
 def test_websocket_handshake_keeps_upgrade(gateway_with):

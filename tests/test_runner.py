@@ -9,12 +9,14 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from conftest import one_pipeline
-from harness import BIN, Reply, listening_pids, send, wait_until
+from harness import BIN, Reply, free_port, listening_pids, send, wait_until
 
 
 def check(config: Path) -> subprocess.CompletedProcess[str]:
@@ -81,6 +83,16 @@ def test_workers_share_one_port_and_a_dead_worker_is_replaced(start_gateway, ups
     assert not listening_pids(gateway.port)
 
 
+def admin_ready(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return 0
+
+
 def _send_in_background(port: int, path: str) -> tuple[threading.Thread, list[Reply | BaseException]]:
     result: list[Reply | BaseException] = []
 
@@ -105,8 +117,14 @@ def _refuses_connections(port: int) -> bool:
 
 @pytest.mark.parametrize("runner,workers", [("mitmdump", 1), ("mitmgateway", 1), ("mitmgateway", 2)])
 def test_sigterm_finishes_requests_in_flight_then_exits_0(start_gateway, upstreams, runner, workers):
-    config = one_pipeline(upstreams["orders"].url, "- proxy: [{action: {serviceEndpoint: backend}}]")
+    admin_port = free_port()
+    config = one_pipeline(
+        upstreams["orders"].url,
+        "- proxy: [{action: {serviceEndpoint: backend}}]",
+        extra=f"admin: {{port: {admin_port}}}\n",
+    )
     gateway = start_gateway(config, runner=runner, workers=workers)
+    assert wait_until(lambda: admin_ready(admin_port) == 200, timeout=20)
     if workers > 1:
         assert wait_until(lambda: len(listening_pids(gateway.port)) == workers, timeout=20)
     thread, result = _send_in_background(gateway.port, "/slow?delay=1.5")
@@ -114,6 +132,7 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(start_gateway, upstrea
     started = time.monotonic()
     gateway.process.send_signal(signal.SIGTERM)
     assert wait_until(lambda: _refuses_connections(gateway.port), timeout=3), "still accepting after SIGTERM"
+    assert admin_ready(admin_port) == 503, "a draining gateway must not be ready"
     thread.join(timeout=10)
     (reply,) = result
     assert isinstance(reply, Reply), reply

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import pytest
@@ -106,3 +107,25 @@ def test_slow_upstream_is_504_and_the_gateway_keeps_serving(start_gateway, upstr
     fast = gateway.send("/fast?delay=0.05", host="orders.local")
     assert fast.status == 200
     assert json.loads(fast.body)["path"] == "/fast?delay=0.05"
+
+
+def test_absolute_form_target_cannot_pick_the_upstreams_virtual_host(start_gateway, upstreams):
+    config = one_pipeline(
+        upstreams["customers"].url,
+        "- proxy: [{action: {serviceEndpoint: backend}}]",
+        endpoint="host: customers.local",
+    )
+    gateway = start_gateway(config)
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as conn:
+        conn.sendall(
+            b"GET http://internal-admin.local/secret HTTP/1.1\r\n"
+            b"Host: customers.local\r\nConnection: close\r\n\r\n"
+        )
+        raw = b""
+        while chunk := conn.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    echoed = json.loads(body)
+    assert echoed["path"] == "/secret", "the upstream must get an origin-form target"
+    assert echoed["headers"]["Host"] == f"127.0.0.1:{upstreams['customers'].port}"

@@ -2,7 +2,8 @@
 
 Each line is written with one ``write()`` on a file opened for appending, so the lines of several
 workers sharing the file never interleave. Off (no work at all per request) unless the config
-names a file.
+names a file. The file is created readable by its owner and group only, and credentials a policy
+read from the query string are written as REDACTED.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from mitmproxy import http
 
@@ -26,9 +28,21 @@ def _ms(start: float | None, end: float | None) -> float | None:
     return round((end - start) * 1000, 3)
 
 
+def _redacted(path: str, secret_params: list[str]) -> str:
+    base, _, query = path.partition("?")
+    pairs = [
+        (name, "REDACTED" if name in secret_params else value)
+        for name, value in parse_qsl(query, keep_blank_values=True)
+    ]
+    return f"{base}?{urlencode(pairs)}"
+
+
 def access_record(flow: http.HTTPFlow, record: dict[str, Any]) -> dict[str, Any]:
     request, response = flow.request, flow.response
     origin = record.get("origin", {})
+    path = origin.get("path", request.path)
+    if secret_params := record.get("secretQueryParams"):
+        path = _redacted(path, secret_params)
     end = response.timestamp_end if response is not None else time.time()
     return {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(request.timestamp_start))
@@ -36,7 +50,7 @@ def access_record(flow: http.HTTPFlow, record: dict[str, Any]) -> dict[str, Any]
         "client": record.get("client") or flow.client_conn.peername[0],
         "host": origin.get("host"),
         "method": request.method,
-        "path": origin.get("path", request.path),
+        "path": path,
         "status": response.status_code if response is not None else None,
         "apiEndpoint": record.get("apiEndpoint"),
         "pipeline": record.get("pipeline"),
@@ -74,7 +88,7 @@ class AccessLog:
             return
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         except OSError as e:
             logger.error("cannot open the access log %s: %s", target, e.strerror or e)
             self.target = None

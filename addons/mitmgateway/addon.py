@@ -59,7 +59,10 @@ class Gateway:
         self._contexts: weakref.WeakKeyDictionary[http.HTTPFlow, RequestContext] = weakref.WeakKeyDictionary()
         self.metrics = GatewayMetrics()
         self.access_log = AccessLog()
-        self.admin = AdminServer(ready=lambda: self.config is not None, metrics=self.metrics.exposition)
+        self.accepting = True
+        self.admin = AdminServer(
+            ready=lambda: self.config is not None and self.accepting, metrics=self.metrics.exposition
+        )
         pool_dir = os.environ.get(POOL_DIR_ENV)
         self._ready_file = Path(pool_dir) / f"ready-{os.getpid()}" if pool_dir else None
         self._running = False
@@ -98,8 +101,14 @@ class Gateway:
             self._watcher = asyncio.get_running_loop().create_task(self._watch_config())
 
     def _announce_ready(self) -> None:
-        if self._ready_file is not None and self._running and self.config is not None:
+        if self._ready_file is not None and self._running and self.config is not None and self.accepting:
             self._ready_file.touch()
+
+    def stop_accepting(self) -> None:
+        """Shutting down: /ready (and the pool) must stop sending traffic here."""
+        self.accepting = False
+        if self._ready_file is not None:
+            self._ready_file.unlink(missing_ok=True)
 
     def done(self) -> None:
         if self._ready_file is not None:
@@ -131,6 +140,10 @@ class Gateway:
             connection_strategy="lazy",
             keep_host_header=True,
         )
+        if "block_global" in ctx.options:
+            # mitmdump refuses clients with public addresses by default, a guard for open
+            # forward proxies; a gateway exists to serve them.
+            ctx.options.update(block_global=False)
 
     async def _watch_config(self) -> None:
         while True:

@@ -65,7 +65,12 @@ class AdminServer:
             return
         self._server.daemon_threads = True
         self.address = address
-        threading.Thread(target=self._server.serve_forever, name="mitmgateway admin", daemon=True).start()
+        threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},  # stop() waits for a poll: keep reloads and exit quick
+            name="mitmgateway admin",
+            daemon=True,
+        ).start()
         logger.info("admin endpoints (/health, /ready, /metrics) on http://%s:%d", *address)
 
     def stop(self) -> None:

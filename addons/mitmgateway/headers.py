@@ -41,11 +41,12 @@ def _connection_tokens(fields: Fields) -> set[bytes]:
     return tokens
 
 
-def strip_hop_by_hop(message: http.Message, upgrading: bool | None = None) -> bool:
+def strip_hop_by_hop(message: http.Message, upgrading: bool | None = None) -> set[bytes]:
     """Remove the hop-by-hop headers, and those the Connection header names.
 
     `upgrading`: keep Connection/Upgrade for a protocol upgrade; None decides from this message.
-    Returns whether the message was treated as an upgrade.
+    Returns the tokens the message's Connection header had (lower-case), which mitmproxy no
+    longer sees once they are gone: the caller must carry on what they meant (close, upgrade).
     """
     fields = message.headers.fields
     tokens = _connection_tokens(fields)
@@ -55,7 +56,14 @@ def strip_hop_by_hop(message: http.Message, upgrading: bool | None = None) -> bo
     kept = tuple(field for field in fields if field[0].lower() not in drop)
     if len(kept) != len(fields):
         message.headers.fields = kept
-    return upgrading
+    return tokens
+
+
+def closes_connection(message: http.Message, tokens: set[bytes]) -> bool:
+    """Whether an HTTP/1 message with these Connection tokens ends its connection (RFC 9112 9.3)."""
+    if b"close" in tokens:
+        return True
+    return message.http_version == "HTTP/1.0" and b"keep-alive" not in tokens
 
 
 def set_headers(message: http.Message, headers: Fields) -> None:

@@ -10,6 +10,8 @@ supervisor that forwards SIGTERM and replaces a worker that dies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import inspect
 import logging
 import os
@@ -24,7 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from mitmproxy import addonmanager, exceptions, flow, hooks, master, options
-from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, script, termlog, tlsconfig
+from mitmproxy.addons import (
+    core,
+    disable_h2c,
+    errorcheck,
+    next_layer,
+    proxyserver,
+    script,
+    termlog,
+    tlsconfig,
+)
 
 from .addon import POOL_DIR_ENV
 from .admin import AdminServer
@@ -35,9 +46,9 @@ logger = logging.getLogger("mitmgateway")
 # The entry mitmproxy loads under mitmdump: beside the package in a source checkout (the layout
 # users edit live). An installed wheel has no such file and gets the addons without code reload.
 ENTRY_SCRIPT = Path(__file__).resolve().parent.parent / "gateway.py"
-# A worker that dies this soon after it started, before it was ready to serve, is failing to
-# start (bad config, port taken): replacing it would only loop, so the pool exits instead.
-STARTUP_SECONDS = 3.0
+RESTART_SECONDS = 1.0
+"""The pool replaces a worker in the same slot at most this often."""
+_PR_SET_PDEATHSIG = 1
 _ADDON_SET_EVENTS = frozenset({"load", "configure", "running", "done"})
 
 
@@ -92,6 +103,13 @@ class DispatchTable(addonmanager.AddonManager):
             await self.trigger_event(hooks.UpdateHook([message]))
 
 
+def _is_our_entry_script(path: Path) -> bool:
+    try:
+        return "from mitmgateway.addon import Gateway" in path.read_text()
+    except OSError:
+        return False
+
+
 class GatewayMaster(master.Master):
     def __init__(self, opts: options.Options) -> None:
         super().__init__(opts, with_termlog=False)
@@ -101,6 +119,8 @@ class GatewayMaster(master.Master):
         self.addons.add(
             self._termlog_addon,
             core.Core(),
+            # An h2c upgrade a policy let through could become a raw tunnel past every policy.
+            disable_h2c.DisableH2C(),
             proxyserver.Proxyserver(),
             next_layer.NextLayer(),
             tlsconfig.TlsConfig(),
@@ -131,14 +151,14 @@ def serve(config: Path, settings: Sequence[str], reuse_port: bool = False) -> in
         gateway_master = GatewayMaster(opts)
         try:
             opts.set(f"gateway_config={config}", *settings, defer=True)
-            if ENTRY_SCRIPT.exists():
+            if _is_our_entry_script(ENTRY_SCRIPT):
                 opts.update(scripts=[str(ENTRY_SCRIPT)])
             else:
                 from .addon import Gateway
                 from .shutdown import GracefulShutdown
 
                 gateway_master.addons.add(Gateway(), GracefulShutdown())
-        except Exception as e:  # OptionsError, or a script that fails to load
+        except exceptions.OptionsError as e:  # a bad --set; script errors go to errorcheck
             print(f"mitmgateway: {e}", file=sys.stderr)
             return 1
         loop = asyncio.get_running_loop()
@@ -149,16 +169,26 @@ def serve(config: Path, settings: Sequence[str], reuse_port: bool = False) -> in
         return 0
 
     if reuse_port:
+        _die_with_pool()
         with asyncio.Runner(loop_factory=_reuse_port_loop_factory) as runner:
             return runner.run(main())
     return asyncio.run(main())
+
+
+def _die_with_pool() -> None:
+    """In a pool's worker: get SIGTERM when the pool dies, even by SIGKILL (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class WorkerPool:
     """N copies of ``mitmgateway run`` on one port; SIGTERM/SIGINT go to all of them.
 
     The pool serves the admin port for all of them: /metrics sums their prometheus-client
-    multiprocess files, /ready holds once every worker has announced a valid config.
+    multiprocess files, /ready holds once every worker has announced a valid config. A worker
+    that dies after it was serving is replaced (at most once per RESTART_SECONDS per slot); one
+    that dies before it ever served means the pool cannot start (bad config, port taken), and the
+    pool stops.
     """
 
     def __init__(
@@ -179,7 +209,10 @@ class WorkerPool:
         self.size = workers
         self.admin_address = admin
         self.stopping = False
-        self.processes: list[tuple[subprocess.Popen[bytes], float]] = []
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.served: set[int] = set()
+        """PIDs of workers seen ready."""
+        self.signalled: set[int] = set()
         self.directory = Path(tempfile.mkdtemp(prefix="mitmgateway-pool-"))
         self.env = {
             **os.environ,
@@ -187,19 +220,27 @@ class WorkerPool:
             MULTIPROCESS_DIR_ENV: str(self.directory),
         }
 
-    def _start_one(self) -> tuple[subprocess.Popen[bytes], float]:
-        return subprocess.Popen(self.command, env=self.env), time.monotonic()
+    def _start_one(self) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(self.command, env=self.env)
+        if self.stopping:  # SIGTERM came while it was starting
+            self.signalled.add(process.pid)
+            process.send_signal(signal.SIGTERM)
+        return process
 
     def _stop_all(self, *_: object) -> None:
         self.stopping = True
-        for process, _started in self.processes:
-            if process.poll() is None:
+        for process in self.processes:
+            # Once each: a second SIGTERM could reach a worker after its handler is gone.
+            if process.poll() is None and process.pid not in self.signalled:
+                self.signalled.add(process.pid)
                 process.send_signal(signal.SIGTERM)
 
+    def _ready_file(self, process: subprocess.Popen[bytes]) -> Path:
+        return self.directory / f"ready-{process.pid}"
+
     def ready(self) -> bool:
-        return all(
-            process.poll() is None and (self.directory / f"ready-{process.pid}").exists()
-            for process, _started in self.processes
+        return bool(self.processes) and all(
+            process.poll() is None and self._ready_file(process).exists() for process in self.processes
         )
 
     def run(self) -> int:
@@ -208,35 +249,46 @@ class WorkerPool:
         signal.signal(signal.SIGINT, self._stop_all)
         admin = AdminServer(ready=self.ready, metrics=lambda: collect_multiprocess(str(self.directory)))
         try:
-            self.processes = [self._start_one() for _ in range(self.size)]
+            for _ in range(self.size):
+                self.processes.append(self._start_one())
             admin.configure(self.admin_address)
             code = self._supervise()
         finally:
+            self._stop_all()
+            code = self._wait_all()
             admin.stop()
             shutil.rmtree(self.directory, ignore_errors=True)
         return code
 
     def _supervise(self) -> int:
+        last_restart = [0.0] * self.size
         while not self.stopping:
             time.sleep(0.2)
-            for i, (process, started) in enumerate(self.processes):
+            for i, process in enumerate(self.processes):
+                if self._ready_file(process).exists():
+                    self.served.add(process.pid)
                 code = process.poll()
                 if code is None or self.stopping:
                     continue
-                ready_file = self.directory / f"ready-{process.pid}"
-                was_serving = ready_file.exists()  # a worker killed hard leaves its file behind
-                ready_file.unlink(missing_ok=True)
-                if not was_serving and time.monotonic() - started < STARTUP_SECONDS:
-                    logger.error("worker %d exited with %d while starting; stopping", process.pid, code)
-                    self._stop_all()
-                    self._wait_all()
-                    return code or 1
+                self._ready_file(process).unlink(missing_ok=True)  # a worker killed hard leaves it
+                if process.pid not in self.served:
+                    logger.error("worker %d exited with %d before serving; stopping", process.pid, code)
+                    return _exit_status(code) or 1
+                wait = last_restart[i] + RESTART_SECONDS - time.monotonic()
                 logger.error("worker %d exited with %d; starting a new one", process.pid, code)
+                if wait > 0:
+                    time.sleep(wait)  # a worker that keeps dying must not spin the CPU
+                last_restart[i] = time.monotonic()
                 self.processes[i] = self._start_one()
-        return self._wait_all()
+        return 0
 
     def _wait_all(self) -> int:
         worst = 0
-        for process, _started in self.processes:
-            worst = max(worst, process.wait())
+        for process in self.processes:
+            worst = max(worst, _exit_status(process.wait()))
         return worst
+
+
+def _exit_status(code: int) -> int:
+    """A shell's view of a return code: killed by signal N is 128 + N."""
+    return 128 - code if code < 0 else code

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import weakref
 
 from mitmproxy import ctx, http
 
@@ -24,7 +25,7 @@ DRAIN_POLL_SECONDS = 0.05
 
 class GracefulShutdown:
     def __init__(self) -> None:
-        self.in_flight: set[http.HTTPFlow] = set()
+        self.in_flight: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
         self.draining = False
         self._drain: asyncio.Task[None] | None = None
 
@@ -42,7 +43,11 @@ class GracefulShutdown:
         loop.add_signal_handler(signal.SIGTERM, self.begin)
 
     def done(self) -> None:
-        # A code reload replaces this addon: hand SIGTERM back until the new one takes it.
+        # A code reload replaces this addon: hand SIGTERM back until the new one takes it. A
+        # drain in progress cannot follow (its flows' events go to the new addon): exit now.
+        if self._drain is not None:
+            self._drain.cancel()
+            ctx.master.shutdown()
         with contextlib.suppress(RuntimeError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, ctx.master.shutdown)
 
@@ -50,7 +55,8 @@ class GracefulShutdown:
         self.in_flight.add(flow)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        if self.draining and flow.response is not None:
+        # Not on a 101: a WebSocket handshake needs its Connection: Upgrade.
+        if self.draining and flow.response is not None and flow.response.status_code != 101:
             flow.response.headers["Connection"] = "close"
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -71,6 +77,10 @@ class GracefulShutdown:
             timeout,
             len(self.in_flight),
         )
+        # server=False too, so that a config or code reload during the drain cannot listen again.
+        ctx.options.update(server=False)
+        if gateway := ctx.master.addons.get("gateway"):
+            gateway.stop_accepting()
         proxyserver = ctx.master.addons.get("proxyserver")
         await proxyserver.servers.update([])
         loop = asyncio.get_running_loop()

@@ -1,8 +1,8 @@
 """W3C trace context: every request leaves the gateway with a valid ``traceparent``.
 
 A client's traceparent is kept as sent when it is well formed (the gateway does not start a span
-of its own); an absent or malformed one is replaced by a new trace, so upstreams and the access
-log always see one.
+of its own); an absent or malformed one is replaced by a new trace (and its ``tracestate``
+dropped), so upstreams and the access log always see one.
 """
 
 from __future__ import annotations
@@ -41,4 +41,6 @@ def ensure_traceparent(request: http.Request) -> str:
         return values[0]
     traceparent = new_traceparent()
     set_headers(request, ((b"traceparent", traceparent.encode()),))
+    # Vendor state belongs to the trace it came with, not to the new one.
+    request.headers.pop("tracestate", None)
     return traceparent

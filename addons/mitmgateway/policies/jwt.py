@@ -36,8 +36,9 @@ EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512
 
 VERIFIED_TOKENS = 10_000
 """Verified tokens remembered per step."""
-UNEXPIRING_TOKEN_SECONDS = 300.0
-"""How long a token without ``exp`` stays remembered (it stays valid; this only bounds the entry)."""
+REMEMBER_SECONDS = 300.0
+"""The longest a verified token is remembered (a token without ``exp`` stays valid; this only
+bounds the entry)."""
 
 VerificationKey = Any  # a cryptography public key, or bytes for an HMAC secret
 
@@ -158,6 +159,8 @@ class JwtPolicy(Policy):
         if extractor == "header":
             return request.headers.get(self.action.jwt_extractor_field or "")
         if extractor == "query":
+            # A credential in the URL: the access log must not write it out.
+            ctx.record.setdefault("secretQueryParams", []).append(self.action.jwt_extractor_field)
             return request.query.get(self.action.jwt_extractor_field or "")
         scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
         return token.strip() if scheme.lower() == self.scheme and token.strip() else None
@@ -168,16 +171,13 @@ class JwtPolicy(Policy):
         if cached is not None:
             return cached[0]
         claims = self._check_signature_and_claims(token)
-        # Remember it until it expires (the same leeway as verification gives).
-        now = time.monotonic()
-        exp = claims.get("exp")
-        lifetime = (
-            exp + self.action.clock_tolerance - time.time()
-            if isinstance(exp, int | float)
-            else UNEXPIRING_TOKEN_SECONDS
-        )
+        # Remember it until it expires (the same leeway as verification gives), and never long:
+        # pyjwt reads exp with int(), so read it the same way (it may be a numeric string).
+        lifetime = REMEMBER_SECONDS
+        if "exp" in claims:
+            lifetime = min(lifetime, int(claims["exp"]) + self.action.clock_tolerance - time.time())
         if lifetime > 0:
-            self.verified[token] = (claims, now + lifetime)
+            self.verified[token] = (claims, time.monotonic() + lifetime)
         return claims
 
     def _check_signature_and_claims(self, token: str) -> dict[str, Any]:

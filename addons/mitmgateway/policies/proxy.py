@@ -24,7 +24,7 @@ from ..answers import GATEWAY_TIMEOUT, make_answer
 from ..clients import peer_ip
 from ..config.errors import ConfigError
 from ..config.schema import non_negative, not_supported_yet, option
-from ..headers import encode, set_headers, strip_hop_by_hop
+from ..headers import closes_connection, encode, set_headers, strip_hop_by_hop
 from ..pipeline import RequestContext
 from ..upstreams import Upstream
 from .base import BuildContext, Policy, register_policy
@@ -118,12 +118,18 @@ class ProxyPolicy(Policy):
         request = ctx.flow.request
         upstream = next(self.upstreams)
         original_host = request.host_header
-        upgrading = strip_hop_by_hop(request)
+        tokens = strip_hop_by_hop(request)
+        upgrading = b"upgrade" in tokens
+        client_closes = closes_connection(request, tokens)
         request.path = self.forwarded_path(ctx, upstream)
         request.scheme = upstream.scheme
         # Through `data`: the host and port setters each rewrite the Host header, set once below.
         request.data.host = upstream.host
         request.data.port = upstream.port
+        if request.data.authority and not (request.is_http2 or request.is_http3):
+            # An absolute-form target (GET http://other/...) is the client's choice of virtual
+            # host, which the Host header just routed differently: send origin-form upstream.
+            request.data.authority = b""
         request.host_header = upstream.authority if self.action.change_origin else original_host
         added: list[tuple[bytes, bytes]] = []
         if self.action.xfwd:
@@ -147,7 +153,11 @@ class ProxyPolicy(Policy):
         )
 
         def finish_response(response: http.Response) -> None:
-            strip_hop_by_hop(response, upgrading)
+            tokens = strip_hop_by_hop(response, upgrading)
+            # mitmproxy decides from these same headers whether to keep each side's connection
+            # open: a close either side asked for must stay visible to it.
+            if not upgrading and (client_closes or closes_connection(response, tokens)):
+                set_headers(response, ((b"Connection", b"close"),))
             # The client can quote the id when it reports a problem.
             response.headers.setdefault(REQUEST_ID, request_id)
 
