@@ -62,7 +62,7 @@ def test_valid_config_builds_router_and_pipelines(tmp_path):
         (
             ("max: 10", "max: 10, burst: 3"),
             "pipelines.main.policies[0].rate-limit[0].action.burst",
-            "unknown key (accepted: max, windowMs, rateLimitBy, message, statusCode, headers, "
+            "unknown key (accepted: max, windowMs, algorithm, rateLimitBy, message, statusCode, headers, "
             "delayAfter, delayMs)",
         ),
         (
@@ -95,8 +95,8 @@ def test_valid_config_builds_router_and_pipelines(tmp_path):
             ("http:", "htp:"),
             "htp",
             "unknown key (accepted: http, https, admin, apiEndpoints, "
-            "serviceEndpoints, policies, pipelines, trustedProxies, accessLog, apiEndpoint, serviceEndpoint, "
-            "policy, pipeline)",
+            "serviceEndpoints, policies, pipelines, trustedProxies, accessLog, rateLimitStore, "
+            "apiEndpoint, serviceEndpoint, policy, pipeline)",
         ),
         (
             ("paths: ['/v1/*']", "paths: ['v1/*']"),
@@ -143,9 +143,9 @@ def test_valid_config_builds_router_and_pipelines(tmp_path):
             "the expression condition is not supported yet",
         ),
         (
-            ("max: 10", "max: 10, delayMs: 500"),
-            "pipelines.main.policies[0].rate-limit[0].action.delayMs",
-            "delayMs is not supported yet",
+            ("max: 10", "max: 10, algorithm: leaky-bucket"),
+            "pipelines.main.policies[0].rate-limit[0].action.algorithm",
+            "must be one of 'fixed-window', 'sliding-window', got string 'leaky-bucket'",
         ),
     ],
 )
@@ -253,15 +253,18 @@ def test_https_is_refused_as_not_supported(tmp_path):
     assert error(tmp_path, VALID + "https: {port: 8443}\n").endswith("https: https is not supported yet")
 
 
-def test_unchanged_steps_keep_their_state_across_reloads(tmp_path):
+def test_unchanged_steps_keep_their_counters_across_reloads(tmp_path):
     state = StepState()
     path = tmp_path / "gateway.config.yml"
     path.write_text(VALID)
-    first = load_config(path, state, {})
-    second = load_config(path, state, {})
-    assert first.pipelines["main"].steps[0].policy.windows is second.pipelines["main"].steps[0].policy.windows
+
+    def step(config):
+        return config.pipelines["main"].steps[0].policy
+
+    first = step(load_config(path, state, {}))
+    second = step(load_config(path, state, {}))
+    assert second.store is first.store and second.prefix == first.prefix
     path.write_text(VALID.replace("max: 10", "max: 11"))
-    third = load_config(path, state, {})
-    assert (
-        third.pipelines["main"].steps[0].policy.windows is not first.pipelines["main"].steps[0].policy.windows
-    )
+    assert step(load_config(path, state, {})).prefix == first.prefix  # a new max, the same window
+    path.write_text(VALID.replace("max: 10", "max: 10, windowMs: 1000"))
+    assert step(load_config(path, state, {})).prefix != first.prefix

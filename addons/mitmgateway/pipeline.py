@@ -6,7 +6,7 @@ what mitmweb should show, in ``flow.metadata``), never in globals.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -108,13 +108,33 @@ class Pipeline:
     name: str
     steps: tuple[Step, ...]
 
-    def run(self, ctx: RequestContext) -> str | None:
-        """Run the steps in order; returns the name of the policy that answered, if one did."""
+    def run(self, ctx: RequestContext) -> str | Coroutine[Any, Any, str | None] | None:
+        """Run the steps in order; the name of the policy that answered, if one did.
+
+        Steps run synchronously until one returns an awaitable (a policy waiting on I/O, such as
+        a shared rate-limit store); the rest then runs in the coroutine returned instead.
+        """
         flow = ctx.flow
-        for step in self.steps:
+        for index, step in enumerate(self.steps):
             if step.condition is not None and not step.condition(ctx):
                 continue
-            step.policy.handle(ctx)
+            pending = step.policy.handle(ctx)
+            if pending is not None:
+                return self._run_after(ctx, index, pending)
+            if flow.response is not None:
+                return step.policy_name
+        return None
+
+    async def _run_after(self, ctx: RequestContext, index: int, pending: Awaitable[None]) -> str | None:
+        flow = ctx.flow
+        for step in self.steps[index:]:
+            if pending is None:
+                if step.condition is not None and not step.condition(ctx):
+                    continue
+                pending = step.policy.handle(ctx)
+            if pending is not None:
+                await pending
+                pending = None
             if flow.response is not None:
                 return step.policy_name
         return None

@@ -56,6 +56,7 @@ def _getter(reference: str, path: KeyPath) -> Getter:
 @dataclass(frozen=True)
 class Template:
     parts: tuple[str | Getter, ...]
+    source: str = ""
 
     def render(self, ctx: RequestContext) -> str | None:
         """The text, or None when a reference has no value for this request."""
@@ -82,4 +83,4 @@ def parse_template(value: Any, path: KeyPath) -> Template:
         position = match.end()
     if position < len(text):
         parts.append(text[position:])
-    return Template(tuple(parts))
+    return Template(tuple(parts), text)

@@ -31,7 +31,8 @@ class ConfigError(ValueError):
         super().__init__(self._format())
 
     def in_file(self, file: str) -> ConfigError:
-        return ConfigError(self.path, self.reason, file)
+        """This error as found in `file`, unless it already names the file it comes from."""
+        return ConfigError(self.path, self.reason, self.file or file)
 
     def _format(self) -> str:
         parts = [p for p in (self.file, self.path) if p]

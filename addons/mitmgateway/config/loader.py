@@ -7,6 +7,7 @@ The request path only reads what this builds.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from ..conditions import parse_condition
 from ..pipeline import Pipeline, Step
 from ..policies import POLICIES, BuildContext, StepState
 from ..routing import ApiEndpoint, Router, parse_api_endpoint
+from ..stores import RateLimitStore, StoreSettings, open_store
+from ..stores.base import parse_store_settings
 from ..upstreams import ServiceEndpoint, parse_service_endpoint
 from .errors import ROOT, ConfigError, ErrorCollector, KeyPath
 from .schema import (
@@ -50,6 +53,7 @@ TOP_LEVEL_KEYS = (
     "pipelines",
     "trustedProxies",
     "accessLog",
+    "rateLimitStore",
     *SECTION_ALIASES,
 )
 
@@ -153,8 +157,10 @@ class _Builder:
         state: StepState,
         declared: frozenset[str],
         service_endpoints: Mapping[str, ServiceEndpoint],
+        rate_limit_store: RateLimitStore,
     ) -> None:
         self.config_dir = config_dir
+        self.rate_limit_store = rate_limit_store
         self.state = state
         self.declared = declared
         self.service_endpoints = service_endpoints
@@ -212,6 +218,7 @@ class _Builder:
             f"{pipeline}/{position}/{policy_name}",
             self.config_dir,
             self.service_endpoints,
+            self.rate_limit_store,
             self.state,
             self.used_state,
         )
@@ -253,9 +260,19 @@ def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
     declared: frozenset[str] = frozenset()
     with errors.part():
         declared = _declared_policies(sections.get("policies", []), KeyPath("policies"))
+    store_settings = StoreSettings()
+    with errors.part():
+        if sections.get("rateLimitStore") is not None:
+            store_settings = parse_store_settings(sections["rateLimitStore"], KeyPath("rateLimitStore"))
+        elif (settings := system_config_store(file.parent)) is not None:
+            store_settings = settings
     errors.raise_any()
     assert http is not None and trusted is not None
-    builder = _Builder(file.parent, state, declared, service_endpoints)
+    namespace = "mitmgateway:" + hashlib.sha1(str(file.absolute()).encode()).hexdigest()[:12]
+    store_key = ("rateLimitStore", store_settings, namespace)
+    store = state.get(store_key, lambda: open_store(store_settings, namespace), set())
+    builder = _Builder(file.parent, state, declared, service_endpoints, store)
+    builder.used_state.add(store_key)
 
     pipelines: dict[str, Pipeline] = {}
     routes = []
@@ -297,6 +314,30 @@ def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
         frozenset(builder.used_state),
         admin,
         access_log,
+    )
+
+
+def system_config_store(config_dir: Path) -> StoreSettings | None:
+    """Express Gateway's ``db.redis`` from a system.config.yml beside the gateway config."""
+    system_file = config_dir / "system.config.yml"
+    if not system_file.exists():
+        return None
+    try:
+        document = load_document(system_file)
+        db = require_mapping(require_mapping(document, ROOT).get("db"), KeyPath("db"))
+        raw = require_mapping(db.get("redis"), KeyPath("db.redis"))
+        if not raw or raw.get("emulate"):
+            return None  # EG's in-memory emulation: our memory store
+        host = check_type(str, raw.get("host", "127.0.0.1"), KeyPath("db.redis.host"))
+        port = check_type(int, raw.get("port", 6379), KeyPath("db.redis.port"))
+        db_index = check_type(int, raw.get("db", 0), KeyPath("db.redis.db"))
+        namespace = raw.get("namespace")
+    except ConfigError as e:
+        raise e.in_file(str(system_file)) from None
+    return StoreSettings(
+        type="redis",
+        url=f"redis://{host}:{port}/{db_index}",
+        namespace=None if namespace is None else str(namespace),
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -12,6 +12,7 @@ from ..config.errors import KeyPath
 
 if TYPE_CHECKING:
     from ..pipeline import RequestContext
+    from ..stores import RateLimitStore
     from ..upstreams import ServiceEndpoint
 
 S = TypeVar("S")
@@ -48,6 +49,7 @@ class BuildContext:
     """``pipeline/policy index/step index``: identifies the step across reloads."""
     config_dir: Path
     service_endpoints: Mapping[str, ServiceEndpoint]
+    rate_limit_store: RateLimitStore
     state: StepState
     used_state: set[Any] = field(default_factory=set)
 
@@ -67,8 +69,13 @@ class Policy(ABC):
         """Validate cross-references and prepare everything the request path needs."""
 
     @abstractmethod
-    def handle(self, ctx: RequestContext) -> None:
-        """Let the request go on (maybe changed) or answer it with ``ctx.answer(...)``."""
+    def handle(self, ctx: RequestContext) -> Awaitable[None] | None:
+        """Let the request go on (maybe changed) or answer it with ``ctx.answer(...)``.
+
+        A policy that must wait (I/O) returns an awaitable and decides when it completes; the
+        pipeline awaits it before the next step. Returning None keeps the request path
+        synchronous, which is what most policies should do.
+        """
 
 
 POLICIES: dict[str, type[Policy]] = {}

@@ -1,51 +1,46 @@
-"""rate-limit: a fixed window of `max` requests per `windowMs` for each client key.
+"""rate-limit: at most `max` requests per `windowMs` for each client key, counted in a store.
 
-Counters live in a bounded cachetools TTLCache per pipeline step (a client's requests to one
-pipeline do not use up another's); a key's window starts with its first request and the entry
-expires with the window, so the lookup and the update are O(1) and memory stays bounded.
+The store (``rateLimitStore``: memory by default, or redis shared between gateways) holds one
+counter per step and client key; a client's requests to one pipeline do not use up another's.
+``algorithm`` picks fixed windows (Express Gateway's) or sliding ones (see stores/base.py).
+With the memory store a hit is answered at once; with redis the step awaits one round trip.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
-
-from cachetools import TTLCache
+from typing import Any
 
 from ..answers import make_answer
-from ..config.schema import http_status, not_supported_yet, option, positive
+from ..config.schema import http_status, option, positive
 from ..headers import set_headers
 from ..pipeline import RequestContext
+from ..stores import Algorithm, Hit, StoreUnavailable
 from ..templates import Template, parse_template
 from .base import BuildContext, Policy, register_policy
 
 logger = logging.getLogger(__name__)
 
-MAX_CLIENT_KEYS = 100_000
-"""Bound on counters kept per step; the soonest-expiring are evicted first when it is reached."""
+STORE_UNAVAILABLE = "Service Unavailable"
 
 
 @dataclass(frozen=True)
 class RateLimitAction:
     max: int = option("max", 5, parse=positive)
     window_ms: int = option("windowMs", 60_000, parse=positive)
+    algorithm: Algorithm = option("algorithm", "fixed-window")
     rate_limit_by: Template | None = option("rateLimitBy", None, parse=parse_template)
     message: str = option("message", "Too many requests, please try again later.")
     status_code: int = option("statusCode", 429, parse=http_status)
     headers: bool = option("headers", True)
-    delay_after: None = option("delayAfter", None, parse=not_supported_yet("delayAfter"))
-    delay_ms: None = option("delayMs", None, parse=not_supported_yet("delayMs"))
-
-
-class _Window:
-    __slots__ = ("count", "reset_epoch", "reset_monotonic")
-
-    def __init__(self, now: float, window: float) -> None:
-        self.count = 0
-        self.reset_monotonic = now + window
-        self.reset_epoch = time.time() + window
+    delay_after: int | None = option("delayAfter", None, parse=positive)
+    """Off unless set (Express Gateway delays from the second request by default)."""
+    delay_ms: int = option("delayMs", 1000, parse=positive)
 
 
 @register_policy
@@ -55,11 +50,10 @@ class RateLimitPolicy(Policy):
 
     def __init__(self, action: RateLimitAction, build: BuildContext) -> None:
         self.action = action
-        self.window = action.window_ms / 1000
-        self.windows: TTLCache[str, _Window] = build.step_state(
-            (action.max, action.window_ms, action.rate_limit_by),
-            lambda: TTLCache(maxsize=MAX_CLIENT_KEYS, ttl=self.window, timer=time.monotonic),
-        )
+        self.store = build.rate_limit_store
+        # The step's counters keep across reloads while its window and algorithm stay the same.
+        self.prefix = f"{build.step_id}:{action.window_ms}:{action.algorithm}:"
+        self._no_key_logged = False
 
     def client_key(self, ctx: RequestContext) -> str:
         template = self.action.rate_limit_by
@@ -67,33 +61,53 @@ class RateLimitPolicy(Policy):
             return ctx.client_ip
         key = template.render(ctx)
         if key is None:
-            logger.info("rateLimitBy has no value for this request; counting by client IP")
+            if not self._no_key_logged:
+                self._no_key_logged = True
+                logger.info(
+                    "rateLimitBy %s has no value for a request; counting such requests by client IP",
+                    template.source,
+                )
             return ctx.client_ip
         return key
 
-    def handle(self, ctx: RequestContext) -> None:
-        now = time.monotonic()
-        key = self.client_key(ctx)
-        window = self.windows.get(key)
-        if window is None:
-            window = self.windows[key] = _Window(now, self.window)
-        window.count += 1
-        limit = self.action.max
-        if window.count > limit:
-            headers = {"Retry-After": str(max(1, math.ceil(window.reset_monotonic - now)))}
-            if self.action.headers:
-                headers.update(self._headers(limit, window))
-            ctx.answer(make_answer(ctx.flow.request, self.action.status_code, self.action.message, headers))
-        elif self.action.headers:
-            fields = tuple(
-                (name.encode(), value.encode()) for name, value in self._headers(limit, window).items()
-            )
-            ctx.on_response(lambda response: set_headers(response, fields))
+    def handle(self, ctx: RequestContext) -> Awaitable[None] | None:
+        hit = self.store.hit(self.prefix + self.client_key(ctx), self.action.window_ms, self.action.algorithm)
+        if isinstance(hit, Hit):
+            return self._decide(ctx, hit)
+        return self._decide_when_counted(ctx, hit)
 
-    @staticmethod
-    def _headers(limit: int, window: _Window) -> dict[str, str]:
-        return {
-            "X-RateLimit-Limit": str(limit),
-            "X-RateLimit-Remaining": str(max(0, limit - window.count)),
-            "X-RateLimit-Reset": str(math.ceil(window.reset_epoch)),
-        }
+    async def _decide_when_counted(self, ctx: RequestContext, pending: Awaitable[Hit | None]) -> None:
+        try:
+            hit = await pending
+        except StoreUnavailable:
+            ctx.record["rateLimitStore"] = "unavailable"
+            ctx.answer(make_answer(ctx.flow.request, 503, STORE_UNAVAILABLE, {"Retry-After": "1"}))
+            return
+        if hit is None:  # store unreachable, failing open
+            ctx.record["rateLimitStore"] = "unavailable"
+            return
+        delay = self._decide(ctx, hit)
+        if delay is not None:
+            await delay
+
+    def _decide(self, ctx: RequestContext, hit: Hit) -> Coroutine[Any, Any, None] | None:
+        action = self.action
+        limit = action.max
+        reset_after = max(0.0, hit.reset_after)
+        headers = {}
+        if action.headers:
+            headers = {
+                "X-RateLimit-Limit": str(limit),
+                "X-RateLimit-Remaining": str(max(0, limit - hit.count)),
+                "X-RateLimit-Reset": str(math.ceil(time.time() + reset_after)),
+            }
+        if hit.count > limit:
+            headers["Retry-After"] = str(max(1, math.ceil(reset_after)))
+            ctx.answer(make_answer(ctx.flow.request, action.status_code, action.message, headers))
+            return None
+        if headers:
+            fields = tuple((n.encode(), v.encode()) for n, v in headers.items())
+            ctx.on_response(lambda response: set_headers(response, fields))
+        if action.delay_after is not None and hit.count > action.delay_after:
+            return asyncio.sleep((hit.count - action.delay_after) * action.delay_ms / 1000)
+        return None

@@ -1,0 +1,13 @@
+"""Where rate-limit counters live: in this process (memory) or shared between gateways (redis)."""
+
+from .base import ALGORITHMS, Algorithm, Hit, RateLimitStore, StoreSettings, StoreUnavailable, open_store
+
+__all__ = [
+    "ALGORITHMS",
+    "Algorithm",
+    "Hit",
+    "RateLimitStore",
+    "StoreSettings",
+    "StoreUnavailable",
+    "open_store",
+]

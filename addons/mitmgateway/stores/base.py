@@ -1,0 +1,92 @@
+"""The rate-limit store interface, its settings, and the two counting algorithms.
+
+A store counts one hit for a key and says how many hits the key's window now holds:
+
+- ``fixed-window`` (Express Gateway's): a key's window starts with its first hit and lasts
+  ``windowMs``; the count is the hits since.
+- ``sliding-window``: windows aligned on multiples of ``windowMs``; the count is this window's hits
+  plus the previous window's, weighted by how much of it still lies within ``windowMs`` of now.
+  A client that spent its limit at the end of one window is not given a whole new one at the
+  start of the next (fixed windows allow twice max across that edge).
+
+Every hit counts, refused ones included (as in Express Gateway). A memory store answers at once;
+the redis store answers with an awaitable.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..config.errors import ConfigError, KeyPath
+from ..config.schema import check_type, option, parse_fields, positive
+
+Algorithm = Literal["fixed-window", "sliding-window"]
+ALGORITHMS: tuple[Algorithm, ...] = ("fixed-window", "sliding-window")
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    count: int
+    """Hits the window holds, this one included."""
+    reset_after: float
+    """Seconds until the window (fixed) or the current aligned window (sliding) ends."""
+
+
+class StoreUnavailable(Exception):
+    """The shared store cannot be reached and the settings say to fail closed."""
+
+
+def sliding_count(current: int, previous: int, elapsed_ms: float, window_ms: int) -> int:
+    weight = max(0.0, (window_ms - elapsed_ms) / window_ms)
+    return current + math.floor(previous * weight)
+
+
+class RateLimitStore(ABC):
+    @abstractmethod
+    def hit(self, key: str, window_ms: int, algorithm: Algorithm) -> Hit | Awaitable[Hit | None]:
+        """Count a hit. An awaitable's None means: store unreachable, fail open (let it through)."""
+
+
+def _store_type(value: Any, path: KeyPath) -> str:
+    kind = check_type(str, value, path)
+    if kind not in ("memory", "redis"):
+        raise ConfigError(path, f"must be memory or redis, got {kind!r}")
+    return kind
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """``rateLimitStore`` in gateway.config.yml."""
+
+    type: str = option("type", "memory", parse=_store_type)
+    url: str | None = option("url", None)
+    fail_open: bool = option("failOpen", True)
+    timeout_ms: int = option("timeoutMs", 50, parse=positive)
+    max_keys: int = option("maxKeys", 100_000, parse=positive)
+    namespace: str | None = option("namespace", None)
+    """Prefix of every Redis key; default: derived from the config file's path."""
+
+
+def parse_store_settings(raw: Any, path: KeyPath) -> StoreSettings:
+    settings = parse_fields(StoreSettings, raw, path)
+    if settings.type == "redis" and not settings.url:
+        raise ConfigError(path.key("url"), "is required with type: redis (e.g. redis://127.0.0.1:6379/0)")
+    if settings.url and not settings.url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(
+            path.key("url"), f"must be a redis://, rediss:// or unix:// URL, got {settings.url!r}"
+        )
+    return settings
+
+
+def open_store(settings: StoreSettings, namespace: str) -> RateLimitStore:
+    if settings.type == "redis":
+        from .redis_store import RedisStore  # the redis client is only imported when used
+
+        return RedisStore(settings, settings.namespace or namespace)
+    from .memory import MemoryStore
+
+    return MemoryStore(settings.max_keys)

@@ -1,0 +1,84 @@
+"""The default store: counters in this process, in one bounded cachetools map.
+
+Each key's entry expires with its window; when ``maxKeys`` entries are live, adding one evicts the
+entry that has gone longest without a hit (its client starts a new window on its next request),
+and the first such eviction is logged once. Memory therefore stays bounded however many distinct
+clients (or spoofed keys) arrive. O(1) per hit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from cachetools import TLRUCache
+
+from .base import Algorithm, Hit, RateLimitStore, sliding_count
+
+logger = logging.getLogger("mitmgateway")
+
+
+class _Entries(TLRUCache):
+    """A TLRU map that says, once, when it starts evicting live entries to stay in bounds."""
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__(maxsize=maxsize, ttu=lambda _key, entry, _now: entry.expires, timer=time.monotonic)
+        self.warned = False
+
+    def popitem(self) -> tuple[Any, Any]:
+        item = super().popitem()
+        if not self.warned:
+            self.warned = True
+            logger.warning(
+                "rate-limit memory store is full (%d keys): evicting the least recently seen; "
+                "their clients start new windows (raise rateLimitStore.maxKeys if this is real traffic)",
+                self.maxsize,
+            )
+        return item
+
+
+class _FixedWindow:
+    __slots__ = ("count", "expires")
+
+    def __init__(self, expires: float) -> None:
+        self.count = 0
+        self.expires = expires
+
+
+class _SlidingWindow:
+    __slots__ = ("current", "expires", "index", "previous")
+
+    def __init__(self, index: int, expires: float) -> None:
+        self.index = index
+        self.current = 0
+        self.previous = 0
+        self.expires = expires
+
+
+class MemoryStore(RateLimitStore):
+    def __init__(self, max_keys: int) -> None:
+        self.entries = _Entries(max_keys)
+
+    def hit(self, key: str, window_ms: int, algorithm: Algorithm) -> Hit:
+        now = time.monotonic()
+        if algorithm == "fixed-window":
+            window = self.entries.get(key)
+            if window is None:
+                window = _FixedWindow(now + window_ms / 1000)
+            window.count += 1
+            self.entries[key] = window  # a hit makes it the most recently used
+            return Hit(window.count, window.expires - now)
+        now_ms = time.time() * 1000
+        index, elapsed = divmod(now_ms, window_ms)
+        sliding = self.entries.get(key)
+        if sliding is None or sliding.index < index - 1:
+            sliding = _SlidingWindow(int(index), 0.0)
+        elif sliding.index == index - 1:
+            sliding.index, sliding.previous, sliding.current = int(index), sliding.current, 0
+        sliding.current += 1
+        # Kept while the previous window can still weigh: until the end of the next one.
+        sliding.expires = now + (2 * window_ms - elapsed) / 1000
+        self.entries[key] = sliding
+        count = sliding_count(sliding.current, sliding.previous, elapsed, window_ms)
+        return Hit(count, (window_ms - elapsed) / 1000)

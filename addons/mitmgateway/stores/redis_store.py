@@ -1,0 +1,93 @@
+"""The shared store: counters in Redis, so every gateway process counting a client agrees.
+
+One round trip per hit: a Lua script increments the key and sets its expiry atomically (no two
+gateways can both see "first hit"). Keys are ``NAMESPACE:{KEY}`` (the braces keep a key's windows
+on one Redis Cluster slot); the namespace separates gateways sharing one Redis.
+
+Redis down or slower than ``timeoutMs``: with ``failOpen`` the request goes through uncounted,
+else it is answered 503; either way the outage is logged once, and its end too. Each hit tries
+Redis again, so the gateway uses it as soon as it is back, without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from .base import Algorithm, Hit, RateLimitStore, StoreSettings, StoreUnavailable, sliding_count
+
+logger = logging.getLogger("mitmgateway")
+
+FIXED_WINDOW = """
+local count = redis.call('INCR', KEYS[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+return {count, ttl}
+"""
+
+# Redis' own clock, so that gateways on several machines agree on the window boundaries.
+SLIDING_WINDOW = """
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local window = tonumber(ARGV[1])
+local index = math.floor(now / window)
+local current_key = KEYS[1] .. ':' .. string.format('%d', index)
+local count = redis.call('INCR', current_key)
+if count == 1 then redis.call('PEXPIRE', current_key, 2 * window) end
+local previous = tonumber(redis.call('GET', KEYS[1] .. ':' .. string.format('%d', index - 1)) or '0')
+return {count, previous, now - index * window}
+"""
+
+
+class RedisStore(RateLimitStore):
+    def __init__(self, settings: StoreSettings, namespace: str) -> None:
+        timeout = settings.timeout_ms / 1000
+        self.timeout = timeout
+        self.fail_open = settings.fail_open
+        self.namespace = namespace
+        self.url = settings.url or ""
+        self.client = aioredis.Redis.from_url(
+            self.url, socket_timeout=timeout, socket_connect_timeout=timeout, retry_on_timeout=False
+        )
+        self.scripts = {
+            "fixed-window": self.client.register_script(FIXED_WINDOW),
+            "sliding-window": self.client.register_script(SLIDING_WINDOW),
+        }
+        self.down = False
+
+    def hit(self, key: str, window_ms: int, algorithm: Algorithm) -> Coroutine[Any, Any, Hit | None]:
+        return self._hit(f"{self.namespace}:{{{key}}}", window_ms, algorithm)
+
+    async def _hit(self, key: str, window_ms: int, algorithm: Algorithm) -> Hit | None:
+        try:
+            reply = await asyncio.wait_for(
+                self.scripts[algorithm](keys=[key], args=[window_ms]), self.timeout
+            )
+        except (TimeoutError, RedisError, OSError) as e:
+            if not self.down:
+                self.down = True
+                logger.error(
+                    "rate-limit store %s unreachable (%s): %s until it is back",
+                    self.url,
+                    e or type(e).__name__,
+                    "letting requests through uncounted" if self.fail_open else "answering 503",
+                )
+            if self.fail_open:
+                return None
+            raise StoreUnavailable(str(e)) from e
+        if self.down:
+            self.down = False
+            logger.info("rate-limit store %s is back", self.url)
+        if algorithm == "fixed-window":
+            count, ttl_ms = reply
+            return Hit(int(count), int(ttl_ms) / 1000)
+        current, previous, elapsed = (int(v) for v in reply)
+        return Hit(sliding_count(current, previous, elapsed, window_ms), (window_ms - elapsed) / 1000)
