@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import ROOT, Gateway, Upstream, free_port
+from harness import ROOT, Gateway, RedisServer, Upstream, free_port
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from gen_keys import generate
@@ -121,3 +121,10 @@ def start_gateway(tmp_path: Path, confdir: Path) -> Iterator[Callable[..., Gatew
     yield start
     for gateway in started:
         gateway.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()

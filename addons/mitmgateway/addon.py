@@ -11,7 +11,9 @@ import asyncio
 import logging
 import os
 import weakref
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 
@@ -164,23 +166,29 @@ class Gateway:
             self.metrics.config_reloaded(True)
             logger.info("config reloaded from %s", config.file)
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         if flow.response or flow.error or not flow.live:
-            return
+            return None
         config = self.config
         if config is None:
             flow.response = make_answer(flow.request, 503, NO_CONFIG)
             self._record(flow, answered_by="no config")
-            return
+            return None
         try:
-            self._handle(flow, config)
+            pending = self._handle(flow, config)
         except Exception:
-            # Fail closed: a request the gateway could not judge never reaches an upstream.
-            logger.exception("gateway error on %s %s", flow.request.method, flow.request.pretty_url)
-            flow.response = make_answer(flow.request, 500, INTERNAL_ERROR)
-            self._record(flow, answered_by="gateway error")
+            self._fail_closed(flow)
+            return None
+        # Only a step that waits (a shared rate-limit store) makes mitmproxy await this hook.
+        return None if pending is None else self._finish_later(flow, pending)
 
-    def _handle(self, flow: http.HTTPFlow, config: GatewayConfig) -> None:
+    def _fail_closed(self, flow: http.HTTPFlow) -> None:
+        # A request the gateway could not judge never reaches an upstream.
+        logger.exception("gateway error on %s %s", flow.request.method, flow.request.pretty_url)
+        flow.response = make_answer(flow.request, 500, INTERNAL_ERROR)
+        self._record(flow, answered_by="gateway error")
+
+    def _handle(self, flow: http.HTTPFlow, config: GatewayConfig) -> Coroutine[Any, Any, None] | None:
         request = flow.request
         origin = flow.metadata.get("gateway", {}).get("origin")
         if flow.is_replay == "request" and origin:
@@ -198,12 +206,30 @@ class Gateway:
         if route is None:
             flow.response = make_answer(request, 404, NOT_FOUND)
             self._record(flow, answered_by="no apiEndpoint")
-            return
+            return None
         context = RequestContext(flow, route, hostname, client, record)
         answered_by = route.pipeline.run(context)
+        if answered_by is not None and not isinstance(answered_by, str):
+            return self._conclude_when_run(context, answered_by)
+        self._conclude(context, answered_by)
+        return None
+
+    async def _conclude_when_run(
+        self, context: RequestContext, running: Coroutine[Any, Any, str | None]
+    ) -> None:
+        self._conclude(context, await running)
+
+    async def _finish_later(self, flow: http.HTTPFlow, pending: Coroutine[Any, Any, None]) -> None:
+        try:
+            await pending
+        except Exception:
+            self._fail_closed(flow)
+
+    def _conclude(self, context: RequestContext, answered_by: str | None) -> None:
+        flow, route = context.flow, context.route
         if answered_by is None and not context.routed:
             # Like Express Gateway, a pipeline that neither answers nor proxies falls through to 404.
-            context.answer(make_answer(request, 404, NOT_FOUND))
+            context.answer(make_answer(flow.request, 404, NOT_FOUND))
             answered_by = "no proxy step"
         self._contexts[flow] = context
         self._record(flow, answered_by, route.api_endpoint_name, route.pipeline.name, context)

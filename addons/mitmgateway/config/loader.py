@@ -7,7 +7,6 @@ The request path only reads what this builds.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -268,7 +267,7 @@ def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
             store_settings = settings
     errors.raise_any()
     assert http is not None and trusted is not None
-    namespace = "mitmgateway:" + hashlib.sha1(str(file.absolute()).encode()).hexdigest()[:12]
+    namespace = "mitmgateway"
     store_key = ("rateLimitStore", store_settings, namespace)
     store = state.get(store_key, lambda: open_store(store_settings, namespace), set())
     builder = _Builder(file.parent, state, declared, service_endpoints, store)

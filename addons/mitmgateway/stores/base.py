@@ -68,7 +68,8 @@ class StoreSettings:
     timeout_ms: int = option("timeoutMs", 50, parse=positive)
     max_keys: int = option("maxKeys", 100_000, parse=positive)
     namespace: str | None = option("namespace", None)
-    """Prefix of every Redis key; default: derived from the config file's path."""
+    """Prefix of every Redis key (default ``mitmgateway``): gateways with the same namespace and
+    the same pipelines share counters; give different gateways sharing one Redis their own."""
 
 
 def parse_store_settings(raw: Any, path: KeyPath) -> StoreSettings:

@@ -1,0 +1,184 @@
+"""Rate-limit stores: shared counters in a real redis-server, failure modes, algorithms, bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+
+from conftest import one_pipeline
+from gateway_unit import gateway_for, make_flow
+from harness import wait_until
+from mitmgateway.stores import StoreSettings, open_store
+from mitmgateway.stores.memory import MemoryStore
+
+PROXY = "- proxy: [{action: {serviceEndpoint: backend}}]"
+
+
+def limited(max_: int, window_ms: int, algorithm: str = "fixed-window") -> str:
+    return f"- rate-limit: [{{action: {{max: {max_}, windowMs: {window_ms}, algorithm: {algorithm}}}}}]"
+
+
+def redis_store(url: str, fail_open: bool = True) -> str:
+    return (
+        f"rateLimitStore: {{type: redis, url: '{url}', failOpen: {str(fail_open).lower()}, timeoutMs: 200}}\n"
+    )
+
+
+def test_two_gateways_sharing_redis_enforce_one_limit(start_gateway, upstreams, redis_server):
+    config = one_pipeline(
+        upstreams["customers"].url, f"{limited(3, 30_000)}\n{PROXY}", extra=redis_store(redis_server.url)
+    )
+    first = start_gateway(config, name="first.yml")
+    second = start_gateway(config, name="second.yml", runner="mitmgateway")
+    statuses = [gateway.send("/").status for _ in range(5) for gateway in (first, second)]
+    assert statuses.count(200) == 3, statuses
+    assert statuses.count(429) == 7, statuses
+
+
+@pytest.mark.parametrize("fail_open", [True, False])
+def test_redis_down_fails_open_or_closed_and_recovers(start_gateway, upstreams, redis_server, fail_open):
+    config = one_pipeline(
+        upstreams["customers"].url,
+        f"{limited(1, 60_000)}\n{PROXY}",
+        extra=redis_store(redis_server.url, fail_open),
+    )
+    gateway = start_gateway(config)
+    assert [gateway.send("/").status for _ in range(2)] == [200, 429]
+
+    redis_server.stop()
+    down = [gateway.send("/") for _ in range(3)]
+    if fail_open:
+        assert [r.status for r in down] == [200, 200, 200]
+        assert "letting requests through uncounted" in gateway.log()
+    else:
+        assert [r.status for r in down] == [503, 503, 503]
+        assert down[0].text == "Service Unavailable"
+        assert "answering 503" in gateway.log()
+    assert gateway.log().count("unreachable") == 1, "an outage is logged once"
+
+    redis_server.start()  # empty: the counters died with it
+    assert wait_until(lambda: gateway.send("/").status == 200, timeout=10)
+    assert gateway.send("/").status == 429
+    assert wait_until(lambda: "is back" in gateway.log())
+
+
+def _at_window_offset(window_ms: int, offset_ms: int) -> None:
+    """Sleep until `offset_ms` into the next window aligned on multiples of `window_ms`."""
+    now_ms = time.time() * 1000
+    time.sleep(((offset_ms - now_ms % window_ms) % window_ms) / 1000)
+
+
+async def _edge_burst(hit, max_: int = 3) -> list[bool]:  # type: ignore[no-untyped-def]
+    """One hit early in a 1 s window, max - 1 late in it, then max just after it: which pass?
+
+    A fixed window (anchored at the first hit) lets all of them through: twice max in 0.2 s.
+    """
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, _at_window_offset, 1000, 20)
+    started = time.monotonic()
+    allowed = [await hit() <= max_]
+    await asyncio.sleep(0.85)
+    allowed += [await hit() <= max_ for _ in range(max_ - 1)]
+    await asyncio.sleep(started + 1.05 - time.monotonic())
+    return allowed + [await hit() <= max_ for _ in range(max_)]
+
+
+def _memory_hits(algorithm: str):  # type: ignore[no-untyped-def]
+    store = MemoryStore(100)
+
+    async def hit() -> int:
+        return store.hit("client", 1000, algorithm).count  # type: ignore[arg-type]
+
+    return hit
+
+
+def _redis_hits(url: str, algorithm: str):  # type: ignore[no-untyped-def]
+    store = open_store(StoreSettings(type="redis", url=url), f"test-{algorithm}")
+
+    async def hit() -> int:
+        result = await store.hit("client", 1000, algorithm)  # type: ignore[arg-type, misc]
+        assert result is not None
+        return result.count
+
+    return hit
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_sliding_window_blocks_the_edge_burst_fixed_window_allows(store, redis_server):
+    def hits(algorithm: str):  # type: ignore[no-untyped-def]
+        return _memory_hits(algorithm) if store == "memory" else _redis_hits(redis_server.url, algorithm)
+
+    assert asyncio.run(_edge_burst(hits("fixed-window"))) == [True] * 6
+    assert asyncio.run(_edge_burst(hits("sliding-window"))) == [True, True, True, True, False, False]
+
+
+def test_redis_fixed_window_counts_and_expires(redis_server):
+    async def main() -> None:
+        store = open_store(StoreSettings(type="redis", url=redis_server.url), "test")
+        hits = [await store.hit("client", 300, "fixed-window") for _ in range(3)]
+        assert [h.count for h in hits if h] == [1, 2, 3]
+        assert all(h is not None and 0 < h.reset_after <= 0.3 for h in hits)
+        await asyncio.sleep(0.35)
+        again = await store.hit("client", 300, "fixed-window")
+        assert again is not None and again.count == 1
+
+    asyncio.run(main())
+
+
+def test_memory_store_stays_within_its_bound(caplog):
+    store = MemoryStore(1000)
+    with caplog.at_level(logging.WARNING, logger="mitmgateway"):
+        for i in range(1_000_000):
+            store.hit(f"client-{i}", 60_000, "fixed-window")
+    assert len(store.entries) <= 1000
+    warnings = [r for r in caplog.records if "memory store is full" in r.message]
+    assert len(warnings) == 1
+    # The newest clients are the ones kept.
+    assert store.hit("client-999999", 60_000, "fixed-window").count == 2
+
+
+def test_delay_after_slows_requests_past_it(tmp_path):
+    config = one_pipeline(
+        "http://127.0.0.1:9", "- rate-limit: [{action: {max: 10, delayAfter: 1, delayMs: 300}}]\n" + PROXY
+    ).replace("{port}", "8080")
+
+    async def main() -> list[float]:
+        durations = []
+        with gateway_for(tmp_path, config) as gateway:
+            for _ in range(3):
+                flow = make_flow()
+                started = time.monotonic()
+                pending = gateway.requestheaders(flow)
+                if pending is not None:
+                    await pending
+                assert flow.response is None
+                durations.append(time.monotonic() - started)
+        return durations
+
+    first, second, third = asyncio.run(main())
+    assert first < 0.25 <= 0.3 <= second < 0.6 <= third
+
+
+def test_rate_limit_by_a_verified_claim(tmp_path, rsa_keys):
+    from mint_token import mint
+
+    steps = (
+        f"- jwt: [{{action: {{secretOrPublicKeyFile: {rsa_keys[1]}, checkCredentialExistence: false}}}}]\n"
+        "- rate-limit: [{action: {max: 1, rateLimitBy: 'user:${req.user.sub}'}}]\n" + PROXY
+    )
+    config = one_pipeline("http://127.0.0.1:9", steps).replace("{port}", "8080")
+    alice, bob = (mint(rsa_keys[0], name) for name in ("alice", "bob"))
+
+    def status(token: str, peer: str) -> int:
+        flow = make_flow(headers={"Authorization": f"Bearer {token}"}, peer=peer)
+        gateway.requestheaders(flow)
+        return flow.response.status_code if flow.response else 200
+
+    with gateway_for(tmp_path, config) as gateway:
+        # One user from two addresses is one client; two users from one address are two.
+        assert status(alice, "192.0.2.1") == 200
+        assert status(alice, "192.0.2.2") == 429
+        assert status(bob, "192.0.2.1") == 200
