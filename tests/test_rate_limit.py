@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -53,6 +54,8 @@ def test_headers_on_let_through_responses_and_429_after_max(gateway_with):
         reset = int(first.response.headers["X-RateLimit-Reset"])
         assert time.time() + 58 <= reset <= time.time() + 61
         assert "Retry-After" not in first.response.headers
+        assert first.response.headers["RateLimit-Policy"] == '"default";q=2;w=60'
+        assert re.fullmatch(r'"default";r=1;t=(59|60)', first.response.headers["RateLimit"])
         rejected = third.response
         assert rejected.text == "Too many requests, please try again later."
         assert rejected.headers["Content-Type"] == "text/plain; charset=utf-8"

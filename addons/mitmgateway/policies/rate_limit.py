@@ -54,6 +54,7 @@ class RateLimitPolicy(Policy):
         # The step's counters keep across reloads while its window and algorithm stay the same.
         self.prefix = f"{build.step_id}:{action.window_ms}:{action.algorithm}:"
         self._no_key_logged = False
+        self.policy_field = f'"default";q={action.max};w={math.ceil(action.window_ms / 1000)}'
 
     def client_key(self, ctx: RequestContext) -> str:
         template = self.action.rate_limit_by
@@ -96,10 +97,15 @@ class RateLimitPolicy(Policy):
         reset_after = max(0.0, hit.reset_after)
         headers = {}
         if action.headers:
+            remaining = max(0, limit - hit.count)
             headers = {
                 "X-RateLimit-Limit": str(limit),
-                "X-RateLimit-Remaining": str(max(0, limit - hit.count)),
+                "X-RateLimit-Remaining": str(remaining),
                 "X-RateLimit-Reset": str(math.ceil(time.time() + reset_after)),
+                # The IETF draft's fields (draft-ietf-httpapi-ratelimit-headers): quota and window,
+                # then what is left and the seconds until it resets.
+                "RateLimit-Policy": self.policy_field,
+                "RateLimit": f'"default";r={remaining};t={math.ceil(reset_after)}',
             }
         if hit.count > limit:
             headers["Retry-After"] = str(max(1, math.ceil(reset_after)))
