@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import time
 
 import pytest
@@ -182,3 +183,40 @@ def test_rate_limit_by_a_verified_claim(tmp_path, rsa_keys):
         assert status(alice, "192.0.2.1") == 200
         assert status(alice, "192.0.2.2") == 429
         assert status(bob, "192.0.2.1") == 200
+
+
+def test_a_hung_redis_costs_at_most_timeout_ms(start_gateway, upstreams, redis_server):
+    config = one_pipeline(
+        upstreams["customers"].url, f"{limited(1, 60_000)}\n{PROXY}", extra=redis_store(redis_server.url)
+    )
+    gateway = start_gateway(config)
+    assert gateway.send("/").status == 200
+    assert redis_server.process is not None
+    redis_server.process.send_signal(signal.SIGSTOP)  # accepts connections, never answers
+    try:
+        replies = [gateway.send("/") for _ in range(3)]
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+    assert [r.status for r in replies] == [200, 200, 200]  # failOpen, after timeoutMs each
+    assert wait_until(lambda: "unreachable (TimeoutError)" in gateway.log())
+    assert wait_until(lambda: gateway.send("/").status == 429, timeout=10)
+
+
+def test_express_gateway_system_config_selects_redis(tmp_path, redis_server):
+    from mitmgateway.config import load_config
+    from mitmgateway.policies import StepState
+    from mitmgateway.stores.redis_store import RedisStore
+
+    (tmp_path / "system.config.yml").write_text(
+        f"db:\n  redis:\n    host: 127.0.0.1\n    port: {redis_server.port}\n    namespace: EG\n"
+    )
+    config_file = tmp_path / "gateway.config.yml"
+    config_file.write_text(one_pipeline("http://127.0.0.1:9", f"{limited(1, 1000)}\n{PROXY}"))
+    config_file.write_text(config_file.read_text().replace("{port}", "8080"))
+    store = load_config(config_file, StepState()).pipelines["api"].steps[0].policy.store
+    assert isinstance(store, RedisStore)
+    assert (store.url, store.namespace) == (redis_server.url, "EG")
+
+    (tmp_path / "system.config.yml").write_text("db:\n  redis:\n    emulate: true\n")
+    store = load_config(config_file, StepState()).pipelines["api"].steps[0].policy.store
+    assert isinstance(store, MemoryStore)

@@ -77,7 +77,7 @@ class RedisStore(RateLimitStore):
                 logger.error(
                     "rate-limit store %s unreachable (%s): %s until it is back",
                     self.url,
-                    e or type(e).__name__,
+                    str(e) or type(e).__name__,
                     "letting requests through uncounted" if self.fail_open else "answering 503",
                 )
             if self.fail_open:
