@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,3 +193,54 @@ class RedisServer:
         if self.process is not None:
             stop(self.process)
             self.process = None
+
+
+class JwksServer:
+    """An identity provider's JWKS endpoint on 127.0.0.1, in a thread of the test process.
+
+    `document` and `cache_control` may be changed while it serves; `delay` makes it slow;
+    `stop()` takes it down (connections refused) and `start()` brings it back on the same port.
+    """
+
+    def __init__(self) -> None:
+        self.document: dict[str, object] = {"keys": []}
+        self.cache_control = "max-age=300"
+        self.delay = 0.0
+        self.fetches = 0
+        self.port = free_port()
+        self._server: ThreadingHTTPServer | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/.well-known/jwks.json"
+
+    def start(self) -> None:
+        provider = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                provider.fetches += 1
+                time.sleep(provider.delay)
+                body = json.dumps(provider.document).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Cache-Control", provider.cache_control)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

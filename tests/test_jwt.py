@@ -212,7 +212,7 @@ def test_hmac_secret_takes_hs_only(gateway_with, rsa_keys):
             "is a private key: give the gateway the public key only",
         ),
         ("secretOrPublicKeyFile: missing.pem", "action.secretOrPublicKeyFile", "cannot read"),
-        ("audience: x", "action", "give either secretOrPublicKey or secretOrPublicKeyFile"),
+        ("audience: x", "action", "give one of secretOrPublicKey, secretOrPublicKeyFile or jwksUri"),
         (
             "secretOrPublicKey: s, jwtExtractor: header",
             "action.jwtExtractorField",

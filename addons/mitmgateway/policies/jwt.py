@@ -1,8 +1,7 @@
-"""jwt: verify a JSON Web Token against a configured key, algorithms pinned by the key's type.
+"""jwt: verify a JSON Web Token against a configured key, a JWKS file or a provider's JWKS URL.
 
-The key decides which algorithms can ever verify: an RSA public key admits RS*/PS*, an EC key the
-ES algorithm of its curve, an Ed25519/Ed448 key EdDSA, and a secret that is no key at all HS*.
-``alg: none`` and HS/RS confusion (a token HMAC-signed with the public key) therefore never pass.
+The key decides which algorithms can ever verify (see jwks.py): ``alg: none`` and HS/RS
+confusion (a token HMAC-signed with the public key) never pass.
 
 A signature check costs about 100 µs of CPU, as much as the rest of the gateway's work on a
 request, and clients send the same token again and again: each step remembers the tokens it has
@@ -13,8 +12,10 @@ afresh.
 
 from __future__ import annotations
 
+import json
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,17 +23,14 @@ import jwt
 from cachetools import TLRUCache
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from ..answers import make_answer
 from ..config.errors import ConfigError, KeyPath
-from ..config.schema import non_negative, option
+from ..config.schema import check_type, non_negative, option, positive, require_mapping
+from ..headers import encode, set_headers
+from ..jwks import KeySet, RemoteKeySet, VerificationKey, algorithms_for, parse_jwks
 from ..pipeline import RequestContext
 from .base import BuildContext, Policy, register_policy
-
-HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
-RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
-EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 
 VERIFIED_TOKENS = 10_000
 """Verified tokens remembered per step."""
@@ -40,7 +38,19 @@ REMEMBER_SECONDS = 300.0
 """The longest a verified token is remembered (a token without ``exp`` stays valid; this only
 bounds the entry)."""
 
-VerificationKey = Any  # a cryptography public key, or bytes for an HMAC secret
+
+def _claim_headers(value: Any, path: KeyPath) -> tuple[tuple[str, str], ...]:
+    mapping = require_mapping(value, path)
+    pairs = []
+    for claim, header in mapping.items():
+        header = check_type(str, header, path.key(claim))
+        if not _HEADER_NAME.match(header):
+            raise ConfigError(path.key(claim), f"{header!r} is not a valid header name")
+        pairs.append((str(claim), header))
+    return tuple(pairs)
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 
 
 @dataclass(frozen=True)
@@ -57,12 +67,20 @@ class JwtAction:
     check_credential_existence: bool = option("checkCredentialExistence", True)
     pass_through: bool = option("passThrough", False)
     clock_tolerance: int = option("clockTolerance", 0, parse=non_negative)
+    jwks_uri: str | None = option("jwksUri", None)
+    jwks_refresh_interval: int = option("jwksRefreshInterval", 10, parse=non_negative)
+    jwks_timeout: int = option("jwksTimeout", 2, parse=positive)
+    forward_claims: tuple[tuple[str, str], ...] = option("forwardClaims", (), parse=_claim_headers)
+    """(claim, header) pairs: each verified claim sent upstream in its header."""
+    remove_token: bool = option("removeToken", False)
+    """Remove the token (the Authorization header, or the header or query parameter it came in)
+    before the request goes upstream."""
 
 
-def load_verification_key(material: bytes, path: KeyPath) -> tuple[VerificationKey, tuple[str, ...]]:
-    """The key to verify with and the algorithms its type allows."""
+def load_verification_key(material: bytes, path: KeyPath) -> VerificationKey:
+    """A PEM public key or certificate, else an HMAC secret; its type pins the algorithms."""
     if b"-----BEGIN" not in material:
-        return material, HMAC_ALGORITHMS
+        return VerificationKey(material, algorithms_for(material))
     if b"PRIVATE KEY-----" in material:
         raise ConfigError(path, "is a private key: give the gateway the public key only")
     try:
@@ -72,30 +90,50 @@ def load_verification_key(material: bytes, path: KeyPath) -> tuple[VerificationK
             key = serialization.load_pem_public_key(material)
     except ValueError as e:
         raise ConfigError(path, f"not a valid PEM public key or certificate: {e}") from e
-    if isinstance(key, rsa.RSAPublicKey):
-        return key, RSA_ALGORITHMS
-    if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name in EC_ALGORITHMS:
-        return key, (EC_ALGORITHMS[key.curve.name],)
-    if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
-        return key, ("EdDSA",)
-    raise ConfigError(path, f"unsupported key type {type(key).__name__}")
+    allowed = algorithms_for(key)
+    if not allowed:
+        raise ConfigError(path, f"unsupported key type {type(key).__name__}")
+    return VerificationKey(key, allowed)
 
 
-def _read_key(action: JwtAction, build: BuildContext) -> tuple[bytes, KeyPath]:
-    if (action.secret_or_public_key is None) == (action.secret_or_public_key_file is None):
-        raise ConfigError(build.path, "give either secretOrPublicKey or secretOrPublicKeyFile")
+def _configured_keys(action: JwtAction, build: BuildContext) -> KeySet:
+    given = [action.secret_or_public_key, action.secret_or_public_key_file, action.jwks_uri]
+    if sum(v is not None for v in given) != 1:
+        raise ConfigError(build.path, "give one of secretOrPublicKey, secretOrPublicKeyFile or jwksUri")
+    if action.jwks_uri is not None:
+        path = build.path.key("jwksUri")
+        if not action.jwks_uri.startswith(("https://", "http://")):
+            raise ConfigError(path, f"must be an https:// (or http://) URL, got {action.jwks_uri!r}")
+        settings = (action.jwks_uri, action.jwks_refresh_interval, action.jwks_timeout)
+        # Kept across reloads: a reload must not send every token back to the provider.
+        return build.step_state(settings, lambda: RemoteKeySet(*settings))
     if action.secret_or_public_key is not None:
-        return action.secret_or_public_key.encode(), build.path.key("secretOrPublicKey")
+        path = build.path.key("secretOrPublicKey")
+        return KeySet({None: load_verification_key(action.secret_or_public_key.encode(), path)})
     path = build.path.key("secretOrPublicKeyFile")
     file = build.config_dir / str(action.secret_or_public_key_file)
     try:
-        return file.read_bytes(), path
+        material = file.read_bytes()
     except OSError as e:
         raise ConfigError(path, f"cannot read {file}: {e.strerror or e}") from e
+    if material.lstrip().startswith(b"{"):
+        try:
+            keys = parse_jwks(json.loads(material))
+        except ValueError as e:
+            raise ConfigError(path, f"{file}: {e}") from e
+        if not keys:
+            raise ConfigError(path, f"{file}: the JWKS holds no key that can verify signatures")
+        return KeySet(keys)
+    return KeySet({None: load_verification_key(material, path)})
+
+
+class UnknownKeyError(jwt.InvalidTokenError):
+    """No configured or published key matches the token's kid."""
 
 
 # Most specific first: several of pyjwt's errors derive from others.
 _FAILURE_REASONS: tuple[tuple[type[jwt.InvalidTokenError], str], ...] = (
+    (UnknownKeyError, "unknown_key"),
     (jwt.ExpiredSignatureError, "expired"),
     (jwt.ImmatureSignatureError, "not_yet_valid"),
     (jwt.InvalidAudienceError, "audience"),
@@ -133,18 +171,17 @@ class JwtPolicy(Policy):
                 build.path.key("jwtExtractorField"),
                 f"is required with jwtExtractor {action.jwt_extractor}",
             )
-        material, key_path = _read_key(action, build)
-        self.key, allowed = load_verification_key(material, key_path)
-        if action.algorithms is None:
-            self.algorithms = list(allowed)
-        else:
-            for i, algorithm in enumerate(action.algorithms):
+        self.keys = _configured_keys(action, build)
+        self.algorithms = None if action.algorithms is None else frozenset(action.algorithms)
+        if self.algorithms is not None and not isinstance(self.keys, RemoteKeySet):
+            allowed = list(dict.fromkeys(a for key in self.keys.keys.values() for a in key.algorithms))
+            for i, algorithm in enumerate(action.algorithms or ()):
                 if algorithm not in allowed:
                     raise ConfigError(
                         build.path.key("algorithms").index(i),
                         f"{algorithm} cannot be verified with this key (it allows {', '.join(allowed)})",
                     )
-            self.algorithms = list(action.algorithms)
+        self.claim_headers = tuple(header for _claim, header in action.forward_claims)
         self.options = {"verify_aud": action.audience is not None, "verify_iat": False}
         self.verified: TLRUCache[str, tuple[Mapping[str, Any], float]] = TLRUCache(
             maxsize=VERIFIED_TOKENS, ttu=lambda _token, entry, _now: entry[1], timer=time.monotonic
@@ -165,12 +202,22 @@ class JwtPolicy(Policy):
         scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
         return token.strip() if scheme.lower() == self.scheme and token.strip() else None
 
-    def verify(self, token: str) -> Mapping[str, Any]:
-        """The token's claims if it is valid now; raises jwt.InvalidTokenError if not."""
-        cached = self.verified.get(token)
-        if cached is not None:
-            return cached[0]
-        claims = self._check_signature_and_claims(token)
+    def verify(self, token: str, key: VerificationKey | None) -> Mapping[str, Any]:
+        """The token's claims if `key` verifies it now; raises jwt.InvalidTokenError if not."""
+        if key is None:
+            raise UnknownKeyError("no key for this token's kid")
+        algorithms = (
+            key.algorithms if self.algorithms is None else [a for a in key.algorithms if a in self.algorithms]
+        )
+        claims = jwt.decode(
+            token,
+            key.key,
+            algorithms=algorithms,
+            audience=list(self.action.audience) if self.action.audience else None,
+            issuer=list(self.action.issuer) if self.action.issuer else None,
+            leeway=self.action.clock_tolerance,
+            options=self.options,  # type: ignore[arg-type]
+        )
         # Remember it until it expires (the same leeway as verification gives), and never long:
         # pyjwt reads exp with int(), so read it the same way (it may be a numeric string).
         lifetime = REMEMBER_SECONDS
@@ -180,29 +227,84 @@ class JwtPolicy(Policy):
             self.verified[token] = (claims, time.monotonic() + lifetime)
         return claims
 
-    def _check_signature_and_claims(self, token: str) -> dict[str, Any]:
-        return jwt.decode(
-            token,
-            self.key,
-            algorithms=self.algorithms,
-            audience=list(self.action.audience) if self.action.audience else None,
-            issuer=list(self.action.issuer) if self.action.issuer else None,
-            leeway=self.action.clock_tolerance,
-            options=self.options,  # type: ignore[arg-type]
-        )
-
-    def handle(self, ctx: RequestContext) -> None:
+    def handle(self, ctx: RequestContext) -> Coroutine[Any, Any, None] | None:
+        request = ctx.flow.request
+        if self.claim_headers:
+            # Only the gateway speaks for the token: a client's own copies never pass.
+            for header in self.claim_headers:
+                request.headers.pop(header, None)
         token = self.extract_token(ctx)
-        error = None
-        if token:
-            try:
-                ctx.user = self.verify(token)
-                return
-            except jwt.InvalidTokenError as e:
-                error = 'Bearer error="invalid_token"'
-                ctx.record["jwtFailure"] = failure_reason(e)
-        else:
+        if not token:
             ctx.record["jwtFailure"] = "missing"
+            self._refuse(ctx, None)
+            return None
+        cached = self.verified.get(token)
+        if cached is not None:
+            self._accept(ctx, cached[0])
+            return None
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.InvalidTokenError as e:
+            self._reject(ctx, e)
+            return None
+        keys = self.keys
+        key = keys.get(kid)
+        if key is None and isinstance(keys, RemoteKeySet):
+            # A kid the cached set does not know: maybe the provider rotated its keys.
+            fetch = keys.fetch_for_unknown_kid()
+            if fetch is not None:
+                return self._verify_after(ctx, token, kid, keys, fetch)
+        self._verify(ctx, token, key)
+        return None
+
+    async def _verify_after(
+        self, ctx: RequestContext, token: str, kid: str | None, keys: RemoteKeySet, fetch: Awaitable[None]
+    ) -> None:
+        await fetch
+        self._verify(ctx, token, keys.get(kid))
+
+    def _verify(self, ctx: RequestContext, token: str, key: VerificationKey | None) -> None:
+        try:
+            claims = self.verify(token, key)
+        except jwt.InvalidTokenError as e:
+            self._reject(ctx, e)
+            return
+        self._accept(ctx, claims)
+
+    def _accept(self, ctx: RequestContext, claims: Mapping[str, Any]) -> None:
+        ctx.user = claims
+        request = ctx.flow.request
+        if self.action.forward_claims:
+            added = []
+            for claim, header in self.action.forward_claims:
+                if (value := claims.get(claim)) is not None:
+                    added.append((header.encode(), encode(claim_header_value(value))))
+            if added:
+                set_headers(request, tuple(added))
+        if self.action.remove_token:
+            self._remove_token(request)
+
+    def _remove_token(self, request: Any) -> None:
+        extractor, field = self.action.jwt_extractor, self.action.jwt_extractor_field or ""
+        if extractor == "query":
+            request.query.pop(field, None)
+        else:
+            request.headers.pop("Authorization" if extractor in ("authBearer", "authScheme") else field, None)
+
+    def _reject(self, ctx: RequestContext, error: jwt.InvalidTokenError) -> None:
+        ctx.record["jwtFailure"] = failure_reason(error)
+        self._refuse(ctx, 'Bearer error="invalid_token"')
+
+    def _refuse(self, ctx: RequestContext, challenge: str | None) -> None:
         if not self.action.pass_through:
-            challenge = error or "Bearer"
-            ctx.answer(make_answer(ctx.flow.request, 401, "Unauthorized", {"WWW-Authenticate": challenge}))
+            headers = {"WWW-Authenticate": challenge or "Bearer"}
+            ctx.answer(make_answer(ctx.flow.request, 401, "Unauthorized", headers))
+
+
+def claim_header_value(value: Any) -> str:
+    """A claim as one header line: text as is, anything else as JSON; never a line break."""
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    return _CONTROL.sub(" ", text)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
