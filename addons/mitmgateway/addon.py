@@ -117,6 +117,7 @@ class Gateway:
             self._ready_file.unlink(missing_ok=True)
         self.admin.stop()
         self.access_log.close()
+        self.state.keep_only(set())  # a code reload starts afresh: release what the old code held
         self._error_answers.uninstall()
         if self._watcher is not None:
             self._watcher.cancel()

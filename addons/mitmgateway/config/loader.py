@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from ..clients import ClientResolver, parse_trusted_proxies
 from ..conditions import parse_condition
@@ -268,7 +269,7 @@ def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
     errors.raise_any()
     assert http is not None and trusted is not None
     namespace = "mitmgateway"
-    store_key = ("rateLimitStore", store_settings, namespace)
+    store_key = ("rateLimitStore", store_settings.identity(), namespace)
     store = state.get(store_key, lambda: open_store(store_settings, namespace), set())
     builder = _Builder(file.parent, state, declared, service_endpoints, store)
     builder.used_state.add(store_key)
@@ -328,14 +329,20 @@ def system_config_store(config_dir: Path) -> StoreSettings | None:
         if not raw or raw.get("emulate"):
             return None  # EG's in-memory emulation: our memory store
         host = check_type(str, raw.get("host", "127.0.0.1"), KeyPath("db.redis.host"))
-        port = check_type(int, raw.get("port", 6379), KeyPath("db.redis.port"))
-        db_index = check_type(int, raw.get("db", 0), KeyPath("db.redis.db"))
+        port = _port(int(str(raw.get("port", 6379))), KeyPath("db.redis.port"))
+        db_index = int(str(raw.get("db", 0)))
+        password = raw.get("password")
         namespace = raw.get("namespace")
+    except ValueError as e:
+        raise ConfigError("db.redis", f"port and db must be numbers: {e}", str(system_file)) from None
     except ConfigError as e:
         raise e.in_file(str(system_file)) from None
+    scheme = "rediss" if raw.get("tls") else "redis"
+    auth = f":{quote(str(password), safe='')}@" if password else ""
+    netloc = f"[{host}]" if ":" in host else host
     return StoreSettings(
         type="redis",
-        url=f"redis://{host}:{port}/{db_index}",
+        url=f"{scheme}://{auth}{netloc}:{port}/{db_index}",
         namespace=None if namespace is None else str(namespace),
     )
 

@@ -36,7 +36,12 @@ class StepState:
         return self._items[key]
 
     def keep_only(self, used: set[Any]) -> None:
-        self._items = {k: v for k, v in self._items.items() if k in used}
+        """Drop what `used` does not name; what holds resources (a Redis client) has close()."""
+        kept = {k: v for k, v in self._items.items() if k in used}
+        for key, value in self._items.items():
+            if key not in kept and callable(close := getattr(value, "close", None)):
+                close()
+        self._items = kept
 
 
 @dataclass

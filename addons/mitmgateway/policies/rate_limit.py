@@ -72,7 +72,10 @@ class RateLimitPolicy(Policy):
         return key
 
     def handle(self, ctx: RequestContext) -> Awaitable[None] | None:
-        hit = self.store.hit(self.prefix + self.client_key(ctx), self.action.window_ms, self.action.algorithm)
+        action = self.action
+        hit = self.store.hit(
+            self.prefix + self.client_key(ctx), action.window_ms, action.algorithm, action.max
+        )
         if isinstance(hit, Hit):
             return self._decide(ctx, hit)
         return self._decide_when_counted(ctx, hit)
@@ -115,5 +118,7 @@ class RateLimitPolicy(Policy):
             fields = tuple((n.encode(), v.encode()) for n, v in headers.items())
             ctx.on_response(lambda response: set_headers(response, fields))
         if action.delay_after is not None and hit.count > action.delay_after:
-            return asyncio.sleep((hit.count - action.delay_after) * action.delay_ms / 1000)
+            # Never past the window: a longer wait would hold the request for nothing.
+            delay = (hit.count - action.delay_after) * action.delay_ms / 1000
+            return asyncio.sleep(min(delay, action.window_ms / 1000))
         return None

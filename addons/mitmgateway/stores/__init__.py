@@ -1,9 +1,8 @@
 """Where rate-limit counters live: in this process (memory) or shared between gateways (redis)."""
 
-from .base import ALGORITHMS, Algorithm, Hit, RateLimitStore, StoreSettings, StoreUnavailable, open_store
+from .base import Algorithm, Hit, RateLimitStore, StoreSettings, StoreUnavailable, open_store
 
 __all__ = [
-    "ALGORITHMS",
     "Algorithm",
     "Hit",
     "RateLimitStore",

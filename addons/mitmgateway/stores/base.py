@@ -25,7 +25,6 @@ from ..config.errors import ConfigError, KeyPath
 from ..config.schema import check_type, option, parse_fields, positive
 
 Algorithm = Literal["fixed-window", "sliding-window"]
-ALGORITHMS: tuple[Algorithm, ...] = ("fixed-window", "sliding-window")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +32,7 @@ class Hit:
     count: int
     """Hits the window holds, this one included."""
     reset_after: float
-    """Seconds until the window (fixed) or the current aligned window (sliding) ends."""
+    """Seconds until a request would be within the limit again."""
 
 
 class StoreUnavailable(Exception):
@@ -45,10 +44,26 @@ def sliding_count(current: int, previous: int, elapsed_ms: float, window_ms: int
     return current + math.floor(previous * weight)
 
 
+def sliding_hit(current: int, previous: int, elapsed_ms: float, window_ms: int, limit: int) -> Hit:
+    """The count now, and how long until one more request would count no more than `limit`."""
+    count = sliding_count(current, previous, elapsed_ms, window_ms)
+    room = limit - current - 1  # what the previous window's weighted hits may still add
+    if room >= 0:
+        # Within this window, once previous * (window - elapsed) / window drops below room + 1.
+        until = window_ms - (room + 1) * window_ms / previous if previous else 0.0
+        return Hit(count, max(0.0, until - elapsed_ms) / 1000)
+    # Not before the next window, once this window's hits weigh less than limit there.
+    until = window_ms - limit * window_ms / current
+    return Hit(count, (window_ms - elapsed_ms + max(0.0, until)) / 1000)
+
+
 class RateLimitStore(ABC):
     @abstractmethod
-    def hit(self, key: str, window_ms: int, algorithm: Algorithm) -> Hit | Awaitable[Hit | None]:
+    def hit(self, key: str, window_ms: int, algorithm: Algorithm, limit: int) -> Hit | Awaitable[Hit | None]:
         """Count a hit. An awaitable's None means: store unreachable, fail open (let it through)."""
+
+    def close(self) -> None:  # noqa: B027 (most stores hold nothing to release)
+        """Release connections: the config that used this store was replaced."""
 
 
 def _store_type(value: Any, path: KeyPath) -> str:
@@ -68,6 +83,13 @@ class StoreSettings:
     timeout_ms: int = option("timeoutMs", 50, parse=positive)
     max_keys: int = option("maxKeys", 100_000, parse=positive)
     namespace: str | None = option("namespace", None)
+
+    def identity(self) -> tuple[object, ...]:
+        """What the store's counters depend on: a reload changing anything else keeps them."""
+        if self.type == "memory":
+            return ("memory", self.max_keys)
+        return ("redis", self.url, self.namespace, self.timeout_ms, self.fail_open)
+
     """Prefix of every Redis key (default ``mitmgateway``): gateways with the same namespace and
     the same pipelines share counters; give different gateways sharing one Redis their own."""
 

@@ -3,7 +3,7 @@
 Each key's entry expires with its window; when ``maxKeys`` entries are live, adding one evicts the
 entry that has gone longest without a hit (its client starts a new window on its next request),
 and the first such eviction is logged once. Memory therefore stays bounded however many distinct
-clients (or spoofed keys) arrive. O(1) per hit.
+clients (or spoofed keys) arrive. A hit is a dict lookup and a heap push (amortized O(log n)).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from cachetools import TLRUCache
 
-from .base import Algorithm, Hit, RateLimitStore, sliding_count
+from .base import Algorithm, Hit, RateLimitStore, sliding_hit
 
 logger = logging.getLogger("mitmgateway")
 
@@ -60,7 +60,7 @@ class MemoryStore(RateLimitStore):
     def __init__(self, max_keys: int) -> None:
         self.entries = _Entries(max_keys)
 
-    def hit(self, key: str, window_ms: int, algorithm: Algorithm) -> Hit:
+    def hit(self, key: str, window_ms: int, algorithm: Algorithm, limit: int) -> Hit:
         now = time.monotonic()
         if algorithm == "fixed-window":
             window = self.entries.get(key)
@@ -72,7 +72,8 @@ class MemoryStore(RateLimitStore):
         now_ms = time.time() * 1000
         index, elapsed = divmod(now_ms, window_ms)
         sliding = self.entries.get(key)
-        if sliding is None or sliding.index < index - 1:
+        if sliding is None or sliding.index < index - 1 or sliding.index > index:
+            # New, idle for a whole window, or the clock went back: start afresh.
             sliding = _SlidingWindow(int(index), 0.0)
         elif sliding.index == index - 1:
             sliding.index, sliding.previous, sliding.current = int(index), sliding.current, 0
@@ -80,5 +81,4 @@ class MemoryStore(RateLimitStore):
         # Kept while the previous window can still weigh: until the end of the next one.
         sliding.expires = now + (2 * window_ms - elapsed) / 1000
         self.entries[key] = sliding
-        count = sliding_count(sliding.current, sliding.previous, elapsed, window_ms)
-        return Hit(count, (window_ms - elapsed) / 1000)
+        return sliding_hit(sliding.current, sliding.previous, elapsed, window_ms, limit)

@@ -1,8 +1,9 @@
 """The shared store: counters in Redis, so every gateway process counting a client agrees.
 
 One round trip per hit: a Lua script increments the key and sets its expiry atomically (no two
-gateways can both see "first hit"). Keys are ``NAMESPACE:{KEY}`` (the braces keep a key's windows
-on one Redis Cluster slot); the namespace separates gateways sharing one Redis.
+gateways can both see "first hit"). Keys are ``NAMESPACE:STEP:CLIENT`` (a long client key is
+hashed, so a huge header cannot make a huge key); the namespace separates gateways sharing one
+Redis. A standalone Redis (or a primary), not a Redis Cluster.
 
 Redis down or slower than ``timeoutMs``: with ``failOpen`` the request goes through uncounted,
 else it is answered 503; either way the outage is logged once, and its end too. Each hit tries
@@ -12,16 +13,33 @@ Redis again, so the gateway uses it as soon as it is back, without a restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
 from collections.abc import Coroutine
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .base import Algorithm, Hit, RateLimitStore, StoreSettings, StoreUnavailable, sliding_count
+from .base import Algorithm, Hit, RateLimitStore, StoreSettings, StoreUnavailable, sliding_hit
 
 logger = logging.getLogger("mitmgateway")
+
+MAX_CONNECTIONS = 64
+MAX_KEY_LENGTH = 200
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
 
 FIXED_WINDOW = """
 local count = redis.call('INCR', KEYS[1])
@@ -55,18 +73,33 @@ class RedisStore(RateLimitStore):
         self.namespace = namespace
         self.url = settings.url or ""
         self.client = aioredis.Redis.from_url(
-            self.url, socket_timeout=timeout, socket_connect_timeout=timeout, retry_on_timeout=False
+            self.url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            # timeoutMs is the whole budget: no retries, and a bounded pool (beyond it, an
+            # error, hence failOpen's answer, rather than a reconnect storm).
+            retry=Retry(NoBackoff(), 0),
+            max_connections=MAX_CONNECTIONS,
         )
+        self.shown_url = _without_password(self.url)
         self.scripts = {
             "fixed-window": self.client.register_script(FIXED_WINDOW),
             "sliding-window": self.client.register_script(SLIDING_WINDOW),
         }
         self.down = False
 
-    def hit(self, key: str, window_ms: int, algorithm: Algorithm) -> Coroutine[Any, Any, Hit | None]:
-        return self._hit(f"{self.namespace}:{{{key}}}", window_ms, algorithm)
+    def hit(
+        self, key: str, window_ms: int, algorithm: Algorithm, limit: int
+    ) -> Coroutine[Any, Any, Hit | None]:
+        if len(key) > MAX_KEY_LENGTH:
+            key = key[:64] + hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+        return self._hit(f"{self.namespace}:{key}", window_ms, algorithm, limit)
 
-    async def _hit(self, key: str, window_ms: int, algorithm: Algorithm) -> Hit | None:
+    def close(self) -> None:
+        with contextlib.suppress(RuntimeError):  # no running loop: the process is ending
+            asyncio.get_running_loop().create_task(self.client.aclose())
+
+    async def _hit(self, key: str, window_ms: int, algorithm: Algorithm, limit: int) -> Hit | None:
         try:
             reply = await asyncio.wait_for(
                 self.scripts[algorithm](keys=[key], args=[window_ms]), self.timeout
@@ -76,7 +109,7 @@ class RedisStore(RateLimitStore):
                 self.down = True
                 logger.error(
                     "rate-limit store %s unreachable (%s): %s until it is back",
-                    self.url,
+                    self.shown_url,
                     str(e) or type(e).__name__,
                     "letting requests through uncounted" if self.fail_open else "answering 503",
                 )
@@ -85,9 +118,9 @@ class RedisStore(RateLimitStore):
             raise StoreUnavailable(str(e)) from e
         if self.down:
             self.down = False
-            logger.info("rate-limit store %s is back", self.url)
+            logger.info("rate-limit store %s is back", self.shown_url)
         if algorithm == "fixed-window":
             count, ttl_ms = reply
             return Hit(int(count), int(ttl_ms) / 1000)
         current, previous, elapsed = (int(v) for v in reply)
-        return Hit(sliding_count(current, previous, elapsed, window_ms), (window_ms - elapsed) / 1000)
+        return sliding_hit(current, previous, elapsed, window_ms, limit)
