@@ -53,7 +53,7 @@ def one_pipeline(service_url: str, steps: str, *, endpoint: str = "host: '*'", e
         "http: {port: PORT, hostname: 127.0.0.1}\n"
         f"apiEndpoints: {{api: {{{endpoint}}}}}\n"
         f"serviceEndpoints: {{backend: {{url: '{service_url}'}}}}\n"
-        "policies: [jwt, proxy, rate-limit]\n"
+        "policies: [jwt, proxy, rate-limit, key-auth, basic-auth]\n"
         f"{extra}"
         "pipelines:\n"
         "  api:\n"

@@ -78,12 +78,12 @@ def test_valid_config_builds_router_and_pipelines(tmp_path):
         (
             ("- rate-limit:", "- rate-limiter:"),
             "pipelines.main.policies[0].rate-limiter",
-            "unknown policy 'rate-limiter' (known: jwt, proxy, rate-limit)",
+            "unknown policy 'rate-limiter' (known: basic-auth, jwt, key-auth, proxy, rate-limit)",
         ),
         (
             ("policies: [proxy, rate-limit]", "policies: [proxy, cors]"),
             "policies[1]",
-            "unknown policy 'cors' (known: jwt, proxy, rate-limit)",
+            "unknown policy 'cors' (known: basic-auth, jwt, key-auth, proxy, rate-limit)",
         ),
         (
             ("apiEndpoints: [api]", "apiEndpoints: [web]"),
@@ -95,7 +95,7 @@ def test_valid_config_builds_router_and_pipelines(tmp_path):
             ("http:", "htp:"),
             "htp",
             "unknown key (accepted: http, https, admin, apiEndpoints, "
-            "serviceEndpoints, policies, pipelines, trustedProxies, accessLog, rateLimitStore, "
+            "serviceEndpoints, policies, pipelines, trustedProxies, accessLog, rateLimitStore, consumers, "
             "apiEndpoint, serviceEndpoint, policy, pipeline)",
         ),
         (

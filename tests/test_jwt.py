@@ -234,19 +234,6 @@ def test_config_errors(tmp_path, rsa_keys, action, path, reason):
     assert str(info.value).startswith(f"{file}: pipelines.main.policies[0].jwt[0].{path}: {reason}")
 
 
-def test_check_credential_existence_true_is_refused_with_the_reason(tmp_path, rsa_keys):
-    file = tmp_path / "gateway.config.yml"
-    file.write_text(
-        CONFIG.format(action=f"secretOrPublicKeyFile: {rsa_keys[1]}").replace(
-            "checkCredentialExistence: false, ", ""
-        )
-    )
-    with pytest.raises(
-        ConfigError, match=r"jwt\[0\]\.action\.checkCredentialExistence: true \(the default\) needs"
-    ):
-        load_config(file, StepState(), {})
-
-
 def test_verified_tokens_are_remembered_until_they_expire(gateway_with, rsa_keys):
     with gateway_with(f"secretOrPublicKeyFile: {rsa_keys[1]}") as gateway:
         policy = gateway.config.pipelines["main"].steps[0].policy

@@ -55,7 +55,7 @@ class Gateway:
         self.config: GatewayConfig | None = None
         self.config_file: Path | None = None
         self.state = StepState()
-        self._config_signature: tuple[int, int, int] | None = None
+        self._config_signature: tuple[object, ...] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._error_answers = ProxyErrorAnswers()
         self._contexts: weakref.WeakKeyDictionary[http.HTTPFlow, RequestContext] = weakref.WeakKeyDictionary()
@@ -81,7 +81,7 @@ class Gateway:
     def configure(self, updated: set[str]) -> None:
         if "gateway_config" in updated:
             path = Path(ctx.options.gateway_config).expanduser().absolute()
-            signature = _file_signature(path)
+            signature = self._signature(path)
             try:
                 self._swap(load_config(path, self.state))
                 self.config_file = path
@@ -95,6 +95,11 @@ class Gateway:
                 logger.error("invalid gateway config: %s", e)
                 self.config_file = path
             self._config_signature = signature
+
+    def _signature(self, config_file: Path) -> tuple[object, ...]:
+        """The state of the config file (first) and of every other file the config was read from."""
+        others = self.config.watched_files[1:] if self.config is not None else ()
+        return (_file_signature(config_file), *(_file_signature(f) for f in others))
 
     def running(self) -> None:
         self._running = True
@@ -153,8 +158,8 @@ class Gateway:
             await asyncio.sleep(CONFIG_POLL_SECONDS)
             if self.config_file is None:
                 continue
-            signature = _file_signature(self.config_file)
-            if signature is None or signature == self._config_signature:
+            signature = self._signature(self.config_file)
+            if signature[0] is None or signature == self._config_signature:
                 continue
             self._config_signature = signature
             try:

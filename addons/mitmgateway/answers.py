@@ -15,6 +15,8 @@ from mitmproxy.net.http import http1
 from mitmproxy.proxy.layers.http import _http1
 
 NOT_FOUND = "Not Found"
+UNAUTHORIZED = "Unauthorized"
+FORBIDDEN = "Forbidden"
 BAD_GATEWAY = "Bad gateway."
 GATEWAY_TIMEOUT = "Gateway Timeout"
 INTERNAL_ERROR = "Internal Server Error"

@@ -12,9 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 from mitmproxy import http
 
+from .answers import FORBIDDEN, make_answer
+
 if TYPE_CHECKING:
     from .clients import ClientIdentification
     from .conditions import Condition
+    from .consumers import Authenticated
     from .policies.base import Policy
     from .routing import RouteMatch
 
@@ -65,6 +68,18 @@ class RequestContext:
     @property
     def client_ip(self) -> str:
         return self.client.ip
+
+    def authenticate(self, who: Authenticated, claims: Mapping[str, Any] | None = None) -> bool:
+        """Record the consumer a credential proved; False, answered 403, when it lacks a scope
+        the apiEndpoint requires (all of them are required)."""
+        self.user = who.as_user(claims)
+        self.record["consumer"] = who.consumer.id
+        required = self.route.api_endpoint.scopes
+        if required and not who.scopes.issuperset(required):
+            self.record["missingScopes"] = sorted(set(required) - who.scopes)
+            self.answer(make_answer(self.flow.request, 403, FORBIDDEN))
+            return False
+        return True
 
     def answer(self, response: http.Response) -> None:
         """End the pipeline with the gateway's own response."""

@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 from ..clients import ClientResolver, parse_trusted_proxies
 from ..conditions import parse_condition
+from ..consumers import Consumers, parse_consumers
 from ..pipeline import Pipeline, Step
 from ..policies import POLICIES, BuildContext, StepState
 from ..routing import ApiEndpoint, Router, parse_api_endpoint
@@ -36,6 +37,9 @@ from .source import load_document
 
 logger = logging.getLogger(__name__)
 
+SYSTEM_CONFIG = "system.config.yml"
+CONSUMERS_FILE = "consumers.yml"
+
 # EG accepts the singular spelling of these sections.
 SECTION_ALIASES = {
     "apiEndpoint": "apiEndpoints",
@@ -54,6 +58,7 @@ TOP_LEVEL_KEYS = (
     "trustedProxies",
     "accessLog",
     "rateLimitStore",
+    "consumers",
     *SECTION_ALIASES,
 )
 
@@ -103,6 +108,9 @@ class GatewayConfig:
     admin: AdminListener | None = None
     access_log: Path | None = None
     """None: no access log; Path('-'): standard output."""
+    consumers: Consumers = Consumers()
+    watched_files: tuple[Path, ...] = ()
+    """Every file this config was read from: a change to any of them reloads it."""
 
 
 def _sections(document: Any) -> dict[str, Any]:
@@ -158,9 +166,11 @@ class _Builder:
         declared: frozenset[str],
         service_endpoints: Mapping[str, ServiceEndpoint],
         rate_limit_store: RateLimitStore,
+        consumers: Consumers,
     ) -> None:
         self.config_dir = config_dir
         self.rate_limit_store = rate_limit_store
+        self.consumers = consumers
         self.state = state
         self.declared = declared
         self.service_endpoints = service_endpoints
@@ -219,6 +229,7 @@ class _Builder:
             self.config_dir,
             self.service_endpoints,
             self.rate_limit_store,
+            self.consumers,
             self.state,
             self.used_state,
         )
@@ -266,12 +277,15 @@ def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
             store_settings = parse_store_settings(sections["rateLimitStore"], KeyPath("rateLimitStore"))
         elif (settings := system_config_store(file.parent)) is not None:
             store_settings = settings
+    consumers = Consumers()
+    with errors.part():
+        consumers = load_consumers(file.parent, sections.get("consumers"))
     errors.raise_any()
     assert http is not None and trusted is not None
     namespace = "mitmgateway"
     store_key = ("rateLimitStore", store_settings.identity(), namespace)
     store = state.get(store_key, lambda: open_store(store_settings, namespace), set())
-    builder = _Builder(file.parent, state, declared, service_endpoints, store)
+    builder = _Builder(file.parent, state, declared, service_endpoints, store, consumers)
     builder.used_state.add(store_key)
 
     pipelines: dict[str, Pipeline] = {}
@@ -314,12 +328,32 @@ def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
         frozenset(builder.used_state),
         admin,
         access_log,
+        consumers,
+        tuple(
+            f
+            for f in (file, consumers.file, file.parent / SYSTEM_CONFIG)
+            if f is not None and (f == file or f.exists())
+        ),
     )
+
+
+def load_consumers(config_dir: Path, named: Any) -> Consumers:
+    """The consumers file the config names, or consumers.yml beside it if there is one."""
+    if named is None:
+        file = config_dir / CONSUMERS_FILE
+        if not file.exists():
+            return Consumers()
+    else:
+        file = config_dir / check_type(str, named, KeyPath("consumers"))
+    try:
+        return parse_consumers(load_document(file), file)
+    except ConfigError as e:
+        raise e.in_file(str(file)) from None
 
 
 def system_config_store(config_dir: Path) -> StoreSettings | None:
     """Express Gateway's ``db.redis`` from a system.config.yml beside the gateway config."""
-    system_file = config_dir / "system.config.yml"
+    system_file = config_dir / SYSTEM_CONFIG
     if not system_file.exists():
         return None
     try:

@@ -1,6 +1,6 @@
 """The built-in policies; importing this package registers them by name."""
 
-from . import jwt, proxy, rate_limit
+from . import basic_auth, jwt, key_auth, proxy, rate_limit
 from .base import POLICIES, BuildContext, Policy, StepState, register_policy
 
 __all__ = [
@@ -8,7 +8,9 @@ __all__ = [
     "BuildContext",
     "Policy",
     "StepState",
+    "basic_auth",
     "jwt",
+    "key_auth",
     "proxy",
     "rate_limit",
     "register_policy",

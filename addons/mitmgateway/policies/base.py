@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from ..config.errors import KeyPath
 
 if TYPE_CHECKING:
+    from ..consumers import Consumers
     from ..pipeline import RequestContext
     from ..stores import RateLimitStore
     from ..upstreams import ServiceEndpoint
@@ -55,6 +56,7 @@ class BuildContext:
     config_dir: Path
     service_endpoints: Mapping[str, ServiceEndpoint]
     rate_limit_store: RateLimitStore
+    consumers: Consumers
     state: StepState
     used_state: set[Any] = field(default_factory=set)
 

@@ -13,6 +13,7 @@ afresh.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections.abc import Awaitable, Coroutine, Mapping
@@ -31,6 +32,8 @@ from ..headers import encode, set_headers
 from ..jwks import KeySet, RemoteKeySet, VerificationKey, algorithms_for, parse_jwks
 from ..pipeline import RequestContext
 from .base import BuildContext, Policy, register_policy
+
+logger = logging.getLogger(__name__)
 
 VERIFIED_TOKENS = 10_000
 """Verified tokens remembered per step."""
@@ -131,9 +134,14 @@ class UnknownKeyError(jwt.InvalidTokenError):
     """No configured or published key matches the token's kid."""
 
 
+class UnknownConsumerError(jwt.InvalidTokenError):
+    """checkCredentialExistence: the sub names no active jwt credential of an active consumer."""
+
+
 # Most specific first: several of pyjwt's errors derive from others.
 _FAILURE_REASONS: tuple[tuple[type[jwt.InvalidTokenError], str], ...] = (
     (UnknownKeyError, "unknown_key"),
+    (UnknownConsumerError, "unknown_consumer"),
     (jwt.ExpiredSignatureError, "expired"),
     (jwt.ImmatureSignatureError, "not_yet_valid"),
     (jwt.InvalidAudienceError, "audience"),
@@ -160,11 +168,14 @@ class JwtPolicy(Policy):
 
     def __init__(self, action: JwtAction, build: BuildContext) -> None:
         self.action = action
-        if action.check_credential_existence:
-            raise ConfigError(
-                build.path.key("checkCredentialExistence"),
-                "true (the default) needs consumers and their credentials, which this gateway "
-                "does not keep yet: set it to false",
+        # As in Express Gateway: the token's sub must name an active jwt credential of an active
+        # consumer (looked up per request, so a deactivation applies at once).
+        self.consumers = build.consumers if action.check_credential_existence else None
+        if self.consumers is not None and build.consumers.file is None:
+            logger.warning(
+                "%s: checkCredentialExistence is true but there is no consumers file: every token "
+                "will be refused (add consumers.yml, or set it to false)",
+                build.path,
             )
         if action.jwt_extractor != "authBearer" and not action.jwt_extractor_field:
             raise ConfigError(
@@ -272,7 +283,16 @@ class JwtPolicy(Policy):
         self._accept(ctx, claims)
 
     def _accept(self, ctx: RequestContext, claims: Mapping[str, Any]) -> None:
-        ctx.user = claims
+        if self.consumers is None:
+            ctx.user = claims
+        else:
+            sub = claims.get("sub")
+            found = self.consumers.find("jwt", str(sub)) if sub is not None else None
+            if found is None:
+                self._reject(ctx, UnknownConsumerError("no active consumer has this sub"))
+                return
+            if not ctx.authenticate(found, claims):
+                return
         request = ctx.flow.request
         if self.action.forward_claims:
             added = []

@@ -1,0 +1,157 @@
+"""Consumers and their credentials: Express Gateway's users/apps database, as a file we watch.
+
+``consumers.yml`` (beside gateway.config.yml, or the file its ``consumers`` key names) lists who
+may call the APIs and how they prove it::
+
+    consumers:
+      alice:
+        active: true
+        scopes: [orders:read]
+        credentials:
+          - {type: jwt, sub: alice@example.com}
+          - {type: key-auth, keyId: 3f2a..., keySecretHash: sha256:..., scopes: [orders:read]}
+          - {type: basic-auth, username: alice, passwordHash: $2b$12$...}
+
+Secrets are never stored: API key secrets as SHA-256 (they are long random strings, so a fast
+hash is enough), passwords as bcrypt or argon2 hashes. It is parsed with the gateway config and
+reloaded with it. ``scripts/consumers.py`` writes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config.errors import ConfigError, KeyPath
+from .config.schema import check_type, check_unknown_keys, require_list, require_mapping
+
+CREDENTIAL_TYPES = ("jwt", "key-auth", "basic-auth")
+# What names a credential of each type, and where its hashed secret is kept.
+_ID_KEYS = {"jwt": "sub", "key-auth": "keyId", "basic-auth": "username"}
+_SECRET_KEYS = {"key-auth": "keySecretHash", "basic-auth": "passwordHash"}
+
+
+@dataclass(frozen=True)
+class Credential:
+    type: str
+    id: str
+    secret_hash: str | None
+    active: bool
+    scopes: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Consumer:
+    id: str
+    active: bool
+    scopes: frozenset[str]
+    credentials: tuple[Credential, ...]
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    """Who a credential proved the client to be."""
+
+    consumer: Consumer
+    credential: Credential
+
+    @property
+    def scopes(self) -> frozenset[str]:
+        return self.consumer.scopes | self.credential.scopes
+
+    def as_user(self, claims: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """What conditions, templates (``${req.user.id}``) and the log see."""
+        return {**(claims or {}), "id": self.consumer.id, "scopes": sorted(self.scopes)}
+
+
+@dataclass(frozen=True)
+class Consumers:
+    file: Path | None = None
+    by_credential: Mapping[tuple[str, str], Authenticated] = field(default_factory=dict)
+
+    def find(self, credential_type: str, credential_id: str) -> Authenticated | None:
+        """The active consumer behind an active credential, if there is one."""
+        found = self.by_credential.get((credential_type, credential_id))
+        if found is None or not found.consumer.active or not found.credential.active:
+            return None
+        return found
+
+
+def hash_api_key_secret(secret: str) -> str:
+    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()
+
+
+def api_key_secret_matches(secret: str, stored: str) -> bool:
+    # Constant time: how much of a guess matched must not show in how long the answer takes.
+    return hmac.compare_digest(hash_api_key_secret(secret).encode(), stored.encode())
+
+
+def _scopes(raw: Any, path: KeyPath) -> frozenset[str]:
+    return frozenset(check_type(tuple[str, ...], raw, path)) if raw is not None else frozenset()
+
+
+def _credential(raw: Any, path: KeyPath) -> Credential:
+    raw = require_mapping(raw, path)
+    kind = check_type(str, raw.get("type"), path.key("type"))
+    if kind not in CREDENTIAL_TYPES:
+        raise ConfigError(path.key("type"), f"must be one of {', '.join(CREDENTIAL_TYPES)}, got {kind!r}")
+    id_key, secret_key = _ID_KEYS[kind], _SECRET_KEYS.get(kind)
+    check_unknown_keys(raw, ["type", id_key, *([secret_key] if secret_key else []), "active", "scopes"], path)
+    if id_key not in raw:
+        raise ConfigError(path.key(id_key), f"is required for a {kind} credential")
+    secret_hash = None
+    if secret_key is not None:
+        secret_hash = check_type(str, raw.get(secret_key), path.key(secret_key))
+        valid = (
+            secret_hash.startswith("sha256:")
+            if kind == "key-auth"
+            else secret_hash.startswith(("$2a$", "$2b$", "$2y$", "$argon2"))
+        )
+        if not valid:
+            expected = (
+                "sha256:HEX" if kind == "key-auth" else "a bcrypt ($2b$...) or argon2 ($argon2id$...) hash"
+            )
+            raise ConfigError(path.key(secret_key), f"must be {expected}, never the secret itself")
+    return Credential(
+        kind,
+        check_type(str, raw[id_key], path.key(id_key)),
+        secret_hash,
+        check_type(bool, raw.get("active", True), path.key("active")),
+        _scopes(raw.get("scopes"), path.key("scopes")),
+    )
+
+
+def parse_consumers(document: Any, file: Path) -> Consumers:
+    root = require_mapping(document, KeyPath(""))
+    check_unknown_keys(root, ["consumers"], KeyPath(""))
+    by_credential: dict[tuple[str, str], Authenticated] = {}
+    path = KeyPath("consumers")
+    for name, raw in require_mapping(root.get("consumers"), path).items():
+        entry_path = path.key(str(name))
+        raw = require_mapping(raw, entry_path)
+        check_unknown_keys(raw, ["active", "scopes", "credentials"], entry_path)
+        credentials_path = entry_path.key("credentials")
+        credentials = tuple(
+            _credential(item, credentials_path.index(i))
+            for i, item in enumerate(require_list(raw.get("credentials", []), credentials_path))
+        )
+        consumer = Consumer(
+            str(name),
+            check_type(bool, raw.get("active", True), entry_path.key("active")),
+            _scopes(raw.get("scopes"), entry_path.key("scopes")),
+            credentials,
+        )
+        for i, credential in enumerate(credentials):
+            key = (credential.type, credential.id)
+            if key in by_credential:
+                raise ConfigError(
+                    credentials_path.index(i),
+                    f"{credential.type} credential {credential.id!r} also belongs to "
+                    f"{by_credential[key].consumer.id!r}",
+                )
+            by_credential[key] = Authenticated(consumer, credential)
+    return Consumers(file, by_credential)

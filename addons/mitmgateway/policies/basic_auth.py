@@ -1,0 +1,121 @@
+"""basic-auth: ``Authorization: Basic`` checked against bcrypt or argon2 hashes in the consumers file.
+
+A password hash is slow on purpose (a quarter of a second for bcrypt at cost 12), so the check runs
+in a worker thread, never on the event loop, and a successful check is remembered for a few
+minutes (keyed by the username and a SHA-256 of password and stored hash, bounded), so a client
+repeating its credentials does not pay it again. An unknown username is checked against a dummy
+hash, so timing does not tell usernames apart. 401 with ``WWW-Authenticate: Basic``; 403 when the
+consumer lacks a scope the apiEndpoint requires. Put a rate-limit step before it: every wrong
+password costs a hash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import functools
+import hashlib
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import bcrypt
+from argon2 import PasswordHasher
+from argon2.exceptions import Argon2Error, InvalidHashError
+from cachetools import TTLCache
+
+from ..answers import UNAUTHORIZED, make_answer
+from ..config.schema import option
+from ..consumers import Authenticated
+from ..pipeline import RequestContext
+from .base import BuildContext, Policy, register_policy
+
+REMEMBER_SECONDS = 300
+REMEMBERED = 10_000
+
+
+@functools.cache
+def _dummy_hash() -> bytes:
+    return bcrypt.hashpw(b"no such user", bcrypt.gensalt(12))
+
+
+def password_matches(password: str, stored: str) -> bool:
+    """Checks `password` against a bcrypt or argon2 hash (slow: call it off the event loop)."""
+    if stored.startswith("$argon2"):
+        try:
+            return PasswordHasher().verify(stored, password)
+        except (Argon2Error, InvalidHashError):
+            return False
+    try:
+        return bcrypt.checkpw(password.encode(), stored.encode())
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class BasicAuthAction:
+    pass_through: bool = option("passThrough", False)
+    realm: str = option("realm", "api")
+
+
+@register_policy
+class BasicAuthPolicy(Policy):
+    name = "basic-auth"
+    Action = BasicAuthAction
+
+    def __init__(self, action: BasicAuthAction, build: BuildContext) -> None:
+        self.action = action
+        self.consumers = build.consumers
+        self.challenge = f'Basic realm="{action.realm}", charset="UTF-8"'
+        self.remembered: TTLCache[tuple[str, str], bool] = TTLCache(
+            maxsize=REMEMBERED, ttl=REMEMBER_SECONDS, timer=time.monotonic
+        )
+
+    @staticmethod
+    def credentials(ctx: RequestContext) -> tuple[str, str] | None:
+        scheme, _, encoded = ctx.flow.request.headers.get("authorization", "").strip().partition(" ")
+        if scheme.lower() != "basic":
+            return None
+        try:
+            username, sep, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return (username, password) if sep else None
+
+    def handle(self, ctx: RequestContext) -> Coroutine[Any, Any, None] | None:
+        given = self.credentials(ctx)
+        if given is None:
+            self._refuse(ctx, "missing")
+            return None
+        username, password = given
+        found = self.consumers.find("basic-auth", username)
+        stored = found.credential.secret_hash if found is not None else None
+        memo = (username, hashlib.sha256(f"{password}\0{stored}".encode()).hexdigest())
+        if found is not None and memo in self.remembered:
+            ctx.authenticate(found)
+            return None
+        return self._check(ctx, found, password, stored, memo)
+
+    async def _check(
+        self,
+        ctx: RequestContext,
+        found: Authenticated | None,
+        password: str,
+        stored: str | None,
+        memo: tuple[str, str],
+    ) -> None:
+        hashed = stored or _dummy_hash().decode()
+        ok = await asyncio.to_thread(password_matches, password, hashed)
+        if ok and found is not None:
+            self.remembered[memo] = True
+            ctx.authenticate(found)
+            return
+        self._refuse(ctx, "invalid password")
+
+    def _refuse(self, ctx: RequestContext, reason: str) -> None:
+        ctx.record["authFailure"] = reason
+        if not self.action.pass_through:
+            headers = {"WWW-Authenticate": self.challenge}
+            ctx.answer(make_answer(ctx.flow.request, 401, UNAUTHORIZED, headers))
