@@ -119,6 +119,7 @@ def test_access_log_has_one_json_line_per_request(start_gateway, observed_walkth
         "apiEndpoint": "customers",
         "pipeline": "customers",
         "answeredBy": None,
+        "consumer": None,
         "upstream": f"127.0.0.1:{upstreams['customers'].port}",
         "durationMs": None,
         "upstreamMs": None,

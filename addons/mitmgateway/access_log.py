@@ -55,6 +55,7 @@ def access_record(flow: http.HTTPFlow, record: dict[str, Any]) -> dict[str, Any]
         "apiEndpoint": record.get("apiEndpoint"),
         "pipeline": record.get("pipeline"),
         "answeredBy": record.get("answeredBy"),
+        "consumer": record.get("consumer"),
         "upstream": record.get("upstream"),
         "durationMs": _ms(request.timestamp_start, end),
         "upstreamMs": _ms(request.timestamp_end, response.timestamp_start)
