@@ -184,3 +184,50 @@ def test_consumers_script_round_trip_on_a_running_gateway(start_gateway, upstrea
     assert wait_until(
         lambda: gw.send(headers={"Authorization": f"apiKey {api_key}"}).status == 200, timeout=5
     )
+
+
+def test_malformed_credentials_are_401_not_errors(tmp_path, rsa_keys):
+    with gateway(tmp_path, "- key-auth: [{action: {}}]") as gw:
+        assert outcome(gw, path="/x?apiKey=k1:%FF%FE")[0] == 401
+        assert outcome(gw, headers={"Authorization": "apiKey k1:t\udcffx"})[0] == 401
+    steps = f"- jwt: [{{action: {{secretOrPublicKeyFile: {rsa_keys[1]}, checkCredentialExistence: false}}}}]"
+    with gateway(tmp_path, steps) as gw:
+        assert outcome(gw, headers={"Authorization": "Bearer ey\udcff.x.y"})[0] == 401
+
+    async def basic_status() -> int:
+        with gateway(tmp_path, "- basic-auth: [{action: {}}]") as gw:
+            flow = make_flow(headers={"Authorization": "Basic \udce9t\u00e9"})
+            pending = gw.requestheaders(flow)
+            if pending is not None:
+                await pending
+            return flow.response.status_code
+
+    assert asyncio.run(basic_status()) == 401
+
+
+def test_scoped_endpoints_need_a_consumer_and_claim_headers_never_come_from_clients(tmp_path, rsa_keys):
+    action = (
+        f"secretOrPublicKeyFile: {rsa_keys[1]}, checkCredentialExistence: false, "
+        "forwardClaims: {sub: X-User}"
+    )
+    skipped_jwt = f"- jwt: [{{condition: {{name: method, methods: POST}}, action: {{{action}}}}}]"
+    with gateway(tmp_path, skipped_jwt) as gw:
+        code, flow = outcome(gw, headers={"X-User": "admin"})
+        assert code == 200 and "X-User" not in flow.request.headers
+    with gateway(
+        tmp_path, f"- jwt: [{{action: {{{action}}}}}]", endpoint="host: '*', scopes: [orders:read]"
+    ) as gw:
+        code, flow = outcome(gw, headers=bearer(mint(rsa_keys[0], "alice@example.com")))
+        assert code == 403
+        assert flow.metadata["gateway"]["answeredBy"] == "scopes without a consumer"
+
+
+def test_a_consumers_file_created_after_start_takes_effect(start_gateway, upstreams, tmp_path):
+    config = one_pipeline(upstreams["orders"].url, f"- key-auth: [{{action: {{}}}}]\n{PROXY}")
+    gw = start_gateway(config)
+    assert gw.send(headers={"Authorization": "apiKey nobody:x"}).status == 401
+    script(tmp_path, "add", "late")
+    api_key = script(tmp_path, "credential", "late", "key-auth").split("API key (shown once): ")[1].strip()
+    assert wait_until(
+        lambda: gw.send(headers={"Authorization": f"apiKey {api_key}"}).status == 200, timeout=5
+    )

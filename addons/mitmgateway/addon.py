@@ -19,7 +19,7 @@ from mitmproxy import ctx, exceptions, http
 
 from .access_log import AccessLog
 from .admin import AdminServer
-from .answers import INTERNAL_ERROR, NOT_FOUND, ProxyErrorAnswers, make_answer
+from .answers import FORBIDDEN, INTERNAL_ERROR, NOT_FOUND, ProxyErrorAnswers, make_answer
 from .config import ConfigError, GatewayConfig, HttpListener, load_config
 from .metrics import GatewayMetrics
 from .pipeline import RequestContext
@@ -94,7 +94,9 @@ class Gateway:
                 # that keeps running (no error check) serves once the file is fixed.
                 logger.error("invalid gateway config: %s", e)
                 self.config_file = path
-            self._config_signature = signature
+            # The config file as it was before loading (an edit meanwhile is seen next poll),
+            # and the files it led to as they are now.
+            self._config_signature = (signature[0], *self._signature(path)[1:])
 
     def _signature(self, config_file: Path) -> tuple[object, ...]:
         """The state of the config file (first) and of every other file the config was read from."""
@@ -190,7 +192,11 @@ class Gateway:
 
     def _fail_closed(self, flow: http.HTTPFlow) -> None:
         # A request the gateway could not judge never reaches an upstream.
-        logger.exception("gateway error on %s %s", flow.request.method, flow.request.pretty_url)
+        # Without the query string: it may carry a credential.
+        request = flow.request
+        logger.exception(
+            "gateway error on %s %s%s", request.method, request.host_header, request.path.partition("?")[0]
+        )
         flow.response = make_answer(flow.request, 500, INTERNAL_ERROR)
         self._record(flow, answered_by="gateway error")
 
@@ -214,6 +220,8 @@ class Gateway:
             self._record(flow, answered_by="no apiEndpoint")
             return None
         context = RequestContext(flow, route, hostname, client, record)
+        for header in route.pipeline.identity_headers:
+            request.headers.pop(header, None)
         answered_by = route.pipeline.run(context)
         if answered_by is not None and not isinstance(answered_by, str):
             return self._conclude_when_run(context, answered_by)
@@ -237,6 +245,11 @@ class Gateway:
             # Like Express Gateway, a pipeline that neither answers nor proxies falls through to 404.
             context.answer(make_answer(flow.request, 404, NOT_FOUND))
             answered_by = "no proxy step"
+        elif answered_by is None and route.api_endpoint.scopes and "consumer" not in context.record:
+            # Scopes need a consumer: a step that was skipped or let anonymous requests through
+            # must not open a scoped endpoint.
+            context.answer(make_answer(flow.request, 403, FORBIDDEN))
+            answered_by = "scopes without a consumer"
         self._contexts[flow] = context
         self._record(flow, answered_by, route.api_endpoint_name, route.pipeline.name, context)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from .config.errors import ConfigError, KeyPath
 from .config.schema import check_type, check_unknown_keys, require_list, require_mapping
 
 CREDENTIAL_TYPES = ("jwt", "key-auth", "basic-auth")
+_SHA256 = re.compile(r"sha256:[0-9a-f]{64}\Z")
 # What names a credential of each type, and where its hashed secret is kept.
 _ID_KEYS = {"jwt": "sub", "key-auth": "keyId", "basic-auth": "username"}
 _SECRET_KEYS = {"key-auth": "keySecretHash", "basic-auth": "passwordHash"}
@@ -82,7 +84,8 @@ class Consumers:
 
 
 def hash_api_key_secret(secret: str) -> str:
-    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()
+    # surrogateescape: a key from a URL may hold bytes that are not UTF-8.
+    return "sha256:" + hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def api_key_secret_matches(secret: str, stored: str) -> bool:
@@ -107,7 +110,7 @@ def _credential(raw: Any, path: KeyPath) -> Credential:
     if secret_key is not None:
         secret_hash = check_type(str, raw.get(secret_key), path.key(secret_key))
         valid = (
-            secret_hash.startswith("sha256:")
+            _SHA256.match(secret_hash) is not None
             if kind == "key-auth"
             else secret_hash.startswith(("$2a$", "$2b$", "$2y$", "$argon2"))
         )

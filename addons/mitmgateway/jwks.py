@@ -20,6 +20,7 @@ import re
 import time
 import urllib.request
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,10 +94,23 @@ class KeySet:
         return None
 
 
+# Its own threads: a fetch must not wait behind other work sent to threads (password checks).
+_FETCHER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jwks")
+
+
 def _fetch(uri: str, timeout: float) -> tuple[bytes, str]:
+    """GET the JWKS; gives up once `timeout` has passed in all (the socket timeout is per read)."""
+    deadline = time.monotonic() + timeout
     request = urllib.request.Request(uri, headers={"Accept": "application/json"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
-        return response.read(MAX_JWKS_BYTES + 1), response.headers.get("Cache-Control", "")
+        body = b""
+        while chunk := response.read(65536):
+            body += chunk
+            if len(body) > MAX_JWKS_BYTES:
+                raise ValueError("larger than 1 MiB")
+            if time.monotonic() > deadline:
+                raise TimeoutError("the provider sends too slowly")
+        return body, response.headers.get("Cache-Control", "")
 
 
 class RemoteKeySet(KeySet):
@@ -115,7 +129,12 @@ class RemoteKeySet(KeySet):
     def get(self, kid: str | None) -> VerificationKey | None:
         if self.keys and time.monotonic() >= self.expires and self._may_fetch():
             self._start_fetch()  # stale: refetch in the background, serve the cached keys meanwhile
-        return self.keys.get(kid) if kid is not None or len(self.keys) != 1 else super().get(kid)
+        if kid in self.keys:
+            return self.keys[kid]
+        # A lone key verifies a token without kid; a lone key without kid, any token.
+        if len(self.keys) == 1 and (kid is None or None in self.keys):
+            return next(iter(self.keys.values()))
+        return None
 
     def fetch_for_unknown_kid(self) -> asyncio.Task[None] | None:
         """The fetch to wait for before refusing a kid the cached set lacks, if one may run."""
@@ -134,13 +153,14 @@ class RemoteKeySet(KeySet):
 
     async def _fetch_keys(self) -> None:
         try:
+            loop = asyncio.get_running_loop()
             body, cache_control = await asyncio.wait_for(
-                asyncio.to_thread(_fetch, self.uri, self.timeout), self.timeout
+                loop.run_in_executor(_FETCHER, _fetch, self.uri, self.timeout), self.timeout
             )
-            if len(body) > MAX_JWKS_BYTES:
-                raise ValueError("larger than 1 MiB")
             keys = parse_jwks(json.loads(body))
-        except (OSError, TimeoutError, ValueError) as e:
+            if not keys:
+                raise ValueError("no key in it can verify signatures")
+        except Exception as e:  # whatever the provider sent: keep the cached keys, never fail requests
             if not self.failing:
                 self.failing = True
                 logger.error(

@@ -6,6 +6,7 @@ what mitmweb should show, in ``flow.metadata``), never in globals.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -122,6 +123,11 @@ class Step:
 class Pipeline:
     name: str
     steps: tuple[Step, ...]
+
+    @functools.cached_property
+    def identity_headers(self) -> tuple[str, ...]:
+        """Headers a step of this pipeline sets to say who the client is."""
+        return tuple(h for step in self.steps for h in step.policy.identity_headers)
 
     def run(self, ctx: RequestContext) -> str | Coroutine[Any, Any, str | None] | None:
         """Run the steps in order; the name of the policy that answered, if one did.

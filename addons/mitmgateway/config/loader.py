@@ -329,11 +329,8 @@ def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
         admin,
         access_log,
         consumers,
-        tuple(
-            f
-            for f in (file, consumers.file, file.parent / SYSTEM_CONFIG)
-            if f is not None and (f == file or f.exists())
-        ),
+        # Watched even while missing: creating one of them takes effect too.
+        (file, consumers.file or file.parent / CONSUMERS_FILE, file.parent / SYSTEM_CONFIG),
     )
 
 

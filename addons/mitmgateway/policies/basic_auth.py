@@ -4,20 +4,20 @@ A password hash is slow on purpose (a quarter of a second for bcrypt at cost 12)
 in a worker thread, never on the event loop, and a successful check is remembered for a few
 minutes (keyed by the username and a SHA-256 of password and stored hash, bounded), so a client
 repeating its credentials does not pay it again. An unknown username is checked against a dummy
-hash, so timing does not tell usernames apart. 401 with ``WWW-Authenticate: Basic``; 403 when the
-consumer lacks a scope the apiEndpoint requires. Put a rate-limit step before it: every wrong
-password costs a hash.
+bcrypt hash (see `password_matches` for what timing can still tell). 401 with
+``WWW-Authenticate: Basic``; 403 when the consumer lacks a scope the apiEndpoint requires. Put a
+rate-limit step before it: every wrong password costs a hash.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import functools
 import hashlib
 import time
 from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,20 +36,33 @@ REMEMBER_SECONDS = 300
 REMEMBERED = 10_000
 
 
+# Its own threads: password checks must not hold up the other work sent to threads (JWKS).
+_HASHER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="password-check")
+MAX_PENDING_CHECKS = 64
+
+
 @functools.cache
-def _dummy_hash() -> bytes:
-    return bcrypt.hashpw(b"no such user", bcrypt.gensalt(12))
+def _dummy_hash() -> str:
+    return bcrypt.hashpw(b"no such user", bcrypt.gensalt(12)).decode()
 
 
-def password_matches(password: str, stored: str) -> bool:
-    """Checks `password` against a bcrypt or argon2 hash (slow: call it off the event loop)."""
+def password_matches(password: str, stored: str | None) -> bool:
+    """Checks `password` against a bcrypt or argon2 hash (slow: call it off the event loop).
+
+    With no stored hash (no such user) it checks against a dummy bcrypt hash of cost 12 and
+    returns False: users whose hashes have that cost cannot be told from unknown names by timing
+    (users with other costs or argon2 parameters can).
+    """
+    if stored is None:
+        password_matches(password, _dummy_hash())
+        return False
     if stored.startswith("$argon2"):
         try:
             return PasswordHasher().verify(stored, password)
         except (Argon2Error, InvalidHashError):
             return False
     try:
-        return bcrypt.checkpw(password.encode(), stored.encode())
+        return bcrypt.checkpw(password.encode("utf-8", "surrogateescape"), stored.encode())
     except ValueError:
         return False
 
@@ -69,6 +82,7 @@ class BasicAuthPolicy(Policy):
         self.action = action
         self.consumers = build.consumers
         self.challenge = f'Basic realm="{action.realm}", charset="UTF-8"'
+        self.pending = 0
         self.remembered: TTLCache[tuple[str, str], bool] = TTLCache(
             maxsize=REMEMBERED, ttl=REMEMBER_SECONDS, timer=time.monotonic
         )
@@ -80,7 +94,7 @@ class BasicAuthPolicy(Policy):
             return None
         try:
             username, sep, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # not base64, not UTF-8
             return None
         return (username, password) if sep else None
 
@@ -106,8 +120,17 @@ class BasicAuthPolicy(Policy):
         stored: str | None,
         memo: tuple[str, str],
     ) -> None:
-        hashed = stored or _dummy_hash().decode()
-        ok = await asyncio.to_thread(password_matches, password, hashed)
+        if self.pending >= MAX_PENDING_CHECKS:
+            # A password-guessing flood must not queue without end behind the hasher.
+            ctx.record["authFailure"] = "overloaded"
+            ctx.answer(make_answer(ctx.flow.request, 503, "Service Unavailable", {"Retry-After": "1"}))
+            return
+        self.pending += 1
+        try:
+            loop = asyncio.get_running_loop()
+            ok = await loop.run_in_executor(_HASHER, password_matches, password, stored)
+        finally:
+            self.pending -= 1
         if ok and found is not None:
             self.remembered[memo] = True
             ctx.authenticate(found)

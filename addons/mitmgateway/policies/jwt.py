@@ -12,6 +12,7 @@ afresh.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -83,6 +84,8 @@ class JwtAction:
 def load_verification_key(material: bytes, path: KeyPath) -> VerificationKey:
     """A PEM public key or certificate, else an HMAC secret; its type pins the algorithms."""
     if b"-----BEGIN" not in material:
+        if not material.strip():
+            raise ConfigError(path, "is empty")
         return VerificationKey(material, algorithms_for(material))
     if b"PRIVATE KEY-----" in material:
         raise ConfigError(path, "is a private key: give the gateway the public key only")
@@ -192,7 +195,9 @@ class JwtPolicy(Policy):
                         build.path.key("algorithms").index(i),
                         f"{algorithm} cannot be verified with this key (it allows {', '.join(allowed)})",
                     )
-        self.claim_headers = tuple(header for _claim, header in action.forward_claims)
+        # Only the gateway speaks for the token: the pipeline removes a client's own copies of
+        # these before any step runs (even when a condition skips this one).
+        self.identity_headers = tuple(header for _claim, header in action.forward_claims)
         self.options = {"verify_aud": action.audience is not None, "verify_iat": False}
         self.verified: TLRUCache[str, tuple[Mapping[str, Any], float]] = TLRUCache(
             maxsize=VERIFIED_TOKENS, ttu=lambda _token, entry, _now: entry[1], timer=time.monotonic
@@ -239,11 +244,6 @@ class JwtPolicy(Policy):
         return claims
 
     def handle(self, ctx: RequestContext) -> Coroutine[Any, Any, None] | None:
-        request = ctx.flow.request
-        if self.claim_headers:
-            # Only the gateway speaks for the token: a client's own copies never pass.
-            for header in self.claim_headers:
-                request.headers.pop(header, None)
         token = self.extract_token(ctx)
         if not token:
             ctx.record["jwtFailure"] = "missing"
@@ -252,6 +252,9 @@ class JwtPolicy(Policy):
         cached = self.verified.get(token)
         if cached is not None:
             self._accept(ctx, cached[0])
+            return None
+        if not token.isascii():  # a JWT is base64url and dots; anything else is not one
+            self._reject(ctx, jwt.DecodeError("not ASCII"))
             return None
         try:
             kid = jwt.get_unverified_header(token).get("kid")
@@ -271,7 +274,8 @@ class JwtPolicy(Policy):
     async def _verify_after(
         self, ctx: RequestContext, token: str, kid: str | None, keys: RemoteKeySet, fetch: Awaitable[None]
     ) -> None:
-        await fetch
+        # Shielded: this request going away must not cancel the fetch other requests wait for.
+        await asyncio.shield(fetch)
         self._verify(ctx, token, keys.get(kid))
 
     def _verify(self, ctx: RequestContext, token: str, key: VerificationKey | None) -> None:
@@ -279,6 +283,9 @@ class JwtPolicy(Policy):
             claims = self.verify(token, key)
         except jwt.InvalidTokenError as e:
             self._reject(ctx, e)
+            return
+        except jwt.PyJWTError as e:  # a key pyjwt will not use (e.g. a PEM-like HMAC secret)
+            self._reject(ctx, jwt.InvalidTokenError(str(e)))
             return
         self._accept(ctx, claims)
 
