@@ -20,6 +20,7 @@ from .config.schema import (
     require_list,
     require_mapping,
 )
+from .expressions import compile_condition
 from .routing import compile_regex
 
 if TYPE_CHECKING:
@@ -130,6 +131,15 @@ def _anonymous(_: Any, __: KeyPath) -> Condition:
     return lambda ctx: ctx.user is None
 
 
+@dataclass(frozen=True)
+class _Expression:
+    expression: str = option("expression")
+
+
+def _expression(params: _Expression, path: KeyPath) -> Condition:
+    return compile_condition(params.expression, path.key("expression"))
+
+
 CONDITIONS: dict[str, tuple[type, Callable[[Any, KeyPath], Condition]]] = {
     "always": (_NoParams, _always),
     "never": (_NoParams, _never),
@@ -142,10 +152,10 @@ CONDITIONS: dict[str, tuple[type, Callable[[Any, KeyPath], Condition]]] = {
     "hostMatch": (_HostMatch, _host_match),
     "authenticated": (_NoParams, _authenticated),
     "anonymous": (_NoParams, _anonymous),
+    "expression": (_Expression, _expression),
 }
 
 NOT_YET = {
-    "expression": "the expression condition is not supported yet",
     "tlsClientAuthenticated": "TLS client authentication is not supported yet",
 }
 

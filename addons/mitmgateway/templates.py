@@ -58,8 +58,8 @@ class Template:
     parts: tuple[str | Getter, ...]
     source: str = ""
 
-    def render(self, ctx: RequestContext) -> str | None:
-        """The text, or None when a reference has no value for this request."""
+    def render(self, ctx: RequestContext, missing: str | None = None) -> str | None:
+        """The text; a reference without a value makes it None, or `missing` if that is given."""
         out = []
         for part in self.parts:
             if isinstance(part, str):
@@ -67,7 +67,9 @@ class Template:
                 continue
             value = part(ctx)
             if value is None:
-                return None
+                if missing is None:
+                    return None
+                value = missing
             out.append(str(value))
         return "".join(out)
 

@@ -1,6 +1,6 @@
 """The built-in policies; importing this package registers them by name."""
 
-from . import basic_auth, jwt, key_auth, proxy, rate_limit
+from . import basic_auth, expression, headers, jwt, key_auth, log, proxy, rate_limit, terminate
 from .base import POLICIES, BuildContext, Policy, StepState, register_policy
 
 __all__ = [
@@ -9,9 +9,13 @@ __all__ = [
     "Policy",
     "StepState",
     "basic_auth",
+    "expression",
+    "headers",
     "jwt",
     "key_auth",
+    "log",
     "proxy",
     "rate_limit",
     "register_policy",
+    "terminate",
 ]

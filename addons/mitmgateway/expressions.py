@@ -1,0 +1,280 @@
+"""A small, safe expression language for what Express Gateway runs as JavaScript.
+
+EG evaluates conditions, header values, transformer values and the ``expression`` policy's
+``jscode`` as JavaScript against its request context. We accept the forms EG configs write there,
+parsed once at config load into a tree of small Python closures; nothing is ever passed to
+``eval``/``exec``. The grammar:
+
+- literals: ``'text'``, ``"text"``, numbers, ``true``/``false``/``null`` (``True``/``False``/``None``)
+- names: ``req`` (``method``, ``url``, ``path``, ``originalUrl``, ``headers``, ``query``, ``ip``,
+  ``hostname``, ``protocol``), ``user`` and ``consumer`` (the verified claims or consumer),
+  ``requestID``, ``apiEndpoint`` (``name``)
+- ``a.b``, ``a['b']``: a missing member is ``null``, never an error
+- ``==``/``===``, ``!=``/``!==``, ``<``, ``<=``, ``>``, ``>=``, ``in``, ``not in``
+- ``and``/``&&``, ``or``/``||``, ``not``/``!``, ``+`` (adds numbers, joins text), parentheses
+- in ``jscode`` only, assignments, one per line or separated by ``;``:
+  ``req.url = '/new'``, ``req.headers['x-a'] = user.sub`` (``null`` removes the header)
+
+Anything else (calls, lambdas, comprehensions, other operators) is a config error naming what
+could not be parsed.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from .config.errors import ConfigError, KeyPath
+
+if TYPE_CHECKING:
+    from .pipeline import RequestContext
+
+Evaluator = Callable[["RequestContext"], Any]
+Assignment = Callable[["RequestContext"], None]
+
+_STRING = re.compile(r"""('(?:\\.|[^'\\])*'|"(?:\\.|[^"\\])*")""")
+# JavaScript spellings, rewritten outside string literals before Python's parser reads the text.
+_JS_OPERATORS = [
+    (re.compile(r"==="), "=="),
+    (re.compile(r"!=="), "!="),
+    (re.compile(r"&&"), " and "),
+    (re.compile(r"\|\|"), " or "),
+    (re.compile(r"!(?!=)"), " not "),
+    (re.compile(r"\btrue\b"), "True"),
+    (re.compile(r"\bfalse\b"), "False"),
+    (re.compile(r"\b(?:null|undefined)\b"), "None"),
+]
+_COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
+    ast.Eq: lambda a, b: a == b,
+    ast.NotEq: lambda a, b: a != b,
+    ast.Lt: lambda a, b: a is not None and b is not None and a < b,
+    ast.LtE: lambda a, b: a is not None and b is not None and a <= b,
+    ast.Gt: lambda a, b: a is not None and b is not None and a > b,
+    ast.GtE: lambda a, b: a is not None and b is not None and a >= b,
+    ast.In: lambda a, b: b is not None and a in b,
+    ast.NotIn: lambda a, b: b is None or a not in b,
+}
+
+
+class _Request:
+    """``req`` as expressions see it (read-only; jscode assigns through `_assign`)."""
+
+    def __init__(self, ctx: RequestContext) -> None:
+        self.ctx = ctx
+
+    def member(self, name: str) -> Any:
+        request = self.ctx.flow.request
+        if name == "method":
+            return request.method
+        if name == "url":
+            return request.path
+        if name == "path":
+            return request.path.partition("?")[0]
+        if name == "originalUrl":
+            return self.ctx.record.get("origin", {}).get("path", request.path)
+        if name == "headers":
+            return _Headers(request.headers)
+        if name == "query":
+            return dict(request.query)
+        if name == "ip":
+            return self.ctx.client_ip
+        if name == "hostname":
+            return self.ctx.hostname
+        if name == "protocol":
+            return "https" if self.ctx.flow.client_conn.tls else "http"
+        return None
+
+
+class _Headers:
+    def __init__(self, headers: Any) -> None:
+        self.headers = headers
+
+    def member(self, name: str) -> Any:
+        return self.headers.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self.headers
+
+
+def _member(value: Any, name: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, _Request | _Headers):
+        return value.member(str(name))
+    if isinstance(value, Mapping):
+        return value.get(name)
+    if isinstance(value, list | tuple | str) and isinstance(name, int):
+        return value[name] if -len(value) <= name < len(value) else None
+    return None
+
+
+def _names(ctx: RequestContext) -> dict[str, Any]:
+    return {
+        "req": _Request(ctx),
+        "user": ctx.user,
+        "consumer": ctx.user,
+        "requestID": ctx.flow.request.headers.get("X-Request-Id") or ctx.record.get("requestId"),
+        "apiEndpoint": {"name": ctx.route.api_endpoint_name},
+    }
+
+
+def _add(a: Any, b: Any) -> Any:
+    if isinstance(a, str) or isinstance(b, str):
+        return f"{'' if a is None else a}{'' if b is None else b}"
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a + b
+    return None
+
+
+class _Compiler:
+    def __init__(self, path: KeyPath, source: str) -> None:
+        self.path = path
+        self.source = source
+
+    def refuse(self, node: ast.AST, what: str) -> ConfigError:
+        return ConfigError(self.path, f"cannot use {what} in an expression: {self.source!r}")
+
+    def expression(self, node: ast.AST) -> Evaluator:
+        if isinstance(node, ast.Constant):
+            value = node.value
+            if not isinstance(value, str | int | float | bool | type(None)):
+                raise self.refuse(node, type(value).__name__)
+            return lambda _ctx: value
+        if isinstance(node, ast.Name):
+            name = node.id
+            if name not in ("req", "user", "consumer", "requestID", "apiEndpoint"):
+                raise ConfigError(
+                    self.path,
+                    f"unknown name {name!r} in {self.source!r} "
+                    "(known: req, user, consumer, requestID, apiEndpoint)",
+                )
+            return lambda ctx: _names(ctx)[name]
+        if isinstance(node, ast.Attribute):
+            base, attr = self.expression(node.value), node.attr
+            return lambda ctx: _member(base(ctx), attr)
+        if isinstance(node, ast.Subscript):
+            base, key = self.expression(node.value), self.expression(node.slice)
+            return lambda ctx: _member(base(ctx), key(ctx))
+        if isinstance(node, ast.BoolOp):
+            parts = [self.expression(v) for v in node.values]
+            if isinstance(node.op, ast.And):
+                return lambda ctx: all(bool(p(ctx)) for p in parts)
+            return lambda ctx: any(bool(p(ctx)) for p in parts)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            operand = self.expression(node.operand)
+            return lambda ctx: not operand(ctx)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            operand = self.expression(node.operand)
+            return lambda ctx: -v if isinstance(v := operand(ctx), int | float) else None
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+            left, right = self.expression(node.left), self.expression(node.right)
+            return lambda ctx: _add(left(ctx), right(ctx))
+        if isinstance(node, ast.Compare):
+            first = self.expression(node.left)
+            ops = [_COMPARE[type(op)] for op in node.ops if type(op) in _COMPARE]
+            if len(ops) != len(node.ops):
+                raise self.refuse(node, "that comparison")
+            rest = [self.expression(c) for c in node.comparators]
+
+            def compare(ctx: RequestContext) -> bool:
+                left = first(ctx)
+                for op, right_of in zip(ops, rest, strict=True):
+                    right = right_of(ctx)
+                    if not op(left, right):
+                        return False
+                    left = right
+                return True
+
+            return compare
+        raise self.refuse(node, type(node).__name__)
+
+    def assignment(self, node: ast.stmt) -> Assignment:
+        if not isinstance(node, ast.Assign) or len(node.targets) != 1:
+            raise self.refuse(node, "that statement (only assignments to req.url or req.headers[...])")
+        value = self.expression(node.value)
+        target = node.targets[0]
+        if (
+            isinstance(target, ast.Attribute)
+            and target.attr == "url"
+            and isinstance(target.value, ast.Name)
+            and target.value.id == "req"
+        ):
+
+            def set_url(ctx: RequestContext) -> None:
+                url = value(ctx)
+                if isinstance(url, str) and url.startswith("/"):
+                    ctx.flow.request.path = url
+
+            return set_url
+        if (
+            isinstance(target, ast.Subscript | ast.Attribute)
+            and isinstance(target.value, ast.Attribute)
+            and target.value.attr == "headers"
+            and isinstance(target.value.value, ast.Name)
+            and target.value.value.id == "req"
+        ):
+            if isinstance(target, ast.Attribute):
+                name: Evaluator = lambda _ctx, n=target.attr: n  # noqa: E731
+            else:
+                name = self.expression(target.slice)
+
+            def set_header(ctx: RequestContext) -> None:
+                header, new = name(ctx), value(ctx)
+                if not isinstance(header, str):
+                    return
+                if new is None:
+                    ctx.flow.request.headers.pop(header, None)
+                else:
+                    ctx.flow.request.headers[header] = header_value(new)
+
+            return set_header
+        raise self.refuse(node, "that assignment target (only req.url or req.headers[...])")
+
+
+def _python_syntax(source: str, statements: bool = False) -> str:
+    parts = _STRING.split(source)
+    for i in range(0, len(parts), 2):  # outside string literals
+        for pattern, replacement in _JS_OPERATORS:
+            parts[i] = pattern.sub(replacement, parts[i])
+        if statements:
+            parts[i] = parts[i].replace(";", "\n")
+    return "".join(parts)
+
+
+def header_value(value: Any) -> str:
+    """A value as one header line: no line breaks or other control characters."""
+    text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    return re.sub(r"[\x00-\x1f\x7f]", " ", text)
+
+
+def compile_expression(source: Any, path: KeyPath) -> Evaluator:
+    """An expression, parsed now; evaluating it later only reads the request context."""
+    if isinstance(source, bool | int | float):
+        return lambda _ctx: source
+    if not isinstance(source, str):
+        raise ConfigError(path, f"must be an expression (a string), got {type(source).__name__}")
+    try:
+        tree = ast.parse(_python_syntax(source).strip(), mode="eval")
+    except SyntaxError as e:
+        raise ConfigError(path, f"cannot parse the expression {source!r}: {e.msg}") from None
+    return _Compiler(path, source).expression(tree.body)
+
+
+def compile_condition(source: Any, path: KeyPath) -> Callable[[RequestContext], bool]:
+    evaluate = compile_expression(source, path)
+    return lambda ctx: bool(evaluate(ctx))
+
+
+def compile_assignments(source: Any, path: KeyPath) -> tuple[Assignment, ...]:
+    """``jscode``: assignments, one per line or separated by ``;``."""
+    if not isinstance(source, str):
+        raise ConfigError(path, f"must be a string of assignments, got {type(source).__name__}")
+    try:
+        lines = _python_syntax(source, statements=True).splitlines()
+        tree = ast.parse("\n".join(line.strip() for line in lines), mode="exec")
+    except SyntaxError as e:
+        raise ConfigError(path, f"cannot parse {source!r}: {e.msg}") from None
+    compiler = _Compiler(path, source)
+    return tuple(compiler.assignment(statement) for statement in tree.body)

@@ -1,0 +1,55 @@
+"""headers: add request headers for the upstream, each value an expression (Express Gateway's).
+
+``forwardHeaders: {X-Consumer: consumer.id, X-Request: requestID, X-Gw: "'yes'"}`` with
+``headersPrefix`` prepended to each name. A value that evaluates to null sets nothing (and
+removes a client's copy: the gateway speaks for these headers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..config.errors import ConfigError, KeyPath
+from ..config.schema import check_type, option, require_mapping
+from ..expressions import Evaluator, compile_expression, header_value
+from ..headers import encode, set_headers
+from ..pipeline import RequestContext
+from .base import BuildContext, Policy, register_policy
+
+
+def _header_expressions(value: Any, path: KeyPath) -> tuple[tuple[str, Evaluator], ...]:
+    pairs = []
+    for name, source in require_mapping(value, path).items():
+        name = check_type(str, name, path)
+        if not name or any(c in name for c in " :\r\n\t"):
+            raise ConfigError(path.key(name), f"{name!r} is not a valid header name")
+        pairs.append((name, compile_expression(source, path.key(name))))
+    return tuple(pairs)
+
+
+@dataclass(frozen=True)
+class HeadersAction:
+    forward_headers: tuple[tuple[str, Evaluator], ...] = option(
+        "forwardHeaders", (), parse=_header_expressions
+    )
+    headers_prefix: str = option("headersPrefix", "")
+
+
+@register_policy
+class HeadersPolicy(Policy):
+    name = "headers"
+    Action = HeadersAction
+
+    def __init__(self, action: HeadersAction, build: BuildContext) -> None:
+        self.headers = tuple((action.headers_prefix + name, value) for name, value in action.forward_headers)
+        self.identity_headers = tuple(name for name, _ in self.headers)
+
+    def handle(self, ctx: RequestContext) -> None:
+        added = []
+        for name, value in self.headers:
+            result = value(ctx)
+            if result is not None:
+                added.append((name.encode(), encode(header_value(result))))
+        if added:
+            set_headers(ctx.flow.request, tuple(added))
