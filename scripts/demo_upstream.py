@@ -34,6 +34,7 @@ def make_handler(service: str) -> type[BaseHTTPRequestHandler]:
                     "path": self.path,
                     "headers": dict(self.headers.items()),
                     "bodyLength": len(body),
+                    "body": body.decode("utf-8", "replace"),
                 }
             ).encode()
             self.send_response(200)

@@ -283,11 +283,18 @@ class Gateway:
             context.forwarded()
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        context = self._contexts.pop(flow, None)
-        if context is not None and flow.response is not None:
+        context = self._contexts.get(flow)
+        if context is None:
+            return
+        if not context.wants_body:
+            del self._contexts[flow]
+        if flow.response is not None:
             context.responded(flow.response)
 
     def response(self, flow: http.HTTPFlow) -> None:
+        context = self._contexts.pop(flow, None)
+        if context is not None and flow.response is not None:
+            context.body_ready(flow.response)
         self._observe(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:

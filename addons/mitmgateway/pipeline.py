@@ -30,6 +30,7 @@ class RequestContext:
     """What policies and conditions know about one request while its pipeline runs."""
 
     __slots__ = (
+        "_body_callbacks",
         "_finish_callbacks",
         "_forward_callbacks",
         "_response_callbacks",
@@ -65,6 +66,7 @@ class RequestContext:
         self._forward_callbacks: list[Callback] = []
         self._response_callbacks: list[ResponseCallback] = []
         self._finish_callbacks: list[Callback] = []
+        self._body_callbacks: list[ResponseCallback] = []
 
     @property
     def client_ip(self) -> str:
@@ -93,6 +95,21 @@ class RequestContext:
     def on_response(self, callback: ResponseCallback) -> None:
         """Run `callback` on the response before it goes to the client (upstream's or ours)."""
         self._response_callbacks.append(callback)
+
+    def on_response_body(self, callback: ResponseCallback) -> None:
+        """Run `callback` on the whole response (body read) before it goes to the client.
+
+        Only for steps that must read or change the body: the response is then held until it is
+        complete (mitmproxy buffers bodies unless told to stream them anyway)."""
+        self._body_callbacks.append(callback)
+
+    @property
+    def wants_body(self) -> bool:
+        return bool(self._body_callbacks)
+
+    def body_ready(self, response: http.Response) -> None:
+        for callback in self._body_callbacks:
+            callback(response)
 
     def on_finish(self, callback: Callback) -> None:
         """Run `callback` when the exchange ends, with a response or with an error."""

@@ -1,6 +1,18 @@
 """The built-in policies; importing this package registers them by name."""
 
-from . import basic_auth, expression, headers, jwt, key_auth, log, proxy, rate_limit, terminate
+from . import (
+    basic_auth,
+    cors,
+    expression,
+    headers,
+    jwt,
+    key_auth,
+    log,
+    proxy,
+    rate_limit,
+    terminate,
+    transformers,
+)
 from .base import POLICIES, BuildContext, Policy, StepState, register_policy
 
 __all__ = [
@@ -9,6 +21,7 @@ __all__ = [
     "Policy",
     "StepState",
     "basic_auth",
+    "cors",
     "expression",
     "headers",
     "jwt",
@@ -18,4 +31,5 @@ __all__ = [
     "rate_limit",
     "register_policy",
     "terminate",
+    "transformers",
 ]

@@ -1,0 +1,113 @@
+"""cors and the transformers through a running gateway, and one pipeline using every policy."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import one_pipeline
+
+ALL_POLICIES = (
+    "policies: [log, cors, rate-limit, key-auth, expression, headers, request-transformer, "
+    "response-transformer, terminate, proxy, jwt, basic-auth]"
+)
+
+
+def config(upstream_url: str, steps: str) -> str:
+    return one_pipeline(upstream_url, steps).replace(
+        "policies: [jwt, proxy, rate-limit, key-auth, basic-auth]", ALL_POLICIES
+    )
+
+
+def test_cors_preflight_and_actual_requests(start_gateway, upstreams):
+    steps = """\
+- cors:
+    - action:
+        origin: [https://shop.example.com, '/^https://[a-z]+\\.partner\\.example$/']
+        credentials: true
+        exposedHeaders: [X-Request-Id]
+        maxAge: 600
+- proxy: [{action: {serviceEndpoint: backend}}]"""
+    gateway = start_gateway(config(upstreams["customers"].url, steps))
+    preflight = gateway.send(
+        "/orders",
+        method="OPTIONS",
+        headers={
+            "Origin": "https://a.partner.example",
+            "Access-Control-Request-Method": "PUT",
+            "Access-Control-Request-Headers": "content-type,x-api-key",
+        },
+    )
+    assert preflight.status == 204 and preflight.body == b""
+    h = preflight.headers
+    assert h["Access-Control-Allow-Origin"] == "https://a.partner.example"
+    assert h["Access-Control-Allow-Credentials"] == "true"
+    assert h["Access-Control-Allow-Methods"] == "GET,HEAD,PUT,PATCH,POST,DELETE"
+    assert h["Access-Control-Allow-Headers"] == "content-type,x-api-key"
+    assert h["Access-Control-Max-Age"] == "600"
+    assert "Origin" in h["Vary"] and "Access-Control-Request-Headers" in h["Vary"]
+
+    actual = gateway.send("/orders", headers={"Origin": "https://shop.example.com"})
+    assert actual.status == 200 and json.loads(actual.body)["service"] == "customers"
+    assert actual.headers["Access-Control-Allow-Origin"] == "https://shop.example.com"
+    assert actual.headers["Access-Control-Expose-Headers"] == "X-Request-Id"
+    stranger = gateway.send("/orders", headers={"Origin": "https://evil.example"})
+    assert stranger.status == 200 and "Access-Control-Allow-Origin" not in stranger.headers
+
+
+def test_request_and_response_transformers(start_gateway, upstreams):
+    steps = """\
+- request-transformer:
+    - action:
+        headers: {add: {X-Gw: "'yes'", X-Method: req.method}, remove: [X-Internal]}
+        body: {add: {source: "'gateway'", who: "req.headers['x-who']"}, remove: [secret]}
+- response-transformer:
+    - action:
+        headers: {add: {X-Served-By: "'mitmgateway'"}, remove: [Server]}
+        body: {add: {gateway: "true"}, remove: [headers]}
+- proxy: [{action: {serviceEndpoint: backend}}]"""
+    gateway = start_gateway(config(upstreams["customers"].url, steps))
+    reply = gateway.send(
+        "/orders",
+        method="POST",
+        headers={"Content-Type": "application/json", "X-Internal": "1", "X-Who": "alice"},
+        body=json.dumps({"item": 7, "secret": "s"}).encode(),
+    )
+    assert reply.status == 200
+    assert reply.headers["X-Served-By"] == "mitmgateway" and "Server" not in reply.headers
+    echoed = json.loads(reply.body)
+    assert echoed["gateway"] is True and "headers" not in echoed, "the response body was transformed"
+    assert int(reply.headers["Content-Length"]) == len(reply.body)
+    assert json.loads(echoed["body"]) == {"item": 7, "source": "gateway", "who": "alice"}
+
+    plain = gateway.send("/orders", method="POST", headers={"Content-Type": "text/plain"}, body=b"not json")
+    assert json.loads(plain.body)["body"] == "not json", "a non-JSON body passes untouched"
+
+
+def test_one_pipeline_with_every_policy(start_gateway, upstreams, tmp_path, rsa_keys):
+    from consumers_fixture import write_consumers
+
+    write_consumers(tmp_path)
+    steps = f"""\
+- log: [{{action: {{message: 'request ${{req.method}} ${{req.path}}'}}}}]
+- cors: [{{action: {{origin: '*'}}}}]
+- rate-limit: [{{action: {{max: 100}}}}]
+- key-auth:
+    - condition: {{name: expression, expression: "req.headers['authorization'] != null"}}
+      action: {{}}
+- basic-auth: [{{condition: {{name: never}}, action: {{}}}}]
+- jwt: [{{condition: {{name: never}}, action: {{secretOrPublicKeyFile: {rsa_keys[1]}}}}}]
+- terminate: [{{condition: {{name: anonymous}}, action: {{statusCode: 401, message: 'Who are you?'}}}}]
+- expression: [{{action: {{jscode: "req.headers['x-consumer'] = user.id"}}}}]
+- headers: [{{action: {{forwardHeaders: {{X-Req: requestID}}}}}}]
+- request-transformer: [{{action: {{headers: {{add: {{X-Added: "'1'"}}}}}}}}]
+- response-transformer: [{{action: {{headers: {{add: {{X-Done: "'1'"}}}}}}}}]
+- proxy: [{{action: {{serviceEndpoint: backend}}}}]"""
+    gateway = start_gateway(config(upstreams["orders"].url, steps))
+    refused = gateway.send("/orders")
+    assert (refused.status, refused.text) == (401, "Who are you?")
+    ok = gateway.send("/orders", headers={"Authorization": "apiKey k1:topsecret", "Origin": "https://x"})
+    assert ok.status == 200, ok.text
+    assert ok.headers["X-Done"] == "1" and ok.headers["Access-Control-Allow-Origin"] == "*"
+    seen = {k.lower(): v for k, v in json.loads(ok.body)["headers"].items()}
+    assert (seen["x-consumer"], seen["x-added"]) == ("alice", "1")
+    assert "request GET /orders" in gateway.log()
