@@ -97,8 +97,8 @@ def test_valid_config_builds_router_and_pipelines(tmp_path):
             ("http:", "htp:"),
             "htp",
             "unknown key (accepted: http, https, admin, apiEndpoints, "
-            "serviceEndpoints, policies, pipelines, trustedProxies, accessLog, rateLimitStore, consumers, "
-            "apiEndpoint, serviceEndpoint, policy, pipeline)",
+            "serviceEndpoints, policies, pipelines, trustedProxies, accessLog, rateLimitStore, "
+            "consumers, errors, plugins, apiEndpoint, serviceEndpoint, policy, pipeline)",
         ),
         (
             ("paths: ['/v1/*']", "paths: ['v1/*']"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import weakref
 from collections.abc import Coroutine
 from pathlib import Path
@@ -19,7 +20,14 @@ from mitmproxy import ctx, exceptions, http
 
 from .access_log import AccessLog
 from .admin import AdminServer
-from .answers import FORBIDDEN, INTERNAL_ERROR, NOT_FOUND, ProxyErrorAnswers, make_answer
+from .answers import (
+    FORBIDDEN,
+    INTERNAL_ERROR,
+    NOT_FOUND,
+    ProxyErrorAnswers,
+    as_json_error,
+    make_answer,
+)
 from .config import ConfigError, GatewayConfig, HttpListener, load_config
 from .metrics import GatewayMetrics
 from .pipeline import RequestContext
@@ -137,6 +145,7 @@ class Gateway:
         if previous is None or previous.http != config.http:
             self._listen(config.http)
         self.access_log.configure(config.access_log)
+        self._error_answers.json_errors = config.json_errors
         if self._ready_file is None:
             admin = config.admin
             self.admin.configure((admin.address, admin.port) if admin else None)
@@ -213,6 +222,8 @@ class Gateway:
             "client": client.ip,
             "traceparent": ensure_traceparent(request),
         }
+        if config.json_errors:
+            record["jsonErrors"] = True
         hostname = hostname_of(host)
         route = config.router.match(hostname, request.path, request.method)
         if route is None:
@@ -267,6 +278,8 @@ class Gateway:
         if context is not None and context.user is not None:
             decision["user"] = dict(context.user)
         where = f"apiEndpoint {api_endpoint} → pipeline {pipeline}" if pipeline else "no apiEndpoint matched"
+        if answered_by and flow.response is not None and self.config is not None and self.config.json_errors:
+            flow.response = as_json_error(flow.response, self._request_id(flow))
         if answered_by:
             # The request never got an upstream: show it under the host the client asked for
             # rather than reverse mode's placeholder target.
@@ -276,6 +289,14 @@ class Gateway:
             flow.marked = REJECTED_MARKER
         else:
             flow.comment = f"gateway: {where}; proxied to {flow.request.host}:{flow.request.port}"
+
+    @staticmethod
+    def _request_id(flow: http.HTTPFlow) -> str:
+        """The request's id for an error body: the one the proxy step kept or made, or a new one."""
+        record = flow.metadata.get("gateway", {})
+        if "requestId" not in record:
+            record["requestId"] = secrets.token_hex(16)
+        return record["requestId"]
 
     def request(self, flow: http.HTTPFlow) -> None:
         context = self._contexts.get(flow)

@@ -37,20 +37,53 @@ def make_answer(
         content_type = "text/plain; charset=utf-8"
     response = http.Response.make(status, body, {"Content-Type": content_type, **(headers or {})})
     # mitmproxy's table lacks some phrases (429); an empty reason line confuses some clients.
-    response.reason = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
+    response.reason = _phrase(status)
     return response
 
 
-def _error_response_bytes(status_code: int, message: str = "") -> bytes:
+def _phrase(status: int) -> str:
+    return HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
+
+
+def json_error(status: int, message: str, request_id: str | None) -> http.Response:
+    """``errors: {format: json}``: one error shape whichever policy answered."""
+    body = json.dumps({"error": _phrase(status) or str(status), "message": message, "requestId": request_id})
+    headers = {"Content-Type": "application/json; charset=utf-8"}
+    if request_id:
+        headers["X-Request-Id"] = request_id
+    response = http.Response.make(status, body.encode(), headers)
+    response.reason = _phrase(status)
+    return response
+
+
+def as_json_error(response: http.Response, request_id: str | None) -> http.Response:
+    """One of the gateway's own answers, reshaped as `json_error` (its other headers kept)."""
+    text = response.get_text(strict=False) or ""
+    try:
+        message = json.loads(text)["message"] if text.startswith("{") else text
+    except (ValueError, KeyError, TypeError):
+        message = text
+    reshaped = json_error(response.status_code, str(message), request_id)
+    for name, value in response.headers.fields:
+        if name.lower() not in (b"content-type", b"content-length", b"x-request-id"):
+            reshaped.headers.fields += ((name, value),)
+    return reshaped
+
+
+def _error_response_bytes(status_code: int, message: str = "", *, json_errors: bool = False) -> bytes:
     """What the client gets when mitmproxy itself fails a request (upstream refused, reset...).
 
     An upstream failure is Express Gateway's ``Bad gateway.``: the socket error behind it names
     internal addresses, so it goes to the log (mitmproxy logs it), not to the client.
     """
     text = BAD_GATEWAY if status_code == 502 else message or HTTPStatus(status_code).phrase
-    response = http.Response.make(
-        status_code, text.encode(), {"Content-Type": "text/plain; charset=utf-8", "Connection": "close"}
-    )
+    if json_errors:
+        response = json_error(status_code, text, None)
+    else:
+        response = http.Response.make(
+            status_code, text.encode(), {"Content-Type": "text/plain; charset=utf-8"}
+        )
+    response.headers["Connection"] = "close"
     return http1.assemble_response(response)
 
 
@@ -64,11 +97,15 @@ class ProxyErrorAnswers:
 
     def __init__(self) -> None:
         self._original: object | None = None
+        self.json_errors = False
+
+    def _render(self, status_code: int, message: str = "") -> bytes:
+        return _error_response_bytes(status_code, message, json_errors=self.json_errors)
 
     def install(self) -> None:
         if self._original is None and hasattr(_http1, "make_error_response"):
             self._original = _http1.make_error_response
-            _http1.make_error_response = _error_response_bytes
+            _http1.make_error_response = self._render
 
     def uninstall(self) -> None:
         if self._original is not None:

@@ -160,6 +160,12 @@ NOT_YET = {
 }
 
 
+def register_condition(name: str, params: type, build: Callable[[Any, KeyPath], Condition]) -> None:
+    """Make a condition usable by name: `params` is a frozen dataclass of its parameters (read with
+    config.schema.option, as a policy's action), `build(params, key_path)` returns the predicate."""
+    CONDITIONS[name] = (params, build)
+
+
 def parse_condition(raw: Any, path: KeyPath) -> Condition:
     """Compile ``{name: ..., ...params}`` into a predicate, or refuse it with its key path."""
     raw = require_mapping(raw, path)

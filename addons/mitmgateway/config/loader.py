@@ -7,11 +7,13 @@ The request path only reads what this builds.
 
 from __future__ import annotations
 
+import importlib
 import logging
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 from ..clients import ClientResolver, parse_trusted_proxies
@@ -59,6 +61,8 @@ TOP_LEVEL_KEYS = (
     "accessLog",
     "rateLimitStore",
     "consumers",
+    "errors",
+    "plugins",
     *SECTION_ALIASES,
 )
 
@@ -96,6 +100,13 @@ class AccessLogSettings:
 
 
 @dataclass(frozen=True)
+class ErrorSettings:
+    """The shape of the gateway's own answers: EG's text (or JSON on request), or always JSON."""
+
+    format: Literal["text", "json"] = option("format", "text")
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     file: Path
     http: HttpListener
@@ -109,6 +120,7 @@ class GatewayConfig:
     access_log: Path | None = None
     """None: no access log; Path('-'): standard output."""
     consumers: Consumers = Consumers()
+    json_errors: bool = False
     watched_files: tuple[Path, ...] = ()
     """Every file this config was read from: a change to any of them reloads it."""
 
@@ -238,6 +250,8 @@ class _Builder:
 
 def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
     sections = _sections(document)
+    # First: a plugin's policies and conditions must be known before anything names them.
+    load_plugins(sections.get("plugins"), KeyPath("plugins"), file.parent)
     # Independent parts are all checked, so one run reports every mistake; pipelines refer to
     # the rest and are only built once it is valid (else each reference would fail again).
     errors = ErrorCollector()
@@ -280,6 +294,11 @@ def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
     consumers = Consumers()
     with errors.part():
         consumers = load_consumers(file.parent, sections.get("consumers"))
+    error_settings = ErrorSettings()
+    with errors.part():
+        if sections.get("errors") is not None:
+            error_settings = parse_fields(ErrorSettings, sections["errors"], KeyPath("errors"))
+
     errors.raise_any()
     assert http is not None and trusted is not None
     namespace = "mitmgateway"
@@ -326,12 +345,27 @@ def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
         service_endpoints,
         pipelines,
         frozenset(builder.used_state),
-        admin,
-        access_log,
-        consumers,
+        admin=admin,
+        access_log=access_log,
+        consumers=consumers,
+        json_errors=error_settings.format == "json",
         # Watched even while missing: creating one of them takes effect too.
-        (file, consumers.file or file.parent / CONSUMERS_FILE, file.parent / SYSTEM_CONFIG),
+        watched_files=(file, consumers.file or file.parent / CONSUMERS_FILE, file.parent / SYSTEM_CONFIG),
     )
+
+
+def load_plugins(raw: Any, path: KeyPath, config_dir: Path) -> None:
+    """Import the modules ``plugins`` names: each registers its policies and conditions.
+
+    A module is looked for where Python looks, and in the config file's folder."""
+    if raw is not None and str(config_dir) not in sys.path:
+        sys.path.append(str(config_dir))
+    for i, name in enumerate(require_list(raw, path) if raw is not None else []):
+        module = check_type(str, name, path.index(i))
+        try:
+            importlib.import_module(module)
+        except Exception as e:  # whatever the plugin raised: one clear config error
+            raise ConfigError(path.index(i), f"cannot import plugin {module!r}: {e}") from e
 
 
 def load_consumers(config_dir: Path, named: Any) -> Consumers:

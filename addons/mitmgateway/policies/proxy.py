@@ -20,7 +20,7 @@ from mitmproxy import http
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import events
 
-from ..answers import GATEWAY_TIMEOUT, make_answer
+from ..answers import GATEWAY_TIMEOUT, json_error, make_answer
 from ..clients import peer_ip
 from ..config.errors import ConfigError
 from ..config.schema import non_negative, not_supported_yet, option
@@ -72,8 +72,13 @@ def answer_upstream_timeout(flow_ref: weakref.ref[http.HTTPFlow]) -> None:
         # Still connecting, or an HTTP/2 upstream: the operating system's timeouts apply.
         logger.warning("upstream %s timed out; cannot answer 504 on this connection", server.address)
         return
-    response = make_answer(flow.request, 504, GATEWAY_TIMEOUT, {"Connection": "close"})
-    flow.metadata.setdefault("gateway", {})["upstreamTimedOut"] = True
+    record = flow.metadata.setdefault("gateway", {})
+    if record.get("jsonErrors"):
+        response = json_error(504, GATEWAY_TIMEOUT, record.get("requestId"))
+        response.headers["Connection"] = "close"
+    else:
+        response = make_answer(flow.request, 504, GATEWAY_TIMEOUT, {"Connection": "close"})
+    record["upstreamTimedOut"] = True
     flow.comment += "; upstream timed out, answered 504"
     flow.marked = ":hourglass:"
     injection = asyncio.ensure_future(
