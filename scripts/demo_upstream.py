@@ -3,8 +3,9 @@
 
 Usage: demo_upstream.py NAME PORT
 Answers every request with JSON naming the service and echoing what it received (method, path,
-headers, body length), so a reader can see what the gateway forwarded. ``?delay=SECONDS`` makes
-it wait that long before answering (to see the gateway's upstream timeout).
+headers, body, and how many requests it has served), so a reader can see what the gateway
+forwarded. ``?delay=SECONDS`` makes it wait that long before answering (to see the gateway's
+upstream timeout); ``?cacheControl=``, ``?vary=`` and ``?setCookie=`` set those response headers.
 """
 
 from __future__ import annotations
@@ -16,15 +17,21 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+ECHOED_HEADERS = (("cacheControl", "Cache-Control"), ("vary", "Vary"), ("setCookie", "Set-Cookie"))
+
 
 def make_handler(service: str) -> type[BaseHTTPRequestHandler]:
+    served = [0]  # requests this service has answered, so a client can tell a cached answer
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def _answer(self) -> None:
-            delay = parse_qs(urlsplit(self.path).query).get("delay")
+            query = parse_qs(urlsplit(self.path).query)
+            delay = query.get("delay")
             if delay:
                 time.sleep(float(delay[0]))
+            served[0] += 1
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             payload = json.dumps(
@@ -35,10 +42,19 @@ def make_handler(service: str) -> type[BaseHTTPRequestHandler]:
                     "headers": dict(self.headers.items()),
                     "bodyLength": len(body),
                     "body": body.decode("utf-8", "replace"),
+                    "served": served[0],
                 }
             ).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
+            # ?cacheControl=...&vary=... let tests see how the gateway's cache follows them.
+            for name, header in (
+                ("cacheControl", "Cache-Control"),
+                ("vary", "Vary"),
+                ("setCookie", "Set-Cookie"),
+            ):
+                if name in query:
+                    self.send_header(header, query[name][0])
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             if self.command != "HEAD":

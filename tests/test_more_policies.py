@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from conftest import one_pipeline
 
@@ -111,3 +112,41 @@ def test_one_pipeline_with_every_policy(start_gateway, upstreams, tmp_path, rsa_
     seen = {k.lower(): v for k, v in json.loads(ok.body)["headers"].items()}
     assert (seen["x-consumer"], seen["x-added"]) == ("alice", "1")
     assert "request GET /orders" in gateway.log()
+
+
+def test_cache_serves_repeats_within_the_ttl_and_never_across_clients(start_gateway, tmp_path):
+    from harness import Upstream
+
+    upstream = Upstream("slow-service")  # its own counter of requests served
+    try:
+        steps = "- cache: [{action: {ttl: 1}}]\n- proxy: [{action: {serviceEndpoint: backend}}]"
+        gateway = start_gateway(
+            config(upstream.url, steps).replace("policies: [log,", "policies: [cache, log,")
+        )
+
+        def served(path: str, **headers: str) -> tuple[int, str, str | None]:
+            reply = gateway.send(path, headers=headers)
+            return json.loads(reply.body)["served"], reply.headers["X-Cache"], reply.headers.get("Age")
+
+        first = served("/items?page=1")
+        assert first[1] == "MISS"
+        assert [served("/items?page=1") for _ in range(4)] == [(first[0], "HIT", "0")] * 4
+        assert served("/items?page=2")[0] == first[0] + 1, "another query is another entry"
+        time.sleep(1.1)
+        assert served("/items?page=1")[1] == "MISS", "not past the TTL"
+
+        stored_once = served("/never?cacheControl=no-store")[0]
+        assert served("/never?cacheControl=no-store")[0] == stored_once + 1
+        assert served("/cookie?setCookie=a%3Db")[0] < served("/cookie?setCookie=a%3Db")[0]
+        assert served("/max?cacheControl=max-age%3D60")[1] == "MISS"
+        assert served("/max?cacheControl=max-age%3D60")[1] == "HIT"
+
+        # Authorized requests neither read nor fill the shared cache.
+        mine = gateway.send("/max?cacheControl=max-age%3D60", headers={"Authorization": "Bearer alice"})
+        assert "X-Cache" not in mine.headers and json.loads(mine.body)["served"] > stored_once
+
+        english = served("/lang?vary=Accept-Language", **{"Accept-Language": "en"})
+        assert served("/lang?vary=Accept-Language", **{"Accept-Language": "en"})[1] == "HIT"
+        assert served("/lang?vary=Accept-Language", **{"Accept-Language": "fr"})[0] > english[0]
+    finally:
+        upstream.stop()

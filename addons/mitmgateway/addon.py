@@ -43,6 +43,7 @@ CONFIG_POLL_SECONDS = 0.2
 UNROUTED_TARGET = "http://unrouted.invalid"
 NO_CONFIG = "The gateway has no valid configuration."
 REJECTED_MARKER = ":no_entry:"
+ANSWERED_MARKER = ":zap:"
 POOL_DIR_ENV = "MITMGATEWAY_POOL_DIR"
 """Set by `mitmgateway run --workers N` in its workers: the pool serves the admin port, and a
 worker tells it that it is ready by a file in this folder."""
@@ -278,15 +279,18 @@ class Gateway:
         if context is not None and context.user is not None:
             decision["user"] = dict(context.user)
         where = f"apiEndpoint {api_endpoint} → pipeline {pipeline}" if pipeline else "no apiEndpoint matched"
-        if answered_by and flow.response is not None and self.config is not None and self.config.json_errors:
-            flow.response = as_json_error(flow.response, self._request_id(flow))
+        refused = answered_by is not None and flow.response is not None and flow.response.status_code >= 400
+        if refused and self.config is not None and self.config.json_errors:
+            flow.response = as_json_error(flow.response, self._request_id(flow))  # type: ignore[arg-type]
         if answered_by:
             # The request never got an upstream: show it under the host the client asked for
             # rather than reverse mode's placeholder target.
             flow.request.data.host = hostname_of(flow.request.host_header or "") or flow.request.host
             status = flow.response.status_code if flow.response else ""
             flow.comment = f"gateway: {where}; answered {status} by {answered_by}"
-            flow.marked = REJECTED_MARKER
+            # Refusals are marked; the gateway's other answers (a cache hit, a CORS preflight) too,
+            # differently.
+            flow.marked = REJECTED_MARKER if refused else ANSWERED_MARKER
         else:
             flow.comment = f"gateway: {where}; proxied to {flow.request.host}:{flow.request.port}"
 

@@ -2,6 +2,7 @@
 
 from . import (
     basic_auth,
+    cache,
     cors,
     expression,
     headers,
@@ -21,6 +22,7 @@ __all__ = [
     "Policy",
     "StepState",
     "basic_auth",
+    "cache",
     "cors",
     "expression",
     "headers",

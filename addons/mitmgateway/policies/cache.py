@@ -1,0 +1,115 @@
+"""cache: answer repeated GET/HEAD requests from memory, as a shared HTTP cache would (ours).
+
+An answer is stored when the upstream allows it: status 200, 203, 204, 301, 404 or 410; no
+``Cache-Control: no-store`` or ``private``; no ``Set-Cookie``; not ``Vary: *``; a body of at most
+``maxBodyBytes``. It is kept for the upstream's ``s-maxage`` or ``max-age``, else ``ttl`` seconds,
+and looked up by method, host, path with query, and the request headers the upstream's ``Vary``
+names. Hits carry ``Age`` and ``X-Cache: HIT``, the rest ``X-Cache: MISS``. A request with
+``Authorization`` or ``Cookie`` is neither served from nor stored in the cache (another client's
+answer must never reach it) unless ``cacheAuthorized: true``; ``Cache-Control: no-cache`` from the
+client skips the lookup. Each step has its own cache, bounded by ``maxEntries`` and dropped when
+the config reloads.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass
+
+from cachetools import TLRUCache
+from mitmproxy import http
+
+from ..config.schema import option, positive
+from ..pipeline import RequestContext
+from .base import BuildContext, Policy, register_policy
+
+CACHEABLE_STATUSES = frozenset({200, 203, 204, 301, 404, 410})
+_MAX_AGE = re.compile(r"(?:^|,)\s*(s-maxage|max-age)\s*=\s*(\d+)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class CacheAction:
+    ttl: int = option("ttl", 60, parse=positive)
+    """Seconds an answer is kept when the upstream does not say (max-age, s-maxage)."""
+    max_entries: int = option("maxEntries", 1000, parse=positive)
+    max_body_bytes: int = option("maxBodyBytes", 1 << 20, parse=positive)
+    cache_authorized: bool = option("cacheAuthorized", False)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    response: http.Response
+    stored: float
+    expires: float
+
+
+def _tokens(message: http.Message, name: str) -> set[str]:
+    return {t.strip().lower() for v in message.headers.get_all(name) for t in v.split(",") if t.strip()}
+
+
+def freshness(response: http.Response, default: float) -> float | None:
+    """Seconds the response may be served from a shared cache, or None if it must not be."""
+    if response.status_code not in CACHEABLE_STATUSES or "set-cookie" in response.headers:
+        return None
+    control = ",".join(response.headers.get_all("cache-control"))
+    tokens = {t.strip().lower().split("=")[0] for t in control.split(",")}
+    if tokens & {"no-store", "private", "no-cache"} or "*" in _tokens(response, "vary"):
+        return None
+    ages = dict((k.lower(), int(v)) for k, v in _MAX_AGE.findall(control))
+    seconds = ages.get("s-maxage", ages.get("max-age", default))
+    return float(seconds) if seconds > 0 else None
+
+
+@register_policy
+class CachePolicy(Policy):
+    name = "cache"
+    Action = CacheAction
+
+    def __init__(self, action: CacheAction, build: BuildContext) -> None:
+        self.action = action
+        self.entries: TLRUCache[tuple[object, ...], _Entry] = TLRUCache(
+            maxsize=action.max_entries, ttu=lambda _key, entry, _now: entry.expires, timer=time.monotonic
+        )
+        self.vary: dict[tuple[str, str, str], tuple[str, ...]] = {}
+
+    def handle(self, ctx: RequestContext) -> None:
+        request = ctx.flow.request
+        if request.method not in ("GET", "HEAD"):
+            return
+        if not self.action.cache_authorized and (
+            "authorization" in request.headers or "cookie" in request.headers
+        ):
+            return
+        base = (request.method, ctx.hostname, request.path)
+        names = self.vary.get(base, ())
+        key = (*base, *(request.headers.get(n) for n in names))
+        entry = None if "no-cache" in _tokens(request, "cache-control") else self.entries.get(key)
+        if entry is not None:
+            answer = entry.response.copy()
+            answer.headers["Age"] = str(max(0, math.floor(time.monotonic() - entry.stored)))
+            answer.headers["X-Cache"] = "HIT"
+            ctx.record["cache"] = "hit"
+            ctx.answer(answer)
+            return
+        ctx.record["cache"] = "miss"
+        # As the client sent them: later steps change the request (Host, X-Forwarded-*...).
+        sent = request.headers.copy()
+        ctx.on_response(lambda response: response.headers.__setitem__("X-Cache", "MISS"))
+        ctx.on_response_body(lambda response: self._store(base, response, sent))
+
+    def _store(self, base: tuple[str, str, str], response: http.Response, sent: http.Headers) -> None:
+        seconds = freshness(response, self.action.ttl)
+        content = response.raw_content
+        if seconds is None or content is None or len(content) > self.action.max_body_bytes:
+            return
+        names = tuple(sorted(_tokens(response, "vary")))
+        self.vary[base] = names
+        if len(self.vary) > self.action.max_entries * 2:
+            self.vary.clear()  # bounded: at worst a few misses, never growth without end
+        stored = response.copy()
+        stored.headers.pop("X-Cache", None)
+        now = time.monotonic()
+        key = (*base, *(sent.get(n) for n in names))
+        self.entries[key] = _Entry(stored, now, now + seconds)
