@@ -54,6 +54,14 @@ def context(tmp_path):
         ("'a;b' + \"&&\"", "a;b&&"),
         ("null == undefined", True),
         ("-user.tier", -2),
+        # A request can never make an expression fail, and && / || give values as in JavaScript.
+        ("req.headers['x-tier'] > 3", False),
+        ("'o' in req.headers['x-tier']", False),
+        ("'a' in req", False),
+        ("req.query[user.roles]", None),
+        ("req + ''", None),
+        ("req.query.lang || 'en'", "en"),
+        ("user.sub && user.tier", 2),
     ],
 )
 def test_expressions_evaluate(context, source, expected):
@@ -91,6 +99,13 @@ def test_assignments(context):
     assert request.path == "/v2/orders?id=7"
     assert request.headers["X-User"] == "alice"
     assert "X-Remove" not in request.headers
+    for assign in compile_assignments(
+        "req.url = '/x?q=' + req.headers['x-evil']; req.headers[req.headers['x-evil']] = 'y'", KeyPath("j")
+    ):
+        ctx = context(**{"X-Evil": "a\r\nInjected: 1"})
+        assign(ctx)
+        assert ctx.flow.request.path == "/orders?id=7", "a URL with a line break is not taken"
+        assert "Injected" not in ctx.flow.request.headers
     for source in ("user.sub = 'x'", "req.method = 'POST'", "req.url == '/'", "del req.url"):
         with pytest.raises(ConfigError):
             compile_assignments(source, KeyPath("jscode"))

@@ -8,7 +8,7 @@ import time
 from conftest import one_pipeline
 
 ALL_POLICIES = (
-    "policies: [log, cors, rate-limit, key-auth, expression, headers, request-transformer, "
+    "policies: [cache, log, cors, rate-limit, key-auth, expression, headers, request-transformer, "
     "response-transformer, terminate, proxy, jwt, basic-auth]"
 )
 
@@ -51,8 +51,9 @@ def test_cors_preflight_and_actual_requests(start_gateway, upstreams):
     assert actual.status == 200 and json.loads(actual.body)["service"] == "customers"
     assert actual.headers["Access-Control-Allow-Origin"] == "https://shop.example.com"
     assert actual.headers["Access-Control-Expose-Headers"] == "X-Request-Id"
-    stranger = gateway.send("/orders", headers={"Origin": "https://evil.example"})
-    assert stranger.status == 200 and "Access-Control-Allow-Origin" not in stranger.headers
+    for stranger in ("https://evil.example", "https://a.partner.example.evil.net"):
+        reply = gateway.send("/orders", headers={"Origin": stranger})
+        assert reply.status == 200 and "Access-Control-Allow-Origin" not in reply.headers, stranger
 
 
 def test_request_and_response_transformers(start_gateway, upstreams):
@@ -120,9 +121,7 @@ def test_cache_serves_repeats_within_the_ttl_and_never_across_clients(start_gate
     upstream = Upstream("slow-service")  # its own counter of requests served
     try:
         steps = "- cache: [{action: {ttl: 1}}]\n- proxy: [{action: {serviceEndpoint: backend}}]"
-        gateway = start_gateway(
-            config(upstream.url, steps).replace("policies: [log,", "policies: [cache, log,")
-        )
+        gateway = start_gateway(config(upstream.url, steps))
 
         def served(path: str, **headers: str) -> tuple[int, str, str | None]:
             reply = gateway.send(path, headers=headers)
@@ -148,5 +147,58 @@ def test_cache_serves_repeats_within_the_ttl_and_never_across_clients(start_gate
         english = served("/lang?vary=Accept-Language", **{"Accept-Language": "en"})
         assert served("/lang?vary=Accept-Language", **{"Accept-Language": "en"})[1] == "HIT"
         assert served("/lang?vary=Accept-Language", **{"Accept-Language": "fr"})[0] > english[0]
+    finally:
+        upstream.stop()
+
+
+def test_configs_that_would_leak_are_refused(tmp_path):
+    from mitmgateway.config import ConfigError, load_config
+    from mitmgateway.policies import StepState
+
+    file = tmp_path / "gateway.config.yml"
+    for steps, reason in [
+        (
+            "- cors: [{action: {origin: true, credentials: true}}]",
+            "credentials need a list of trusted origins",
+        ),
+        (
+            "- cache: [{action: {}}]\n- key-auth: [{action: {}}]",
+            "a cache step comes before an authentication step",
+        ),
+    ]:
+        file.write_text(
+            config("http://127.0.0.1:9", steps + "\n- proxy: [{action: {serviceEndpoint: backend}}]").replace(
+                "{port}", "8080"
+            )
+        )
+        try:
+            load_config(file, StepState(), {})
+        except ConfigError as e:
+            assert reason in str(e)
+        else:
+            raise AssertionError(f"accepted: {steps}")
+
+
+def test_cache_never_keeps_identified_or_unkeyed_requests(start_gateway, tmp_path):
+    from consumers_fixture import write_consumers
+    from harness import Upstream
+
+    write_consumers(tmp_path)
+    upstream = Upstream("personal")
+    try:
+        steps = (
+            "- key-auth:\n"
+            "    - {condition: {name: expression, expression: req.headers.authorization}, action: {}}\n"
+            "- cache: [{action: {ttl: 60}}]\n- proxy: [{action: {serviceEndpoint: backend}}]"
+        )
+        gateway = start_gateway(config(upstream.url, steps))
+        key = {"Authorization": "apiKey k1:topsecret"}
+        first = json.loads(gateway.send("/me", headers=key).body)["served"]
+        assert json.loads(gateway.send("/me", headers=key).body)["served"] == first + 1
+        anonymous = gateway.send("/me")
+        assert anonymous.headers["X-Cache"] == "MISS"
+        poisoned = gateway.send("/me", headers={"X-Forwarded-Host": "evil.example"})
+        assert "X-Cache" not in poisoned.headers
+        assert gateway.send("/me").headers["X-Cache"] == "HIT"
     finally:
         upstream.stop()

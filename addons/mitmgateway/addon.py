@@ -257,7 +257,9 @@ class Gateway:
             # Like Express Gateway, a pipeline that neither answers nor proxies falls through to 404.
             context.answer(make_answer(flow.request, 404, NOT_FOUND))
             answered_by = "no proxy step"
-        elif answered_by is None and route.api_endpoint.scopes and "consumer" not in context.record:
+        elif (
+            route.api_endpoint.scopes and "consumer" not in context.record and answered_by in (None, "cache")
+        ):
             # Scopes need a consumer: a step that was skipped or let anonymous requests through
             # must not open a scoped endpoint.
             context.answer(make_answer(flow.request, 403, FORBIDDEN))
@@ -279,7 +281,12 @@ class Gateway:
         if context is not None and context.user is not None:
             decision["user"] = dict(context.user)
         where = f"apiEndpoint {api_endpoint} → pipeline {pipeline}" if pipeline else "no apiEndpoint matched"
-        refused = answered_by is not None and flow.response is not None and flow.response.status_code >= 400
+        # A refusal the gateway made itself (a cache hit on an upstream's 404 is not one).
+        refused = (
+            answered_by not in (None, "cache")
+            and flow.response is not None
+            and flow.response.status_code >= 400
+        )
         if refused and self.config is not None and self.config.json_errors:
             flow.response = as_json_error(flow.response, self._request_id(flow))  # type: ignore[arg-type]
         if answered_by:

@@ -56,6 +56,12 @@ def json_error(status: int, message: str, request_id: str | None) -> http.Respon
     return response
 
 
+# What described the old body (or its framing), and what json_error sets itself.
+_REPLACED_BY_JSON_ERROR = frozenset(
+    {b"content-type", b"content-length", b"content-encoding", b"transfer-encoding", b"etag", b"x-request-id"}
+)
+
+
 def as_json_error(response: http.Response, request_id: str | None) -> http.Response:
     """One of the gateway's own answers, reshaped as `json_error` (its other headers kept)."""
     text = response.get_text(strict=False) or ""
@@ -65,7 +71,7 @@ def as_json_error(response: http.Response, request_id: str | None) -> http.Respo
         message = text
     reshaped = json_error(response.status_code, str(message), request_id)
     for name, value in response.headers.fields:
-        if name.lower() not in (b"content-type", b"content-length", b"x-request-id"):
+        if name.lower() not in _REPLACED_BY_JSON_ERROR:
             reshaped.headers.fields += ((name, value),)
     return reshaped
 

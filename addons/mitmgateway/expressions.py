@@ -46,16 +46,41 @@ _JS_OPERATORS = [
     (re.compile(r"\bfalse\b"), "False"),
     (re.compile(r"\b(?:null|undefined)\b"), "None"),
 ]
+
+
+def _in(item: Any, container: Any) -> bool:
+    # Membership of a list or mapping (or a header set); a text "contains" is not what EG means.
+    if isinstance(container, list | tuple | Mapping | _Headers):
+        try:
+            return item in container
+        except TypeError:  # an unhashable item
+            return False
+    return False
+
+
+def _ordered(compare: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
+    def safe(a: Any, b: Any) -> bool:
+        try:
+            return a is not None and b is not None and compare(a, b)
+        except TypeError:  # text against a number, say: false, as no request should make a 500
+            return False
+
+    return safe
+
+
 _COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
     ast.Eq: lambda a, b: a == b,
     ast.NotEq: lambda a, b: a != b,
-    ast.Lt: lambda a, b: a is not None and b is not None and a < b,
-    ast.LtE: lambda a, b: a is not None and b is not None and a <= b,
-    ast.Gt: lambda a, b: a is not None and b is not None and a > b,
-    ast.GtE: lambda a, b: a is not None and b is not None and a >= b,
-    ast.In: lambda a, b: b is not None and a in b,
-    ast.NotIn: lambda a, b: b is None or a not in b,
+    ast.Lt: _ordered(lambda a, b: a < b),
+    ast.LtE: _ordered(lambda a, b: a <= b),
+    ast.Gt: _ordered(lambda a, b: a > b),
+    ast.GtE: _ordered(lambda a, b: a >= b),
+    ast.In: _in,
+    ast.NotIn: lambda a, b: not _in(a, b),
 }
+_PRIMITIVE = str | int | float | bool | type(None)
+_URL_UNSAFE = re.compile(r"[\x00-\x20\x7f]")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 
 
 class _Request:
@@ -104,7 +129,10 @@ def _member(value: Any, name: Any) -> Any:
     if isinstance(value, _Request | _Headers):
         return value.member(str(name))
     if isinstance(value, Mapping):
-        return value.get(name)
+        try:
+            return value.get(name)
+        except TypeError:  # an unhashable key
+            return None
     if isinstance(value, list | tuple | str) and isinstance(name, int):
         return value[name] if -len(value) <= name < len(value) else None
     return None
@@ -121,6 +149,8 @@ def _names(ctx: RequestContext) -> dict[str, Any]:
 
 
 def _add(a: Any, b: Any) -> Any:
+    if not isinstance(a, _PRIMITIVE) or not isinstance(b, _PRIMITIVE):
+        return None
     if isinstance(a, str) or isinstance(b, str):
         return f"{'' if a is None else a}{'' if b is None else b}"
     if isinstance(a, int | float) and isinstance(b, int | float):
@@ -159,9 +189,18 @@ class _Compiler:
             return lambda ctx: _member(base(ctx), key(ctx))
         if isinstance(node, ast.BoolOp):
             parts = [self.expression(v) for v in node.values]
-            if isinstance(node.op, ast.And):
-                return lambda ctx: all(bool(p(ctx)) for p in parts)
-            return lambda ctx: any(bool(p(ctx)) for p in parts)
+            stop_when = not isinstance(node.op, ast.And)  # "or" stops at a truthy operand
+
+            def boolean(ctx: RequestContext) -> Any:
+                # As JavaScript: the operand that decided, so `a || 'default'` is a value.
+                value = None
+                for part in parts:
+                    value = part(ctx)
+                    if bool(value) is stop_when:
+                        return value
+                return value
+
+            return boolean
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
             operand = self.expression(node.operand)
             return lambda ctx: not operand(ctx)
@@ -204,7 +243,8 @@ class _Compiler:
 
             def set_url(ctx: RequestContext) -> None:
                 url = value(ctx)
-                if isinstance(url, str) and url.startswith("/"):
+                # A space or a line break would end the request line and start another.
+                if isinstance(url, str) and url.startswith("/") and not _URL_UNSAFE.search(url):
                     ctx.flow.request.path = url
 
             return set_url
@@ -222,7 +262,7 @@ class _Compiler:
 
             def set_header(ctx: RequestContext) -> None:
                 header, new = name(ctx), value(ctx)
-                if not isinstance(header, str):
+                if not isinstance(header, str) or not _HEADER_NAME.match(header):
                     return
                 if new is None:
                     ctx.flow.request.headers.pop(header, None)

@@ -40,6 +40,7 @@ from .source import load_document
 logger = logging.getLogger(__name__)
 
 SYSTEM_CONFIG = "system.config.yml"
+AUTH_POLICIES = frozenset({"jwt", "key-auth", "basic-auth"})
 CONSUMERS_FILE = "consumers.yml"
 
 # EG accepts the singular spelling of these sections.
@@ -203,6 +204,13 @@ class _Builder:
             with errors.part():
                 steps.extend(self.policy_steps(name, entry, policies_path.index(i), i))
         errors.raise_any()
+        names = [step.policy_name for step in steps]
+        if "cache" in names and any(n in AUTH_POLICIES for n in names[names.index("cache") :]):
+            raise ConfigError(
+                policies_path,
+                "a cache step comes before an authentication step: a cached answer would skip "
+                "authentication; put cache after jwt, key-auth and basic-auth",
+            )
         return Pipeline(name, tuple(steps)), endpoint_names
 
     def policy_steps(self, pipeline: str, entry: Any, path: KeyPath, index: int) -> list[Step]:

@@ -7,7 +7,7 @@ and looked up by method, host, path with query, and the request headers the upst
 names. Hits carry ``Age`` and ``X-Cache: HIT``, the rest ``X-Cache: MISS``. A request with
 ``Authorization`` or ``Cookie`` is neither served from nor stored in the cache (another client's
 answer must never reach it) unless ``cacheAuthorized: true``; ``Cache-Control: no-cache`` from the
-client skips the lookup. Each step has its own cache, bounded by ``maxEntries`` and dropped when
+client skips the lookup. Each step has its own cache, bounded by ``maxBytes`` and dropped when
 the config reloads.
 """
 
@@ -26,6 +26,19 @@ from ..pipeline import RequestContext
 from .base import BuildContext, Policy, register_policy
 
 CACHEABLE_STATUSES = frozenset({200, 203, 204, 301, 404, 410})
+ENTRY_OVERHEAD = 1024
+MAX_VARY_RECORDS = 100_000
+# Headers an upstream may act on that the key does not hold: a request carrying one is not
+# served from or stored in the cache (else one client could poison the answer for all).
+_UNKEYED = (
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "forwarded",
+    "x-http-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-host",
+)
 _MAX_AGE = re.compile(r"(?:^|,)\s*(s-maxage|max-age)\s*=\s*(\d+)", re.IGNORECASE)
 
 
@@ -33,7 +46,8 @@ _MAX_AGE = re.compile(r"(?:^|,)\s*(s-maxage|max-age)\s*=\s*(\d+)", re.IGNORECASE
 class CacheAction:
     ttl: int = option("ttl", 60, parse=positive)
     """Seconds an answer is kept when the upstream does not say (max-age, s-maxage)."""
-    max_entries: int = option("maxEntries", 1000, parse=positive)
+    max_bytes: int = option("maxBytes", 64 << 20, parse=positive)
+    """Bodies (and a little for each entry) kept at most; the least recently used go first."""
     max_body_bytes: int = option("maxBodyBytes", 1 << 20, parse=positive)
     cache_authorized: bool = option("cacheAuthorized", False)
 
@@ -70,21 +84,28 @@ class CachePolicy(Policy):
     def __init__(self, action: CacheAction, build: BuildContext) -> None:
         self.action = action
         self.entries: TLRUCache[tuple[object, ...], _Entry] = TLRUCache(
-            maxsize=action.max_entries, ttu=lambda _key, entry, _now: entry.expires, timer=time.monotonic
+            maxsize=action.max_bytes,
+            ttu=lambda _key, entry, _now: entry.expires,
+            timer=time.monotonic,
+            getsizeof=lambda entry: len(entry.response.raw_content or b"") + ENTRY_OVERHEAD,
         )
-        self.vary: dict[tuple[str, str, str], tuple[str, ...]] = {}
+        self.vary: dict[tuple[object, ...], tuple[str, ...]] = {}
 
     def handle(self, ctx: RequestContext) -> None:
         request = ctx.flow.request
         if request.method not in ("GET", "HEAD"):
             return
-        if not self.action.cache_authorized and (
-            "authorization" in request.headers or "cookie" in request.headers
-        ):
+        # Personal: a credential anywhere (an auth step may have removed it by now) or a cookie.
+        headers = request.headers
+        personal = ctx.user is not None or "authorization" in headers or "cookie" in headers
+        if personal and not self.action.cache_authorized:
             return
-        base = (request.method, ctx.hostname, request.path)
+        if any(name in headers for name in _UNKEYED):
+            return
+        who = (ctx.record.get("consumer") or (ctx.user or {}).get("sub")) if personal else None
+        base = (request.method, ctx.hostname, request.path, who)
         names = self.vary.get(base, ())
-        key = (*base, *(request.headers.get(n) for n in names))
+        key = (*base, names, *(headers.get(n) for n in names))
         entry = None if "no-cache" in _tokens(request, "cache-control") else self.entries.get(key)
         if entry is not None:
             answer = entry.response.copy()
@@ -97,19 +118,23 @@ class CachePolicy(Policy):
         # As the client sent them: later steps change the request (Host, X-Forwarded-*...).
         sent = request.headers.copy()
         ctx.on_response(lambda response: response.headers.__setitem__("X-Cache", "MISS"))
-        ctx.on_response_body(lambda response: self._store(base, response, sent))
+        ctx.on_response_body(lambda response: self._store(ctx, base, response, sent))
 
-    def _store(self, base: tuple[str, str, str], response: http.Response, sent: http.Headers) -> None:
+    def _store(
+        self, ctx: RequestContext, base: tuple[object, ...], response: http.Response, sent: http.Headers
+    ) -> None:
+        if not ctx.routed or ctx.flow.response is not response:
+            return  # only the upstream's answers, never one a later step made
         seconds = freshness(response, self.action.ttl)
         content = response.raw_content
         if seconds is None or content is None or len(content) > self.action.max_body_bytes:
             return
         names = tuple(sorted(_tokens(response, "vary")))
         self.vary[base] = names
-        if len(self.vary) > self.action.max_entries * 2:
+        if len(self.vary) > MAX_VARY_RECORDS:
             self.vary.clear()  # bounded: at worst a few misses, never growth without end
         stored = response.copy()
         stored.headers.pop("X-Cache", None)
         now = time.monotonic()
-        key = (*base, *(sent.get(n) for n in names))
+        key = (*base, names, *(sent.get(n) for n in names))
         self.entries[key] = _Entry(stored, now, now + seconds)

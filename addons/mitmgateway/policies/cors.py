@@ -65,10 +65,11 @@ class CorsPolicy(Policy):
 
     def __init__(self, action: CorsAction, build: BuildContext) -> None:
         self.action = action
-        if action.origin == ("*",) and action.credentials:
+        if action.credentials and action.origin in (("*",), True):
             raise ConfigError(
                 build.path.key("credentials"),
-                "browsers refuse credentials with origin '*': list the origins (or origin: true)",
+                "credentials need a list of trusted origins (with origin '*' browsers refuse them; "
+                "origin: true would hand them to any site)",
             )
         self.methods = ",".join(sorted(action.methods)) if action.methods else DEFAULT_METHODS
 
@@ -84,7 +85,7 @@ class CorsPolicy(Policy):
         if len(rules) == 1 and isinstance(rules[0], str):
             return rules[0], True
         if origin is not None and any(
-            rule == origin if isinstance(rule, str) else rule.search(origin) for rule in rules
+            rule == origin if isinstance(rule, str) else rule.fullmatch(origin) for rule in rules
         ):
             return origin, True
         return None, True

@@ -10,12 +10,13 @@ body. The request body is changed once it has all arrived; the response body onc
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from mitmproxy import http
 
-from ..config.errors import KeyPath
+from ..config.errors import ConfigError, KeyPath
 from ..config.schema import option, parse_fields, require_mapping
 from ..expressions import Evaluator, compile_expression, header_value
 from ..pipeline import RequestContext
@@ -39,9 +40,30 @@ def _changes(value: Any, path: KeyPath) -> Changes:
     return parse_fields(Changes, value, path)
 
 
+def _header_additions(value: Any, path: KeyPath) -> tuple[tuple[str, Evaluator], ...]:
+    additions = _additions(value, path)
+    for name, _ in additions:
+        if not _HEADER_NAME.match(name):
+            raise ConfigError(path.key(name), f"{name!r} is not a valid header name")
+    return additions
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+
+
+@dataclass(frozen=True)
+class HeaderChanges:
+    add: tuple[tuple[str, Evaluator], ...] = option("add", (), parse=_header_additions)
+    remove: tuple[str, ...] = option("remove", ())
+
+
+def _header_changes(value: Any, path: KeyPath) -> HeaderChanges:
+    return parse_fields(HeaderChanges, value, path)
+
+
 @dataclass(frozen=True)
 class TransformerAction:
-    headers: Changes | None = option("headers", None, parse=_changes)
+    headers: HeaderChanges | None = option("headers", None, parse=_header_changes)
     body: Changes | None = option("body", None, parse=_changes)
 
 
@@ -53,7 +75,9 @@ def change_headers(message: http.Message, remove: tuple[str, ...], add: list[tup
     for name in remove:
         message.headers.pop(name, None)
     for name, value in add:
-        if value is not None:
+        if value is None:
+            message.headers.pop(name, None)  # never the client's own copy instead
+        else:
             message.headers[name] = header_value(value)
 
 
@@ -71,6 +95,8 @@ def change_json_body(message: http.Message, remove: tuple[str, ...], add: list[t
     for name, value in add:
         document[name] = value
     message.set_content(json.dumps(document, separators=(",", ":")).encode())
+    for stale in ("ETag", "Content-MD5", "Digest"):  # they described the body as it was
+        message.headers.pop(stale, None)
 
 
 class _Transformer(Policy):
