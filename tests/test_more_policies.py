@@ -99,6 +99,7 @@ def test_one_pipeline_with_every_policy(start_gateway, upstreams, tmp_path, rsa_
 - basic-auth: [{{condition: {{name: never}}, action: {{}}}}]
 - jwt: [{{condition: {{name: never}}, action: {{secretOrPublicKeyFile: {rsa_keys[1]}}}}}]
 - terminate: [{{condition: {{name: anonymous}}, action: {{statusCode: 401, message: 'Who are you?'}}}}]
+- cache: [{{action: {{cacheAuthorized: true}}}}]
 - expression: [{{action: {{jscode: "req.headers['x-consumer'] = user.id"}}}}]
 - headers: [{{action: {{forwardHeaders: {{X-Req: requestID}}}}}}]
 - request-transformer: [{{action: {{headers: {{add: {{X-Added: "'1'"}}}}}}}}]
@@ -112,6 +113,8 @@ def test_one_pipeline_with_every_policy(start_gateway, upstreams, tmp_path, rsa_
     assert ok.headers["X-Done"] == "1" and ok.headers["Access-Control-Allow-Origin"] == "*"
     seen = {k.lower(): v for k, v in json.loads(ok.body)["headers"].items()}
     assert (seen["x-consumer"], seen["x-added"]) == ("alice", "1")
+    again = gateway.send("/orders", headers={"Authorization": "apiKey k1:topsecret", "Origin": "https://x"})
+    assert again.headers["X-Cache"] == "HIT" and again.body == ok.body
     assert "request GET /orders" in gateway.log()
 
 
