@@ -205,3 +205,36 @@ def test_cache_never_keeps_identified_or_unkeyed_requests(start_gateway, tmp_pat
         assert gateway.send("/me").headers["X-Cache"] == "HIT"
     finally:
         upstream.stop()
+
+
+def test_large_bodies_stream_unless_a_step_needs_them(tmp_path):
+    from gateway_unit import gateway_for, make_flow, upstream_response
+
+    def flows(steps: str):  # type: ignore[no-untyped-def]
+        text = config("http://127.0.0.1:9", steps + "\n- proxy: [{action: {serviceEndpoint: backend}}]")
+        with gateway_for(tmp_path, text.replace("{port}", "8080")) as gateway:
+            large, small = make_flow(method="POST"), make_flow(method="POST")
+            large.request.headers["Content-Length"] = str(5 << 20)  # as announced by the client
+            small.request.headers["Content-Length"] = "10"
+            for flow in (large, small):
+                gateway.requestheaders(flow)
+                upstream_response(flow, gateway, {"Transfer-Encoding": "chunked"})
+            return large, small
+
+    large, small = flows("- log: [{action: {message: x}}]")
+    assert large.request.stream is True and large.response.stream is True
+    assert not small.request.stream and small.response.stream is True  # chunked: length unknown
+    large, _ = flows(
+        "- request-transformer: [{action: {body: {add: {a: \"'b'\"}}}}]\n"
+        "- response-transformer: [{action: {body: {remove: [x]}}}]"
+    )
+    assert not large.request.stream and not large.response.stream
+
+
+def test_a_large_body_streams_through_intact(start_gateway, upstreams):
+    gateway = start_gateway(
+        config(upstreams["orders"].url, "- proxy: [{action: {serviceEndpoint: backend}}]")
+    )
+    body = bytes(range(256)) * (12 << 10)  # 3 MiB
+    reply = gateway.send("/upload", method="POST", body=body)
+    assert reply.status == 200 and json.loads(reply.body)["bodyLength"] == len(body)

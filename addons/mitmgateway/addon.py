@@ -44,9 +44,19 @@ UNROUTED_TARGET = "http://unrouted.invalid"
 NO_CONFIG = "The gateway has no valid configuration."
 REJECTED_MARKER = ":no_entry:"
 ANSWERED_MARKER = ":zap:"
+STREAM_BODIES_OVER = 1 << 20
 POOL_DIR_ENV = "MITMGATEWAY_POOL_DIR"
 """Set by `mitmgateway run --workers N` in its workers: the pool serves the admin port, and a
 worker tells it that it is ready by a file in this folder."""
+
+
+def _is_large(message: http.Message) -> bool:
+    """Bodies the gateway passes through as they come rather than holding in memory: large or of
+    unknown length (chunked), unless a step needs the whole body."""
+    length = message.headers.get("content-length")
+    if length is None:
+        return "chunked" in message.headers.get("transfer-encoding", "").lower()
+    return length.isdigit() and int(length) > STREAM_BODIES_OVER
 
 
 def _file_signature(path: Path) -> tuple[int, int, int] | None:
@@ -265,6 +275,8 @@ class Gateway:
             context.answer(make_answer(flow.request, 403, FORBIDDEN))
             answered_by = "scopes without a consumer"
         self._contexts[flow] = context
+        if answered_by is None and not context.wants_request_body and _is_large(flow.request):
+            flow.request.stream = True
         self._record(flow, answered_by, route.api_endpoint_name, route.pipeline.name, context)
 
     def _record(
@@ -320,6 +332,8 @@ class Gateway:
             return
         if not context.wants_body:
             del self._contexts[flow]
+            if flow.response is not None and _is_large(flow.response):
+                flow.response.stream = True
         if flow.response is not None:
             context.responded(flow.response)
 

@@ -41,6 +41,7 @@ class RequestContext:
         "route",
         "routed",
         "user",
+        "wants_request_body",
     )
 
     def __init__(
@@ -67,6 +68,7 @@ class RequestContext:
         self._response_callbacks: list[ResponseCallback] = []
         self._finish_callbacks: list[Callback] = []
         self._body_callbacks: list[ResponseCallback] = []
+        self.wants_request_body = False
 
     @property
     def client_ip(self) -> str:
@@ -95,6 +97,12 @@ class RequestContext:
     def on_response(self, callback: ResponseCallback) -> None:
         """Run `callback` on the response before it goes to the client (upstream's or ours)."""
         self._response_callbacks.append(callback)
+
+    def on_request_body(self, callback: Callback) -> None:
+        """Like `on_forward`, for a step that reads or changes the request body: the gateway then
+        holds a large request until it is complete instead of streaming it upstream."""
+        self.wants_request_body = True
+        self._forward_callbacks.append(callback)
 
     def on_response_body(self, callback: ResponseCallback) -> None:
         """Run `callback` on the whole response (body read) before it goes to the client.

@@ -117,7 +117,7 @@ class RequestTransformerPolicy(_Transformer):
             change_headers(request, headers.remove, _evaluated(ctx, headers.add))
         if body is not None:
             add = _evaluated(ctx, body.add)  # evaluated now, applied once the body has arrived
-            ctx.on_forward(lambda: change_json_body(request, body.remove, add))
+            ctx.on_request_body(lambda: change_json_body(request, body.remove, add))
 
 
 @register_policy
