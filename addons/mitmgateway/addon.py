@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import secrets
 import weakref
 from collections.abc import Coroutine
@@ -21,6 +22,7 @@ from mitmproxy import ctx, exceptions, http
 from .access_log import AccessLog
 from .admin import AdminServer
 from .answers import (
+    BAD_REQUEST,
     FORBIDDEN,
     INTERNAL_ERROR,
     NOT_FOUND,
@@ -45,6 +47,8 @@ NO_CONFIG = "The gateway has no valid configuration."
 REJECTED_MARKER = ":no_entry:"
 ANSWERED_MARKER = ":zap:"
 STREAM_BODIES_OVER = 1 << 20
+# "." or ".." as a path segment, also percent-encoded (%2e).
+DOT_SEGMENT = re.compile(r"(?:^|/)(?:\.|%2e){1,2}(?:/|$)", re.IGNORECASE)
 POOL_DIR_ENV = "MITMGATEWAY_POOL_DIR"
 """Set by `mitmgateway run --workers N` in its workers: the pool serves the admin port, and a
 worker tells it that it is ready by a file in this folder."""
@@ -236,6 +240,12 @@ class Gateway:
         if config.json_errors:
             record["jsonErrors"] = True
         hostname = hostname_of(host)
+        if DOT_SEGMENT.search(request.path.partition("?")[0]):
+            # /api/../admin matches /api/* here but may mean /admin to an upstream that resolves
+            # it: refused rather than guessed at.
+            flow.response = make_answer(request, 400, BAD_REQUEST)
+            self._record(flow, answered_by="dot-segment in path")
+            return None
         route = config.router.match(hostname, request.path, request.method)
         if route is None:
             flow.response = make_answer(request, 404, NOT_FOUND)

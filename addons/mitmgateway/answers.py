@@ -15,6 +15,7 @@ from mitmproxy.net.http import http1
 from mitmproxy.proxy.layers.http import _http1
 
 NOT_FOUND = "Not Found"
+BAD_REQUEST = "Bad Request"
 UNAUTHORIZED = "Unauthorized"
 FORBIDDEN = "Forbidden"
 BAD_GATEWAY = "Bad gateway."
