@@ -76,6 +76,9 @@ def test_rs256_and_es256_keys_rotation_and_forwarded_claims(start_gateway, upstr
     time.sleep(1.1)  # jwksRefreshInterval
     assert gateway.send(headers=bearer(rotated.token())).status == 200, "a new kid is fetched"
     assert provider.fetches == 2
+    for i in range(5):  # made-up kids right after: no new fetch within jwksRefreshInterval
+        assert gateway.send(headers=bearer(Signer(f"made-up-{i}").token())).status == 401
+    assert provider.fetches == 2
 
 
 def test_provider_down_or_slow_keeps_the_cached_keys(start_gateway, upstreams, provider):

@@ -278,7 +278,9 @@ class Gateway:
             context.answer(make_answer(flow.request, 404, NOT_FOUND))
             answered_by = "no proxy step"
         elif (
-            route.api_endpoint.scopes and "consumer" not in context.record and answered_by in (None, "cache")
+            route.api_endpoint.scopes
+            and "consumer" not in context.record
+            and (answered_by is None or context.record.get("served"))
         ):
             # Scopes need a consumer: a step that was skipped or let anonymous requests through
             # must not open a scoped endpoint.
@@ -303,9 +305,10 @@ class Gateway:
         if context is not None and context.user is not None:
             decision["user"] = dict(context.user)
         where = f"apiEndpoint {api_endpoint} → pipeline {pipeline}" if pipeline else "no apiEndpoint matched"
-        # A refusal the gateway made itself (a cache hit on an upstream's 404 is not one).
+        # A refusal the gateway made itself (content it served, a cached 404, is not one).
         refused = (
-            answered_by not in (None, "cache")
+            answered_by is not None
+            and not decision.get("served")
             and flow.response is not None
             and flow.response.status_code >= 400
         )

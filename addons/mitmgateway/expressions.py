@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .config.errors import ConfigError, KeyPath
+from .headers import is_header_name, single_line
 
 if TYPE_CHECKING:
     from .pipeline import RequestContext
@@ -80,7 +81,6 @@ _COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
 }
 _PRIMITIVE = str | int | float | bool | type(None)
 _URL_UNSAFE = re.compile(r"[\x00-\x20\x7f]")
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 
 
 class _Request:
@@ -138,14 +138,13 @@ def _member(value: Any, name: Any) -> Any:
     return None
 
 
-def _names(ctx: RequestContext) -> dict[str, Any]:
-    return {
-        "req": _Request(ctx),
-        "user": ctx.user,
-        "consumer": ctx.user,
-        "requestID": ctx.flow.request.headers.get("X-Request-Id") or ctx.record.get("requestId"),
-        "apiEndpoint": {"name": ctx.route.api_endpoint_name},
-    }
+_NAMES: dict[str, Evaluator] = {
+    "req": _Request,
+    "user": lambda ctx: ctx.user,
+    "consumer": lambda ctx: ctx.user,
+    "requestID": lambda ctx: ctx.flow.request.headers.get("X-Request-Id") or ctx.record.get("requestId"),
+    "apiEndpoint": lambda ctx: {"name": ctx.route.api_endpoint_name},
+}
 
 
 def _add(a: Any, b: Any) -> Any:
@@ -173,14 +172,12 @@ class _Compiler:
                 raise self.refuse(node, type(value).__name__)
             return lambda _ctx: value
         if isinstance(node, ast.Name):
-            name = node.id
-            if name not in ("req", "user", "consumer", "requestID", "apiEndpoint"):
+            resolve = _NAMES.get(node.id)
+            if resolve is None:
                 raise ConfigError(
-                    self.path,
-                    f"unknown name {name!r} in {self.source!r} "
-                    "(known: req, user, consumer, requestID, apiEndpoint)",
+                    self.path, f"unknown name {node.id!r} in {self.source!r} (known: {', '.join(_NAMES)})"
                 )
-            return lambda ctx: _names(ctx)[name]
+            return resolve
         if isinstance(node, ast.Attribute):
             base, attr = self.expression(node.value), node.attr
             return lambda ctx: _member(base(ctx), attr)
@@ -262,12 +259,12 @@ class _Compiler:
 
             def set_header(ctx: RequestContext) -> None:
                 header, new = name(ctx), value(ctx)
-                if not isinstance(header, str) or not _HEADER_NAME.match(header):
+                if not is_header_name(header):
                     return
                 if new is None:
                     ctx.flow.request.headers.pop(header, None)
                 else:
-                    ctx.flow.request.headers[header] = header_value(new)
+                    ctx.flow.request.headers[header] = single_line(new)
 
             return set_header
         raise self.refuse(node, "that assignment target (only req.url or req.headers[...])")
@@ -281,12 +278,6 @@ def _python_syntax(source: str, statements: bool = False) -> str:
         if statements:
             parts[i] = parts[i].replace(";", "\n")
     return "".join(parts)
-
-
-def header_value(value: Any) -> str:
-    """A value as one header line: no line breaks or other control characters."""
-    text = ("true" if value else "false") if isinstance(value, bool) else str(value)
-    return re.sub(r"[\x00-\x1f\x7f]", " ", text)
 
 
 def compile_expression(source: Any, path: KeyPath) -> Evaluator:

@@ -7,6 +7,10 @@ request path edits several headers of every message, so these helpers read and r
 
 from __future__ import annotations
 
+import json
+import re
+from typing import Any
+
 from mitmproxy import http
 
 # RFC 9110 7.6.1: meaningful for one connection only, never forwarded.
@@ -25,6 +29,29 @@ HOP_BY_HOP = frozenset(
 UPGRADE_HEADERS = frozenset({b"connection", b"upgrade"})
 
 Fields = tuple[tuple[bytes, bytes], ...]
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def is_header_name(name: object) -> bool:
+    """An RFC 9110 field name (a token): nothing that could end a header line or the head."""
+    return isinstance(name, str) and _TOKEN.match(name) is not None
+
+
+def single_line(value: Any) -> str:
+    """A value as one header line: text as is, JSON for lists and mappings, true/false for
+    booleans; control characters (line breaks above all) become spaces."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = value
+    elif isinstance(value, list | tuple | dict):
+        text = json.dumps(value, separators=(",", ":"))
+    else:
+        text = str(value)
+    return _CONTROL.sub(" ", text)
 
 
 def encode(value: str) -> bytes:

@@ -27,6 +27,8 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
+from .outages import Outage
+
 logger = logging.getLogger("mitmgateway")
 
 HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
@@ -123,7 +125,7 @@ class RemoteKeySet(KeySet):
         self.timeout = timeout
         self.expires = 0.0
         self.last_attempt = float("-inf")
-        self.failing = False
+        self.outage = Outage(f"JWKS from {uri}")
         self._refresh: asyncio.Task[None] | None = None
 
     def get(self, kid: str | None) -> VerificationKey | None:
@@ -161,18 +163,9 @@ class RemoteKeySet(KeySet):
             if not keys:
                 raise ValueError("no key in it can verify signatures")
         except Exception as e:  # whatever the provider sent: keep the cached keys, never fail requests
-            if not self.failing:
-                self.failing = True
-                logger.error(
-                    "JWKS from %s unavailable (%s); keeping %d cached key(s)",
-                    self.uri,
-                    str(e) or type(e).__name__,
-                    len(self.keys),
-                )
+            self.outage.failed(e, f"keeping {len(self.keys)} cached key(s)")
             return
-        if self.failing:
-            self.failing = False
-            logger.info("JWKS from %s is back", self.uri)
+        self.outage.recovered()
         match = _MAX_AGE.search(cache_control)
         self.expires = time.monotonic() + (float(match.group(1)) if match else DEFAULT_MAX_AGE)
         self.keys = keys

@@ -87,7 +87,13 @@ class RequestContext:
         return True
 
     def answer(self, response: http.Response) -> None:
-        """End the pipeline with the gateway's own response."""
+        """End the pipeline with the gateway's own response (a refusal when it is a 4xx/5xx)."""
+        self.flow.response = response
+
+    def serve(self, response: http.Response) -> None:
+        """End the pipeline with content the gateway holds for the client (a cache hit): never
+        reshaped or marked as a refusal, whatever its status."""
+        self.record["served"] = True
         self.flow.response = response
 
     def on_forward(self, callback: Callback) -> None:

@@ -112,7 +112,7 @@ class CachePolicy(Policy):
             answer.headers["Age"] = str(max(0, math.floor(time.monotonic() - entry.stored)))
             answer.headers["X-Cache"] = "HIT"
             ctx.record["cache"] = "hit"
-            ctx.answer(answer)
+            ctx.serve(answer)
             return
         ctx.record["cache"] = "miss"
         # As the client sent them: later steps change the request (Host, X-Forwarded-*...).

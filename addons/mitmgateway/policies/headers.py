@@ -12,8 +12,8 @@ from typing import Any
 
 from ..config.errors import ConfigError, KeyPath
 from ..config.schema import check_type, option, require_mapping
-from ..expressions import Evaluator, compile_expression, header_value
-from ..headers import encode, set_headers
+from ..expressions import Evaluator, compile_expression
+from ..headers import encode, is_header_name, set_headers, single_line
 from ..pipeline import RequestContext
 from .base import BuildContext, Policy, register_policy
 
@@ -22,7 +22,7 @@ def _header_expressions(value: Any, path: KeyPath) -> tuple[tuple[str, Evaluator
     pairs = []
     for name, source in require_mapping(value, path).items():
         name = check_type(str, name, path)
-        if not name or any(c in name for c in " :\r\n\t"):
+        if not is_header_name(name):
             raise ConfigError(path.key(name), f"{name!r} is not a valid header name")
         pairs.append((name, compile_expression(source, path.key(name))))
     return tuple(pairs)
@@ -50,6 +50,6 @@ class HeadersPolicy(Policy):
         for name, value in self.headers:
             result = value(ctx)
             if result is not None:
-                added.append((name.encode(), encode(header_value(result))))
+                added.append((name.encode(), encode(single_line(result))))
         if added:
             set_headers(ctx.flow.request, tuple(added))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 from collections.abc import Awaitable, Coroutine, Mapping
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from ..answers import make_answer
 from ..config.errors import ConfigError, KeyPath
 from ..config.schema import check_type, non_negative, option, positive, require_mapping
-from ..headers import encode, set_headers
+from ..headers import encode, is_header_name, set_headers, single_line
 from ..jwks import KeySet, RemoteKeySet, VerificationKey, algorithms_for, parse_jwks
 from ..pipeline import RequestContext
 from .base import BuildContext, Policy, register_policy
@@ -48,13 +47,10 @@ def _claim_headers(value: Any, path: KeyPath) -> tuple[tuple[str, str], ...]:
     pairs = []
     for claim, header in mapping.items():
         header = check_type(str, header, path.key(claim))
-        if not _HEADER_NAME.match(header):
+        if not is_header_name(header):
             raise ConfigError(path.key(claim), f"{header!r} is not a valid header name")
         pairs.append((str(claim), header))
     return tuple(pairs)
-
-
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 
 
 @dataclass(frozen=True)
@@ -305,7 +301,7 @@ class JwtPolicy(Policy):
             added = []
             for claim, header in self.action.forward_claims:
                 if (value := claims.get(claim)) is not None:
-                    added.append((header.encode(), encode(claim_header_value(value))))
+                    added.append((header.encode(), encode(single_line(value))))
             if added:
                 set_headers(request, tuple(added))
         if self.action.remove_token:
@@ -326,12 +322,3 @@ class JwtPolicy(Policy):
         if not self.action.pass_through:
             headers = {"WWW-Authenticate": challenge or "Bearer"}
             ctx.answer(make_answer(ctx.flow.request, 401, "Unauthorized", headers))
-
-
-def claim_header_value(value: Any) -> str:
-    """A claim as one header line: text as is, anything else as JSON; never a line break."""
-    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
-    return _CONTROL.sub(" ", text)
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")

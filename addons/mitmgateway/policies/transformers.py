@@ -10,7 +10,6 @@ body. The request body is changed once it has all arrived; the response body onc
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +17,8 @@ from mitmproxy import http
 
 from ..config.errors import ConfigError, KeyPath
 from ..config.schema import option, parse_fields, require_mapping
-from ..expressions import Evaluator, compile_expression, header_value
+from ..expressions import Evaluator, compile_expression
+from ..headers import is_header_name, single_line
 from ..pipeline import RequestContext
 from .base import BuildContext, Policy, register_policy
 
@@ -40,30 +40,9 @@ def _changes(value: Any, path: KeyPath) -> Changes:
     return parse_fields(Changes, value, path)
 
 
-def _header_additions(value: Any, path: KeyPath) -> tuple[tuple[str, Evaluator], ...]:
-    additions = _additions(value, path)
-    for name, _ in additions:
-        if not _HEADER_NAME.match(name):
-            raise ConfigError(path.key(name), f"{name!r} is not a valid header name")
-    return additions
-
-
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
-
-
-@dataclass(frozen=True)
-class HeaderChanges:
-    add: tuple[tuple[str, Evaluator], ...] = option("add", (), parse=_header_additions)
-    remove: tuple[str, ...] = option("remove", ())
-
-
-def _header_changes(value: Any, path: KeyPath) -> HeaderChanges:
-    return parse_fields(HeaderChanges, value, path)
-
-
 @dataclass(frozen=True)
 class TransformerAction:
-    headers: HeaderChanges | None = option("headers", None, parse=_header_changes)
+    headers: Changes | None = option("headers", None, parse=_changes)
     body: Changes | None = option("body", None, parse=_changes)
 
 
@@ -78,7 +57,7 @@ def change_headers(message: http.Message, remove: tuple[str, ...], add: list[tup
         if value is None:
             message.headers.pop(name, None)  # never the client's own copy instead
         else:
-            message.headers[name] = header_value(value)
+            message.headers[name] = single_line(value)
 
 
 def change_json_body(message: http.Message, remove: tuple[str, ...], add: list[tuple[str, Any]]) -> None:
@@ -104,6 +83,11 @@ class _Transformer(Policy):
 
     def __init__(self, action: TransformerAction, build: BuildContext) -> None:
         self.action = action
+        for name, _ in action.headers.add if action.headers else ():
+            if not is_header_name(name):
+                raise ConfigError(
+                    build.path.key("headers.add").key(name), f"{name!r} is not a valid header name"
+                )
 
 
 @register_policy

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import logging
 from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -25,9 +24,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from ..outages import Outage
 from .base import Algorithm, Hit, RateLimitStore, StoreSettings, StoreUnavailable, sliding_hit
-
-logger = logging.getLogger("mitmgateway")
 
 MAX_CONNECTIONS = 64
 MAX_KEY_LENGTH = 200
@@ -81,12 +79,11 @@ class RedisStore(RateLimitStore):
             retry=Retry(NoBackoff(), 0),
             max_connections=MAX_CONNECTIONS,
         )
-        self.shown_url = _without_password(self.url)
         self.scripts = {
             "fixed-window": self.client.register_script(FIXED_WINDOW),
             "sliding-window": self.client.register_script(SLIDING_WINDOW),
         }
-        self.down = False
+        self.outage = Outage(f"rate-limit store {_without_password(self.url)}")
 
     def hit(
         self, key: str, window_ms: int, algorithm: Algorithm, limit: int
@@ -105,20 +102,12 @@ class RedisStore(RateLimitStore):
                 self.scripts[algorithm](keys=[key], args=[window_ms]), self.timeout
             )
         except (TimeoutError, RedisError, OSError) as e:
-            if not self.down:
-                self.down = True
-                logger.error(
-                    "rate-limit store %s unreachable (%s): %s until it is back",
-                    self.shown_url,
-                    str(e) or type(e).__name__,
-                    "letting requests through uncounted" if self.fail_open else "answering 503",
-                )
+            consequence = "letting requests through uncounted" if self.fail_open else "answering 503"
+            self.outage.failed(e, f"{consequence} until it is back")
             if self.fail_open:
                 return None
             raise StoreUnavailable(str(e)) from e
-        if self.down:
-            self.down = False
-            logger.info("rate-limit store %s is back", self.shown_url)
+        self.outage.recovered()
         if algorithm == "fixed-window":
             count, ttl_ms = reply
             return Hit(int(count), int(ttl_ms) / 1000)
