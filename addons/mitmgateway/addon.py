@@ -34,6 +34,7 @@ from .config import ConfigError, GatewayConfig, HttpListener, load_config
 from .metrics import GatewayMetrics
 from .pipeline import RequestContext
 from .policies import StepState
+from .request_limits import Http1Limits, refusal
 from .routing import hostname_of
 from .tracing import ensure_traceparent
 
@@ -81,6 +82,7 @@ class Gateway:
         self._config_signature: tuple[object, ...] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._error_answers = ProxyErrorAnswers()
+        self._http1_limits = Http1Limits(self._error_answers.render)
         self._contexts: weakref.WeakKeyDictionary[http.HTTPFlow, RequestContext] = weakref.WeakKeyDictionary()
         self.metrics = GatewayMetrics()
         self.access_log = AccessLog()
@@ -94,6 +96,7 @@ class Gateway:
 
     def load(self, loader) -> None:
         self._error_answers.install()
+        self._http1_limits.install()
         loader.add_option(
             "gateway_config",
             str,
@@ -149,6 +152,7 @@ class Gateway:
         self.access_log.close()
         self.state.keep_only(set())  # a code reload starts afresh: release what the old code held
         self._error_answers.uninstall()
+        self._http1_limits.uninstall()
         if self._watcher is not None:
             self._watcher.cancel()
             self._watcher = None
@@ -161,6 +165,7 @@ class Gateway:
             self._listen(config.http)
         self.access_log.configure(config.access_log)
         self._error_answers.json_errors = config.json_errors
+        self._http1_limits.limits = config.limits
         if self._ready_file is None:
             admin = config.admin
             self.admin.configure((admin.address, admin.port) if admin else None)
@@ -239,6 +244,11 @@ class Gateway:
         }
         if config.json_errors:
             record["jsonErrors"] = True
+        if (too_large := refusal(config.limits, request)) is not None:
+            status, message = too_large
+            flow.response = make_answer(request, status, message, {"Connection": "close"})
+            self._record(flow, answered_by="limits")
+            return None
         hostname = hostname_of(host)
         if DOT_SEGMENT.search(request.path.partition("?")[0]):
             # /api/../admin matches /api/* here but may mean /admin to an upstream that resolves
@@ -287,9 +297,19 @@ class Gateway:
             context.answer(make_answer(flow.request, 403, FORBIDDEN))
             answered_by = "scopes without a consumer"
         self._contexts[flow] = context
-        if answered_by is None and not context.wants_request_body and _is_large(flow.request):
+        if answered_by is None and not context.wants_request_body and self._streams(flow.request):
             flow.request.stream = True
         self._record(flow, answered_by, route.api_endpoint_name, route.pipeline.name, context)
+
+    def _streams(self, request: http.Request) -> bool:
+        if (
+            self.config is not None
+            and self.config.limits.max_body_bytes
+            and "content-length" not in request.headers
+        ):
+            # A body of unknown length can only be measured by holding it, up to the held limit.
+            return False
+        return _is_large(request)
 
     def _record(
         self,

@@ -57,6 +57,16 @@ def json_error(status: int, message: str, request_id: str | None) -> http.Respon
     return response
 
 
+def closing_answer(flow: http.HTTPFlow, status: int, message: str) -> http.Response:
+    """An answer after which the connection closes, shaped as the gateway's other errors are."""
+    record = flow.metadata.get("gateway", {})
+    if record.get("jsonErrors"):
+        response = json_error(status, message, record.get("requestId"))
+        response.headers["Connection"] = "close"
+        return response
+    return make_answer(flow.request, status, message, {"Connection": "close"})
+
+
 # What described the old body (or its framing), and what json_error sets itself.
 _REPLACED_BY_JSON_ERROR = frozenset(
     {b"content-type", b"content-length", b"content-encoding", b"transfer-encoding", b"etag", b"x-request-id"}
@@ -106,13 +116,13 @@ class ProxyErrorAnswers:
         self._original: object | None = None
         self.json_errors = False
 
-    def _render(self, status_code: int, message: str = "") -> bytes:
+    def render(self, status_code: int, message: str = "") -> bytes:
         return _error_response_bytes(status_code, message, json_errors=self.json_errors)
 
     def install(self) -> None:
         if self._original is None and hasattr(_http1, "make_error_response"):
             self._original = _http1.make_error_response
-            _http1.make_error_response = self._render
+            _http1.make_error_response = self.render
 
     def uninstall(self) -> None:
         if self._original is not None:

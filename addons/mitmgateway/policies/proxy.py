@@ -15,16 +15,14 @@ import weakref
 from dataclasses import dataclass
 from typing import Literal
 
-from mitmproxy import ctx as mitmproxy_ctx
 from mitmproxy import http
-from mitmproxy.net.http import http1
-from mitmproxy.proxy import events
 
-from ..answers import GATEWAY_TIMEOUT, json_error, make_answer
+from ..answers import GATEWAY_TIMEOUT
 from ..clients import peer_ip
 from ..config.errors import ConfigError
 from ..config.schema import non_negative, not_supported_yet, option
 from ..headers import closes_connection, encode, set_headers, strip_hop_by_hop
+from ..injection import answer_as_upstream
 from ..pipeline import RequestContext
 from ..upstreams import Upstream
 from .base import BuildContext, Policy, register_policy
@@ -51,41 +49,24 @@ class ProxyAction:
     )
 
 
-_injections: set[asyncio.Future[None]] = set()
-
-
 def answer_upstream_timeout(flow_ref: weakref.ref[http.HTTPFlow]) -> None:
     """Answer 504 for an upstream that has not started its response in time.
 
-    mitmproxy has no per-request upstream timeout and no way to answer a request it has already
-    forwarded, so the 504 is handed to mitmproxy as if the upstream had sent it (through the same
-    event injection mitmproxy's own `inject` commands use), with ``Connection: close`` so that
-    mitmproxy also closes the upstream connection, and the late real answer is never read.
+    mitmproxy has no per-request upstream timeout, so the gateway answers in the upstream's
+    place, which also closes the upstream connection.
     """
     flow = flow_ref()
     if flow is None or flow.response is not None or flow.error is not None or not flow.live:
         return
-    server = flow.server_conn
-    proxyserver = mitmproxy_ctx.master.addons.get("proxyserver")
-    handler = getattr(proxyserver, "connections", {}).get(flow.client_conn.id)
-    if handler is None or not server.connected or server.alpn == b"h2":
+    if not answer_as_upstream(flow, 504, GATEWAY_TIMEOUT):
         # Still connecting, or an HTTP/2 upstream: the operating system's timeouts apply.
-        logger.warning("upstream %s timed out; cannot answer 504 on this connection", server.address)
+        logger.warning(
+            "upstream %s timed out; cannot answer 504 on this connection", flow.server_conn.address
+        )
         return
-    record = flow.metadata.setdefault("gateway", {})
-    if record.get("jsonErrors"):
-        response = json_error(504, GATEWAY_TIMEOUT, record.get("requestId"))
-        response.headers["Connection"] = "close"
-    else:
-        response = make_answer(flow.request, 504, GATEWAY_TIMEOUT, {"Connection": "close"})
-    record["upstreamTimedOut"] = True
+    flow.metadata.setdefault("gateway", {})["upstreamTimedOut"] = True
     flow.comment += "; upstream timed out, answered 504"
     flow.marked = ":hourglass:"
-    injection = asyncio.ensure_future(
-        handler.server_event(events.DataReceived(server, http1.assemble_response(response)))
-    )
-    _injections.add(injection)  # the event loop keeps only a weak reference to a task
-    injection.add_done_callback(_injections.discard)
 
 
 @register_policy
