@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from .access_log import AccessLog
 from .admin import AdminServer
@@ -37,6 +38,7 @@ from .policies import StepState
 from .request_limits import Http1Limits, refusal
 from .routing import hostname_of
 from .tracing import ensure_traceparent
+from .upstream_health import UpstreamTarget
 
 logger = logging.getLogger("mitmgateway")
 
@@ -84,6 +86,11 @@ class Gateway:
         self._error_answers = ProxyErrorAnswers()
         self._http1_limits = Http1Limits(self._error_answers.render)
         self._contexts: weakref.WeakKeyDictionary[http.HTTPFlow, RequestContext] = weakref.WeakKeyDictionary()
+        # The upstream each client connection is about to connect to, for the server_* hooks,
+        # which see connections rather than flows; an entry lasts as long as its request.
+        self._targets: weakref.WeakValueDictionary[tuple[str, tuple[str, int]], UpstreamTarget] = (
+            weakref.WeakValueDictionary()
+        )
         self.metrics = GatewayMetrics()
         self.access_log = AccessLog()
         self.accepting = True
@@ -297,6 +304,8 @@ class Gateway:
             context.answer(make_answer(flow.request, 403, FORBIDDEN))
             answered_by = "scopes without a consumer"
         self._contexts[flow] = context
+        if context.target is not None and answered_by is None:
+            self._targets[(flow.client_conn.id, context.target.address)] = context.target
         if answered_by is None and not context.wants_request_body and self._streams(flow.request):
             flow.request.stream = True
         self._record(flow, answered_by, route.api_endpoint_name, route.pipeline.name, context)
@@ -353,6 +362,19 @@ class Gateway:
         if "requestId" not in record:
             record["requestId"] = secrets.token_hex(16)
         return record["requestId"]
+
+    async def server_connect(self, data: ServerConnectionHookData) -> None:
+        target = self._targets.get((data.client.id, data.server.address))
+        if target is not None:
+            await target.ensure_reachable(data.server)
+            self._targets[(data.client.id, target.address)] = target
+
+    def server_connected(self, data: ServerConnectionHookData) -> None:
+        target = self._targets.get((data.client.id, data.server.address))
+        if target is not None:
+            target.connected(data.server)
+
+    server_connect_error = server_connected
 
     def request(self, flow: http.HTTPFlow) -> None:
         context = self._contexts.get(flow)
