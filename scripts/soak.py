@@ -20,6 +20,7 @@ import hashlib
 import http.client
 import json
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -74,10 +75,11 @@ class Report:
     seconds: float = 0.0
 
     @property
-    def rss_growth_after_fill_mib(self) -> float:
-        """RSS growth over the second half of the run, once the bounded stores are full."""
-        half = [mib for done, mib in self.rss_mib if done >= self.requests // 2]
-        return max(half) - half[0] if half else 0.0
+    def rss_growth_at_end_mib(self) -> float:
+        """RSS growth over the last quarter of the run: with more distinct clients and tokens
+        than the rate-limit store and the token caches hold, they are full by then."""
+        last = [mib for done, mib in self.rss_mib if done >= self.requests * 3 // 4]
+        return max(last) - last[0] if last else 0.0
 
 
 def render(port: int, upstreams: dict[str, str], public_key: Path, max_keys: int, generation: int) -> str:
@@ -202,6 +204,8 @@ def run(
     finally:
         for process in processes:
             stop(process)
+    if not report.failures:  # else the gateway's log stays for a look
+        shutil.rmtree(work, ignore_errors=True)
     return report
 
 
@@ -231,12 +235,12 @@ def main() -> int:
     )
     args = parser.parse_args()
     report = run(args.requests, args.threads, args.max_keys, args.reloads, args.runner)
-    print(json.dumps({**asdict(report), "rssGrowthAfterFillMiB": report.rss_growth_after_fill_mib}, indent=1))
+    print(json.dumps({**asdict(report), "rssGrowthAtEndMiB": report.rss_growth_at_end_mib}, indent=1))
     passed = (
         not report.failures
         and report.ok == args.requests
         and report.half_written_refused
-        and report.rss_growth_after_fill_mib <= args.max_growth_mib
+        and report.rss_growth_at_end_mib <= args.max_growth_mib
     )
     return 0 if passed else 1
 

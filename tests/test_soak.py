@@ -26,4 +26,5 @@ def test_no_request_is_dropped_misrouted_or_altered_while_the_config_reloads():
     assert report.half_written_refused  # and the half-written file never did
     # Every client a new IP and a new token: the rate-limit store (maxKeys 300) is full after a
     # fifth of the run; memory may not keep growing with the number of clients after that.
-    assert report.rss_growth_after_fill_mib < 24, report.rss_mib
+    # (The token caches, 10,000 per jwt step, fill only in the long run: scripts/soak.)
+    assert report.rss_growth_at_end_mib < 16, report.rss_mib
