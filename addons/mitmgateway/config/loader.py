@@ -19,6 +19,7 @@ from urllib.parse import quote
 from ..clients import ClientResolver, parse_trusted_proxies
 from ..conditions import parse_condition
 from ..consumers import Consumers, parse_consumers
+from ..https import HttpsListener, parse_https
 from ..pipeline import Pipeline, Step
 from ..policies import POLICIES, BuildContext, StepState
 from ..routing import ApiEndpoint, Router, parse_api_endpoint
@@ -29,7 +30,6 @@ from .errors import ROOT, ConfigError, ErrorCollector, KeyPath
 from .schema import (
     check_type,
     check_unknown_keys,
-    not_supported_yet,
     option,
     parse_fields,
     require_list,
@@ -110,7 +110,7 @@ class ErrorSettings:
 @dataclass(frozen=True)
 class GatewayConfig:
     file: Path
-    http: HttpListener
+    http: HttpListener | None
     router: Router
     clients: ClientResolver
     service_endpoints: Mapping[str, ServiceEndpoint]
@@ -124,6 +124,7 @@ class GatewayConfig:
     json_errors: bool = False
     watched_files: tuple[Path, ...] = ()
     """Every file this config was read from: a change to any of them reloads it."""
+    https: HttpsListener | None = None
 
 
 def _sections(document: Any) -> dict[str, Any]:
@@ -263,14 +264,18 @@ def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
     # Independent parts are all checked, so one run reports every mistake; pipelines refer to
     # the rest and are only built once it is valid (else each reference would fail again).
     errors = ErrorCollector()
+    http = https = trusted = None
     with errors.part():
-        if "https" in sections:
-            not_supported_yet("https")(sections["https"], KeyPath("https"))
-    http = trusted = None
+        if sections.get("https") is not None:
+            https = parse_https(sections["https"], KeyPath("https"), file.parent, _port)
     with errors.part():
-        if "http" not in sections:
-            raise ConfigError("http.port", "is required: the port the gateway listens on")
-        http = parse_fields(HttpListener, sections["http"], KeyPath("http"))
+        if sections.get("http") is not None:
+            http = parse_fields(HttpListener, sections["http"], KeyPath("http"))
+        elif sections.get("https") is None:
+            raise ConfigError("http.port", "is required (or https): the port the gateway listens on")
+    with errors.part():
+        if http is not None and https is not None and http.port == https.port:
+            raise ConfigError("https.port", f"is also http.port ({http.port}): give each its own port")
     with errors.part():
         trusted = parse_trusted_proxies(sections.get("trustedProxies", []), KeyPath("trustedProxies"))
     api_endpoints: dict[str, tuple[ApiEndpoint, ...]] = {}
@@ -308,7 +313,7 @@ def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
             error_settings = parse_fields(ErrorSettings, sections["errors"], KeyPath("errors"))
 
     errors.raise_any()
-    assert http is not None and trusted is not None
+    assert trusted is not None
     namespace = "mitmgateway"
     store_key = ("rateLimitStore", store_settings.identity(), namespace)
     store = state.get(store_key, lambda: open_store(store_settings, namespace), set())
@@ -358,8 +363,21 @@ def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
         consumers=consumers,
         json_errors=error_settings.format == "json",
         # Watched even while missing: creating one of them takes effect too.
-        watched_files=(file, consumers.file or file.parent / CONSUMERS_FILE, file.parent / SYSTEM_CONFIG),
+        watched_files=(
+            file,
+            consumers.file or file.parent / CONSUMERS_FILE,
+            file.parent / SYSTEM_CONFIG,
+            *_certificate_files(sections.get("https"), file.parent),
+        ),
+        https=https,
     )
+
+
+def _certificate_files(raw: Any, config_dir: Path) -> tuple[Path, ...]:
+    """The key and certificate files of a valid https section: renewing one reloads the config."""
+    if raw is None:
+        return ()
+    return tuple(config_dir / str(entry[key]) for entry in raw["tls"].values() for key in ("key", "cert"))
 
 
 def load_plugins(raw: Any, path: KeyPath, config_dir: Path) -> None:
