@@ -7,6 +7,8 @@ import http.client
 import json
 import socket
 import ssl
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -323,3 +325,184 @@ def test_an_encrypted_key_is_refused(tmp_path, pki):
     https = "https: {port: 8443, tls: {default: {key: locked.pem, cert: api.cert.pem}}}\n"
     assert "https.tls.default.key: " in config_error(tmp_path, https)
     assert "is encrypted" in config_error(tmp_path, https)
+
+
+# HTTPS upstreams: verified against certifi's CAs, or the serviceEndpoint's caFile.
+
+
+class HttpsUpstream:
+    """An HTTPS echo service on 127.0.0.1, in a thread of the test process, with `issued`'s
+    certificate."""
+
+    def __init__(self, issued) -> None:  # type: ignore[no-untyped-def]
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                body = json.dumps({"path": self.path, "headers": dict(self.headers.items())}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(issued.cert_file, issued.key_file)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        serve = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05})
+        serve.daemon = True
+        serve.start()
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def https_upstreams(pki):
+    started = {
+        "good": HttpsUpstream(pki.ca.issue("up-good", "127.0.0.1")),
+        "selfsigned": HttpsUpstream(pki.ca.issue("up-self", "127.0.0.1", self_signed=True)),
+        "wrongname": HttpsUpstream(pki.ca.issue("up-wrong", "other.example.test")),
+        "expired": HttpsUpstream(pki.ca.issue("up-expired", "127.0.0.1", expired=True)),
+        # Signed by the test CA, which certifi does not hold: its serviceEndpoint has no caFile.
+        "certifi": HttpsUpstream(pki.ca.issue("up-certifi", "127.0.0.1")),
+    }
+    yield started
+    for upstream in started.values():
+        upstream.stop()
+
+
+def upstream_tls_config(pki, https_upstreams, https_port: int) -> str:
+    """One apiEndpoint per upstream (host NAME.example.test), each with the test CA as caFile but
+    `certifi`. (The caFile is an upstream address's, so `certifi` has an upstream of its own.)"""
+    services = {name: (upstream.url, name != "certifi") for name, upstream in https_upstreams.items()}
+    lines = ["http: {port: {port}, hostname: 127.0.0.1}", tls_section(pki, https_port).rstrip()]
+    lines.append("policies: [proxy]\napiEndpoints:")
+    lines += [f"  {name}: {{host: {name}.example.test}}" for name in services]
+    lines.append("serviceEndpoints:")
+    for name, (url, with_ca) in services.items():
+        ca = f", proxyOptions: {{target: {{caFile: {pki.ca.cert_file.name}}}}}" if with_ca else ""
+        lines.append(f"  {name}: {{url: '{url}'{ca}}}")
+    lines.append("pipelines:")
+    for name in services:
+        lines.append(f"  {name}:\n    apiEndpoints: [{name}]")
+        lines.append(f"    policies: [{{proxy: [{{action: {{serviceEndpoint: {name}}}}}]}}]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def upstream_tls_gateway(start_gateway, pki, https_upstreams):
+    https_port = free_port()
+    gateway = start_gateway(upstream_tls_config(pki, https_upstreams, https_port))
+    wait_for_port(https_port, gateway.process, gateway.log_path)
+    gateway.https_port = https_port
+    return gateway
+
+
+def test_an_https_upstream_signed_by_the_configured_ca_is_reached(upstream_tls_gateway):
+    reply = upstream_tls_gateway.send("/over/tls", host="good.example.test")
+    assert reply.status == 200, reply.text
+    assert json.loads(reply.body)["path"] == "/over/tls"
+
+
+@pytest.mark.parametrize("name", ["certifi", "selfsigned", "wrongname", "expired"])
+def test_a_bad_upstream_certificate_is_a_502(upstream_tls_gateway, name):
+    reply = upstream_tls_gateway.send("/x", host=f"{name}.example.test")
+    assert reply.status == 502
+    assert reply.text == "Bad gateway."
+    # The reason goes to the log, not to the client.
+    assert wait_until(lambda: "Certificate verify failed" in upstream_tls_gateway.log())
+
+
+def test_a_bad_upstream_certificate_is_a_502_for_http2_clients_too(upstream_tls_gateway, pki):
+    context = client_context(pki.ca.cert_file, ["h2"])
+    with tls_connect(upstream_tls_gateway.https_port, "api.example.test", context) as conn:
+        client = H2Client(conn)
+        headers, body = client.get("wrongname.example.test", "/x")
+        assert headers[b":status"] == b"502"
+        assert body == b"Bad gateway."
+        headers, body = client.get("good.example.test", "/y")
+        assert headers[b":status"] == b"200"
+
+
+def test_ssl_insecure_is_refused(tmp_path, start_gateway, pki, https_upstreams):
+    with pytest.raises(RuntimeError, match="ssl_insecure would accept any upstream certificate"):
+        start_gateway(upstream_tls_config(pki, https_upstreams, free_port()), options=("ssl_insecure=true",))
+
+
+def services_config(tmp_path: Path, service: str) -> Path:
+    path = tmp_path / "gateway.config.yml"
+    path.write_text(
+        "http: {port: 8080}\npolicies: [proxy]\napiEndpoints: {api: {host: '*'}}\n"
+        f"serviceEndpoints:\n{service}"
+        "pipelines: {api: {apiEndpoints: [api], policies: [{proxy: [{action: {serviceEndpoint: a}}]}]}}\n"
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("service", "message"),
+    [
+        (
+            "  a: {url: 'https://x.test', proxyOptions: {secure: false}}\n",
+            "serviceEndpoints.a.proxyOptions.secure: false would accept any upstream certificate",
+        ),
+        (
+            "  a: {url: 'https://x.test', proxyOptions: {target: {keyFile: k.pem}}}\n",
+            "serviceEndpoints.a.proxyOptions.target.keyFile: client certificates to upstreams are not "
+            "supported yet",
+        ),
+        (
+            "  a: {url: 'https://x.test', proxyOptions: {target: {caFile: none.pem}}}\n",
+            "serviceEndpoints.a.proxyOptions.target.caFile: cannot read {dir}/none.pem",
+        ),
+        (
+            "  a: {url: 'https://x.test', proxyOptions: {target: {caFile: api.key.pem}}}\n",
+            "serviceEndpoints.a.proxyOptions.target.caFile: {dir}/api.key.pem holds no PEM certificate",
+        ),
+        (
+            "  a: {url: 'http://x.test', proxyOptions: {target: {caFile: api.cert.pem}}}\n",
+            "serviceEndpoints.a.proxyOptions.target.caFile: applies to https:// upstreams",
+        ),
+        (
+            "  a: {url: 'https://x.test', proxyOptions: {target: {caFile: api.cert.pem}}}\n"
+            "  b: {url: 'https://x.test:443/b', proxyOptions: {target: {caFile: wild.cert.pem}}}\n",
+            "serviceEndpoints.b.proxyOptions.target.caFile: x.test:443 is also an upstream of "
+            "serviceEndpoint 'a'",
+        ),
+        (
+            "  a: {url: 'https://x.test', proxyOptions: {timeout: 5}}\n",
+            "serviceEndpoints.a.proxyOptions.timeout: unknown key (accepted: secure, target)",
+        ),
+    ],
+)
+def test_bad_proxy_options_are_refused_by_key_path(tmp_path, pki, service, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(services_config(tmp_path, service), StepState(), {})
+    assert message.format(dir=tmp_path) in str(info.value)
+
+
+def test_a_ca_file_is_watched(tmp_path, pki):
+    service = "  a: {url: 'https://x.test', proxyOptions: {secure: true, target: {caFile: api.cert.pem}}}\n"
+    config = load_config(services_config(tmp_path, service), StepState(), {})
+    assert config.upstream_trust.context_for(("x.test", 443)) is not None
+    assert tmp_path / "api.cert.pem" in config.watched_files
+
+
+def test_upstream_verification_under_the_lean_runner(start_gateway, pki, https_upstreams):
+    # There mitmproxy's TlsConfig builds the upstream connection before the gateway's hook runs.
+    gateway = start_gateway(upstream_tls_config(pki, https_upstreams, free_port()), runner="mitmgateway")
+    assert gateway.send("/", host="good.example.test").status == 200
+    assert gateway.send("/", host="wrongname.example.test").status == 502
+    assert gateway.send("/", host="certifi.example.test").status == 502

@@ -112,6 +112,11 @@ class Gateway:
         )
 
     def configure(self, updated: set[str]) -> None:
+        if "ssl_insecure" in updated and ctx.options.ssl_insecure:
+            raise exceptions.OptionsError(
+                "ssl_insecure would accept any upstream certificate: the gateway refuses it; "
+                "trust a private CA with proxyOptions.target.caFile in the serviceEndpoint"
+            )
         if "gateway_config" in updated:
             path = Path(ctx.options.gateway_config).expanduser().absolute()
             signature = self._signature(path)
@@ -229,6 +234,23 @@ class Gateway:
             return
         logger.warning("TLS handshake from %s refused: %s", client.peername[0], reason)
         data.ssl_conn = refusing_connection()
+
+    def tls_start_server(self, data: tls.TlsData) -> None:
+        """An upstream with its own caFile: mitmproxy's TLS settings (SNI, name check, ALPN,
+        versions), with that CA store instead of certifi's."""
+        trust = self.config.upstream_trust.context_for(data.conn.address) if self.config else None
+        if trust is None or data.is_dtls:
+            return
+        if data.ssl_conn is None:
+            # Under mitmdump this addon comes before mitmproxy's TlsConfig: let it build the
+            # connection now (it then leaves the connection alone).
+            tlsconfig = ctx.master.addons.get("tlsconfig")
+            if tlsconfig is None:
+                return
+            tlsconfig.tls_start_server(data)
+        # The verify store is the context's; what mitmproxy set on the connection itself (the
+        # name to check, SNI, ALPN, verify mode) stays.
+        data.ssl_conn.set_context(trust)
 
     async def _watch_config(self) -> None:
         while True:

@@ -7,7 +7,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .config.errors import ConfigError, KeyPath
-from .config.schema import check_type, not_supported_yet, option, parse_fields
+from .config.schema import check_type, option, parse_fields
+from .upstream_tls import ProxyOptions, parse_proxy_options
 
 
 @dataclass(frozen=True)
@@ -55,17 +56,20 @@ def _urls(value: Any, path: KeyPath) -> tuple[Upstream, ...]:
 class _ServiceEndpointFields:
     url: Upstream | None = option("url", None, parse=parse_upstream_url)
     urls: tuple[Upstream, ...] | None = option("urls", None, parse=_urls)
-    proxy_options: None = option("proxyOptions", None, parse=not_supported_yet("proxyOptions"))
+    proxy_options: ProxyOptions = option("proxyOptions", ProxyOptions(), parse=parse_proxy_options)
 
 
 @dataclass(frozen=True)
 class ServiceEndpoint:
     name: str
     upstreams: tuple[Upstream, ...]
+    ca_file: str | None = None
+    """proxyOptions.target.caFile, relative to the config file (see upstream_tls.py)."""
 
 
 def parse_service_endpoint(name: str, raw: Any, path: KeyPath) -> ServiceEndpoint:
     fields = parse_fields(_ServiceEndpointFields, raw, path)
     if (fields.url is None) == (fields.urls is None):
         raise ConfigError(path, "give either url or urls")
-    return ServiceEndpoint(name, (fields.url,) if fields.url else fields.urls or ())
+    upstreams = (fields.url,) if fields.url else fields.urls or ()
+    return ServiceEndpoint(name, upstreams, ca_file=fields.proxy_options.ca_file)

@@ -25,6 +25,7 @@ from ..policies import POLICIES, BuildContext, StepState
 from ..routing import ApiEndpoint, Router, parse_api_endpoint
 from ..stores import RateLimitStore, StoreSettings, open_store
 from ..stores.base import parse_store_settings
+from ..upstream_tls import UpstreamTrust, build_upstream_trust
 from ..upstreams import ServiceEndpoint, parse_service_endpoint
 from .errors import ROOT, ConfigError, ErrorCollector, KeyPath
 from .schema import (
@@ -125,6 +126,7 @@ class GatewayConfig:
     watched_files: tuple[Path, ...] = ()
     """Every file this config was read from: a change to any of them reloads it."""
     https: HttpsListener | None = None
+    upstream_trust: UpstreamTrust = UpstreamTrust({})
 
 
 def _sections(document: Any) -> dict[str, Any]:
@@ -287,6 +289,9 @@ def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
         for name, raw in require_mapping(sections.get("serviceEndpoints"), services_path).items():
             with errors.part():
                 service_endpoints[name] = parse_service_endpoint(name, raw, services_path.key(name))
+    upstream_trust = UpstreamTrust({})
+    with errors.part():
+        upstream_trust = build_upstream_trust(service_endpoints, file.parent, services_path)
     admin = access_log = None
     with errors.part():
         if sections.get("admin") is not None:
@@ -368,8 +373,10 @@ def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
             consumers.file or file.parent / CONSUMERS_FILE,
             file.parent / SYSTEM_CONFIG,
             *_certificate_files(sections.get("https"), file.parent),
+            *upstream_trust.files,
         ),
         https=https,
+        upstream_trust=upstream_trust,
     )
 
 
