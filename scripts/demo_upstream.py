@@ -11,6 +11,7 @@ upstream timeout); ``?cacheControl=``, ``?vary=`` and ``?setCookie=`` set those 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import sys
 import time
@@ -32,8 +33,7 @@ def make_handler(service: str) -> type[BaseHTTPRequestHandler]:
             if delay:
                 time.sleep(float(delay[0]))
             served[0] += 1
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
+            body = self._read_body()
             payload = json.dumps(
                 {
                     "service": service,
@@ -41,6 +41,7 @@ def make_handler(service: str) -> type[BaseHTTPRequestHandler]:
                     "path": self.path,
                     "headers": dict(self.headers.items()),
                     "bodyLength": len(body),
+                    "bodySha256": hashlib.sha256(body).hexdigest(),
                     "body": body.decode("utf-8", "replace"),
                     "served": served[0],
                 }
@@ -48,11 +49,7 @@ def make_handler(service: str) -> type[BaseHTTPRequestHandler]:
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             # ?cacheControl=...&vary=... let tests see how the gateway's cache follows them.
-            for name, header in (
-                ("cacheControl", "Cache-Control"),
-                ("vary", "Vary"),
-                ("setCookie", "Set-Cookie"),
-            ):
+            for name, header in ECHOED_HEADERS:
                 if name in query:
                     self.send_header(header, query[name][0])
             self.send_header("Content-Length", str(len(payload)))
@@ -61,6 +58,18 @@ def make_handler(service: str) -> type[BaseHTTPRequestHandler]:
                 # The gateway may have given up waiting (its upstream timeout).
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     self.wfile.write(payload)
+
+        def _read_body(self) -> bytes:
+            if "chunked" not in self.headers.get("Transfer-Encoding", "").lower():
+                length = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(length) if length else b""
+            body = b""
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                body += self.rfile.read(size)
+                self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass  # trailers
+            return body
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _answer
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http, tls
+from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from .access_log import AccessLog
 from .admin import AdminServer
@@ -35,8 +36,10 @@ from .https import CertificateFiles, HttpsListener, leaf_der, refusing_connectio
 from .metrics import GatewayMetrics
 from .pipeline import RequestContext
 from .policies import StepState
+from .request_limits import Http1Limits, refusal
 from .routing import hostname_of
 from .tracing import ensure_traceparent
+from .upstream_health import UpstreamTarget
 
 logger = logging.getLogger("mitmgateway")
 
@@ -87,7 +90,13 @@ class Gateway:
         self._config_signature: tuple[object, ...] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._error_answers = ProxyErrorAnswers()
+        self._http1_limits = Http1Limits(self._error_answers.render)
         self._contexts: weakref.WeakKeyDictionary[http.HTTPFlow, RequestContext] = weakref.WeakKeyDictionary()
+        # The upstream each client connection is about to connect to, for the server_* hooks,
+        # which see connections rather than flows; an entry lasts as long as its request.
+        self._targets: weakref.WeakValueDictionary[tuple[str, tuple[str, int]], UpstreamTarget] = (
+            weakref.WeakValueDictionary()
+        )
         self.metrics = GatewayMetrics()
         self.access_log = AccessLog()
         self.accepting = True
@@ -104,6 +113,7 @@ class Gateway:
 
     def load(self, loader) -> None:
         self._error_answers.install()
+        self._http1_limits.install()
         loader.add_option(
             "gateway_config",
             str,
@@ -164,6 +174,7 @@ class Gateway:
         self.access_log.close()
         self.state.keep_only(set())  # a code reload starts afresh: release what the old code held
         self._error_answers.uninstall()
+        self._http1_limits.uninstall()
         # mitmproxy holds the certificates in memory; the next instance writes its own files.
         self._certificate_files.remove_all()
         if self._watcher is not None:
@@ -178,6 +189,7 @@ class Gateway:
             self._listen(config.http, config.https)
         self.access_log.configure(config.access_log)
         self._error_answers.json_errors = config.json_errors
+        self._http1_limits.limits = config.limits
         if self._ready_file is None:
             admin = config.admin
             self.admin.configure((admin.address, admin.port) if admin else None)
@@ -317,6 +329,11 @@ class Gateway:
         }
         if config.json_errors:
             record["jsonErrors"] = True
+        if (too_large := refusal(config.limits, request)) is not None:
+            status, message = too_large
+            flow.response = make_answer(request, status, message, {"Connection": "close"})
+            self._record(flow, answered_by="limits")
+            return None
         hostname = hostname_of(host)
         if DOT_SEGMENT.search(request.path.partition("?")[0]):
             # /api/../admin matches /api/* here but may mean /admin to an upstream that resolves
@@ -365,9 +382,21 @@ class Gateway:
             context.answer(make_answer(flow.request, 403, FORBIDDEN))
             answered_by = "scopes without a consumer"
         self._contexts[flow] = context
-        if answered_by is None and not context.wants_request_body and _is_large(flow.request):
+        if context.target is not None and answered_by is None:
+            self._targets[(flow.client_conn.id, context.target.address)] = context.target
+        if answered_by is None and not context.wants_request_body and self._streams(flow.request):
             flow.request.stream = True
         self._record(flow, answered_by, route.api_endpoint_name, route.pipeline.name, context)
+
+    def _streams(self, request: http.Request) -> bool:
+        if (
+            self.config is not None
+            and self.config.limits.max_body_bytes
+            and "content-length" not in request.headers
+        ):
+            # A body of unknown length can only be measured by holding it, up to the held limit.
+            return False
+        return _is_large(request)
 
     def _record(
         self,
@@ -411,6 +440,19 @@ class Gateway:
         if "requestId" not in record:
             record["requestId"] = secrets.token_hex(16)
         return record["requestId"]
+
+    async def server_connect(self, data: ServerConnectionHookData) -> None:
+        target = self._targets.get((data.client.id, data.server.address))
+        if target is not None:
+            await target.ensure_reachable(data.server)
+            self._targets[(data.client.id, target.address)] = target
+
+    def server_connected(self, data: ServerConnectionHookData) -> None:
+        target = self._targets.get((data.client.id, data.server.address))
+        if target is not None:
+            target.connected(data.server)
+
+    server_connect_error = server_connected
 
     def request(self, flow: http.HTTPFlow) -> None:
         context = self._contexts.get(flow)

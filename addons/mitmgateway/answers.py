@@ -57,6 +57,16 @@ def json_error(status: int, message: str, request_id: str | None) -> http.Respon
     return response
 
 
+def closing_answer(flow: http.HTTPFlow, status: int, message: str) -> http.Response:
+    """An answer after which the connection closes, shaped as the gateway's other errors are."""
+    record = flow.metadata.get("gateway", {})
+    if record.get("jsonErrors"):
+        response = json_error(status, message, record.get("requestId"))
+        response.headers["Connection"] = "close"
+        return response
+    return make_answer(flow.request, status, message, {"Connection": "close"})
+
+
 # What described the old body (or its framing), and what json_error sets itself.
 _REPLACED_BY_JSON_ERROR = frozenset(
     {b"content-type", b"content-length", b"content-encoding", b"transfer-encoding", b"etag", b"x-request-id"}
@@ -120,7 +130,7 @@ class ProxyErrorAnswers:
         self._original_h2: object | None = None
         self.json_errors = False
 
-    def _render(self, status_code: int, message: str = "") -> bytes:
+    def render(self, status_code: int, message: str = "") -> bytes:
         return _error_response_bytes(status_code, message, json_errors=self.json_errors)
 
     def _render_h2_body(self, status_code: int, message: str = "") -> bytes:
@@ -129,7 +139,7 @@ class ProxyErrorAnswers:
     def install(self) -> None:
         if self._original is None and hasattr(_http1, "make_error_response"):
             self._original = _http1.make_error_response
-            _http1.make_error_response = self._render
+            _http1.make_error_response = self.render
         # HTTP/2 clients: the error page's body (its message names upstream addresses and TLS
         # errors, which belong in the log).
         if self._original_h2 is None and hasattr(_http2, "format_error"):

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mitmproxy import http
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -69,6 +69,25 @@ class GatewayMetrics:
             ["result"],
             registry=registry,
         )
+        self._upstream_failures = Counter(
+            "mitmgateway_upstream_failures",
+            "Failed attempts to use an upstream url: connect failed, connect timeout, upstream timeout",
+            ["service", "upstream", "reason"],
+            registry=registry,
+        )
+        self._upstream_retries = Counter(
+            "mitmgateway_upstream_retries",
+            "Requests sent to the next url because theirs could not be connected to",
+            ["service"],
+            registry=registry,
+        )
+        self._upstream_up = Gauge(
+            "mitmgateway_upstream_up",
+            "0 once an upstream url is taken out of the rotation after failures, 1 once it is back",
+            ["service", "upstream"],
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
         self.requests = _cached(self._requests.labels)
         self.upstream_seconds = _cached(self._upstream_seconds.labels)
         self.rate_limited = _cached(self._rate_limited.labels)
@@ -88,10 +107,22 @@ class GatewayMetrics:
         if reason := record.get("jwtFailure"):
             self.jwt_failures(pipeline, reason).inc()
         service = record.get("serviceEndpoint")
+        if "upstreamFailures" in record or "upstreamUp" in record:
+            self._observe_upstream_health(service or "", record)
         if service and response is not None and answered_by is None:
             sent = flow.request.timestamp_end
             if sent is not None and response.timestamp_start >= sent:
                 self.upstream_seconds(service).observe(response.timestamp_start - sent)
+
+    def _observe_upstream_health(self, service: str, record: dict[str, Any]) -> None:
+        for upstream, reason in record.get("upstreamFailures", ()):
+            self._upstream_failures.labels(service, upstream, reason).inc()
+        if record.get("upstreamRetried"):
+            self._upstream_retries.labels(service).inc()
+        if down := record.get("upstreamDown"):
+            self._upstream_up.labels(service, down).set(0)
+        if up := record.get("upstreamUp"):
+            self._upstream_up.labels(service, up).set(1)
 
     def exposition(self) -> bytes:
         if self.registry is not None:

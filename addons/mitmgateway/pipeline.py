@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .consumers import Authenticated
     from .policies.base import Policy
     from .routing import RouteMatch
+    from .upstream_health import UpstreamTarget
 
 ResponseCallback = Callable[[http.Response], None]
 Callback = Callable[[], None]
@@ -40,6 +41,7 @@ class RequestContext:
         "record",
         "route",
         "routed",
+        "target",
         "user",
         "wants_request_body",
     )
@@ -64,6 +66,8 @@ class RequestContext:
         """The verified identity (JWT claims) once an authentication policy has accepted one."""
         self.routed = False
         """Set by the proxy policy once the request has an upstream."""
+        self.target: UpstreamTarget | None = None
+        """The proxy policy's choice of upstream, which the gateway may change before connecting."""
         self._forward_callbacks: list[Callback] = []
         self._response_callbacks: list[ResponseCallback] = []
         self._finish_callbacks: list[Callback] = []

@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .config.errors import ConfigError, KeyPath
-from .config.schema import check_type, option, parse_fields
+from .config.schema import check_type, option, parse_fields, positive
 from .upstream_tls import ProxyOptions, parse_proxy_options
 
 
@@ -53,16 +53,34 @@ def _urls(value: Any, path: KeyPath) -> tuple[Upstream, ...]:
 
 
 @dataclass(frozen=True)
+class HealthCheck:
+    """Passive health checking of a serviceEndpoint's urls (``healthCheck``), from real traffic."""
+
+    max_failures: int = option("maxFailures", 1, parse=positive)
+    """Consecutive failures (refused, connect timeout, upstream timeout) that take a url out."""
+    cool_down_ms: int = option("coolDownMs", 10_000, parse=positive)
+    """How long a url stays out of the rotation before a request tries it again."""
+    connect_timeout_ms: int = option("connectTimeoutMs", 3_000, parse=positive)
+    """With several urls: a connection not made in this time is a failure, retried elsewhere."""
+
+
+def _health_check(value: Any, path: KeyPath) -> HealthCheck:
+    return parse_fields(HealthCheck, value, path)
+
+
+@dataclass(frozen=True)
 class _ServiceEndpointFields:
     url: Upstream | None = option("url", None, parse=parse_upstream_url)
     urls: tuple[Upstream, ...] | None = option("urls", None, parse=_urls)
     proxy_options: ProxyOptions = option("proxyOptions", ProxyOptions(), parse=parse_proxy_options)
+    health_check: HealthCheck = option("healthCheck", HealthCheck(), parse=_health_check)
 
 
 @dataclass(frozen=True)
 class ServiceEndpoint:
     name: str
     upstreams: tuple[Upstream, ...]
+    health_check: HealthCheck = HealthCheck()
     ca_file: str | None = None
     """proxyOptions.target.caFile, relative to the config file (see upstream_tls.py)."""
 
@@ -72,4 +90,4 @@ def parse_service_endpoint(name: str, raw: Any, path: KeyPath) -> ServiceEndpoin
     if (fields.url is None) == (fields.urls is None):
         raise ConfigError(path, "give either url or urls")
     upstreams = (fields.url,) if fields.url else fields.urls or ()
-    return ServiceEndpoint(name, upstreams, ca_file=fields.proxy_options.ca_file)
+    return ServiceEndpoint(name, upstreams, fields.health_check, fields.proxy_options.ca_file)

@@ -29,8 +29,10 @@ from ..upstream_tls import UpstreamTrust, build_upstream_trust
 from ..upstreams import ServiceEndpoint, parse_service_endpoint
 from .errors import ROOT, ConfigError, ErrorCollector, KeyPath
 from .schema import (
+    byte_size,
     check_type,
     check_unknown_keys,
+    non_negative,
     option,
     parse_fields,
     require_list,
@@ -65,6 +67,7 @@ TOP_LEVEL_KEYS = (
     "consumers",
     "errors",
     "plugins",
+    "limits",
     *SECTION_ALIASES,
 )
 
@@ -109,6 +112,23 @@ class ErrorSettings:
 
 
 @dataclass(frozen=True)
+class RequestLimits:
+    """What one client request may take (``limits``); defaults are Node's, hence Express Gateway's.
+
+    A size of 0 means no limit.
+    """
+
+    max_header_bytes: int = option("maxHeaderBytes", 16 << 10, parse=byte_size)
+    """The request line and headers: 431 beyond."""
+    max_body_bytes: int = option("maxBodyBytes", 0, parse=byte_size)
+    """Any request body: 413 beyond. Bodies stream through, so none is held whole in memory..."""
+    max_buffered_body_bytes: int = option("maxBufferedBodyBytes", 10 << 20, parse=byte_size)
+    """...except for a step that needs the whole body (a body transformer, the cache): 413 beyond."""
+    headers_timeout_ms: int = option("headersTimeoutMs", 60_000, parse=non_negative)
+    """From the first byte of a request to the end of its headers: 408 beyond (slow clients)."""
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     file: Path
     http: HttpListener | None
@@ -123,6 +143,7 @@ class GatewayConfig:
     """None: no access log; Path('-'): standard output."""
     consumers: Consumers = Consumers()
     json_errors: bool = False
+    limits: RequestLimits = RequestLimits()
     watched_files: tuple[Path, ...] = ()
     """Every file this config was read from: a change to any of them reloads it."""
     https: HttpsListener | None = None
@@ -317,6 +338,11 @@ def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
         if sections.get("errors") is not None:
             error_settings = parse_fields(ErrorSettings, sections["errors"], KeyPath("errors"))
 
+    limits = RequestLimits()
+    with errors.part():
+        if sections.get("limits") is not None:
+            limits = parse_fields(RequestLimits, sections["limits"], KeyPath("limits"))
+
     errors.raise_any()
     assert trusted is not None
     namespace = "mitmgateway"
@@ -367,6 +393,7 @@ def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
         access_log=access_log,
         consumers=consumers,
         json_errors=error_settings.format == "json",
+        limits=limits,
         # Watched even while missing: creating one of them takes effect too.
         watched_files=(
             file,

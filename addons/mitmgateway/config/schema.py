@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -137,6 +138,19 @@ def positive(value: Any, path: KeyPath) -> int:
     if number <= 0:
         raise ConfigError(path, f"must be greater than 0, got {number}")
     return number
+
+
+_SIZE = re.compile(r"\s*(\d+)\s*([kmg]?)b?\s*", re.IGNORECASE)
+
+
+def byte_size(value: Any, path: KeyPath) -> int:
+    """A size in bytes: an integer, or a string such as ``"16kb"`` or ``"10mb"`` (units of 1024)."""
+    if isinstance(value, str):
+        size = _SIZE.fullmatch(value)
+        if size is None:
+            raise ConfigError(path, f"must be a size such as 16384, '16kb' or '10mb', got {value!r}")
+        return int(size[1]) << {"": 0, "k": 10, "m": 20, "g": 30}[size[2].lower()]
+    return non_negative(value, path)
 
 
 def http_methods(value: Any, path: KeyPath) -> frozenset[str]:

@@ -7,7 +7,6 @@ handling (lazy connections, keep-alive per client connection) does the forwardin
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import re
 import secrets
@@ -15,17 +14,16 @@ import weakref
 from dataclasses import dataclass
 from typing import Literal
 
-from mitmproxy import ctx as mitmproxy_ctx
 from mitmproxy import http
-from mitmproxy.net.http import http1
-from mitmproxy.proxy import events
 
-from ..answers import GATEWAY_TIMEOUT, json_error, make_answer
+from ..answers import GATEWAY_TIMEOUT
 from ..clients import peer_ip
 from ..config.errors import ConfigError
 from ..config.schema import non_negative, not_supported_yet, option
 from ..headers import closes_connection, encode, set_headers, strip_hop_by_hop
+from ..injection import answer_as_upstream
 from ..pipeline import RequestContext
+from ..upstream_health import UpstreamPool, UpstreamTarget
 from ..upstreams import Upstream
 from .base import BuildContext, Policy, register_policy
 
@@ -51,41 +49,25 @@ class ProxyAction:
     )
 
 
-_injections: set[asyncio.Future[None]] = set()
-
-
-def answer_upstream_timeout(flow_ref: weakref.ref[http.HTTPFlow]) -> None:
+def answer_upstream_timeout(flow_ref: weakref.ref[http.HTTPFlow]) -> bool:
     """Answer 504 for an upstream that has not started its response in time.
 
-    mitmproxy has no per-request upstream timeout and no way to answer a request it has already
-    forwarded, so the 504 is handed to mitmproxy as if the upstream had sent it (through the same
-    event injection mitmproxy's own `inject` commands use), with ``Connection: close`` so that
-    mitmproxy also closes the upstream connection, and the late real answer is never read.
+    mitmproxy has no per-request upstream timeout, so the gateway answers in the upstream's
+    place, which also closes the upstream connection.
     """
     flow = flow_ref()
     if flow is None or flow.response is not None or flow.error is not None or not flow.live:
-        return
-    server = flow.server_conn
-    proxyserver = mitmproxy_ctx.master.addons.get("proxyserver")
-    handler = getattr(proxyserver, "connections", {}).get(flow.client_conn.id)
-    if handler is None or not server.connected or server.alpn == b"h2":
+        return False
+    if not answer_as_upstream(flow, 504, GATEWAY_TIMEOUT):
         # Still connecting, or an HTTP/2 upstream: the operating system's timeouts apply.
-        logger.warning("upstream %s timed out; cannot answer 504 on this connection", server.address)
-        return
-    record = flow.metadata.setdefault("gateway", {})
-    if record.get("jsonErrors"):
-        response = json_error(504, GATEWAY_TIMEOUT, record.get("requestId"))
-        response.headers["Connection"] = "close"
-    else:
-        response = make_answer(flow.request, 504, GATEWAY_TIMEOUT, {"Connection": "close"})
-    record["upstreamTimedOut"] = True
+        logger.warning(
+            "upstream %s timed out; cannot answer 504 on this connection", flow.server_conn.address
+        )
+        return False
+    flow.metadata.setdefault("gateway", {})["upstreamTimedOut"] = True
     flow.comment += "; upstream timed out, answered 504"
     flow.marked = ":hourglass:"
-    injection = asyncio.ensure_future(
-        handler.server_event(events.DataReceived(server, http1.assemble_response(response)))
-    )
-    _injections.add(injection)  # the event loop keeps only a weak reference to a task
-    injection.add_done_callback(_injections.discard)
+    return True
 
 
 @register_policy
@@ -102,11 +84,12 @@ class ProxyPolicy(Policy):
                 build.path.key("serviceEndpoint"),
                 f"unknown serviceEndpoint {action.service_endpoint!r} (declared: {known})",
             )
-        self.upstreams = itertools.cycle(service.upstreams)
+        # One pool per serviceEndpoint, shared by the steps that use it and kept across reloads
+        # that leave it as it is: its urls' health is the service's, not a step's.
+        self.pool = build.state.get(("upstreams", service), lambda: UpstreamPool(service), build.used_state)
         self.timeout = action.proxy_timeout / 1000
 
-    def forwarded_path(self, ctx: RequestContext, upstream: Upstream) -> str:
-        path = ctx.flow.request.path
+    def forwarded_path(self, ctx: RequestContext, path: str, upstream: Upstream) -> str:
         if self.action.ignore_path:
             return upstream.base_path or "/"
         pattern = ctx.route.path_pattern
@@ -121,21 +104,28 @@ class ProxyPolicy(Policy):
 
     def handle(self, ctx: RequestContext) -> None:
         request = ctx.flow.request
-        upstream = next(self.upstreams)
-        original_host = request.host_header
+        upstream = self.pool.pick()
+        assert upstream is not None  # a serviceEndpoint has at least one url
+        original_host, original_path = request.host_header, request.path
         tokens = strip_hop_by_hop(request)
         upgrading = b"upgrade" in tokens
         client_closes = closes_connection(request, tokens)
-        request.path = self.forwarded_path(ctx, upstream)
-        request.scheme = upstream.scheme
-        # Through `data`: the host and port setters each rewrite the Host header, set once below.
-        request.data.host = upstream.host
-        request.data.port = upstream.port
         if request.data.authority and not (request.is_http2 or request.is_http3):
             # An absolute-form target (GET http://other/...) is the client's choice of virtual
             # host, which the Host header just routed differently: send origin-form upstream.
             request.data.authority = b""
-        request.host_header = upstream.authority if self.action.change_origin else original_host
+
+        def aim(upstream: Upstream) -> None:
+            request.path = self.forwarded_path(ctx, original_path, upstream)
+            request.scheme = upstream.scheme
+            # Through `data`: the host and port setters each rewrite the Host header, set once here.
+            request.data.host = upstream.host
+            request.data.port = upstream.port
+            request.host_header = upstream.authority if self.action.change_origin else original_host
+            ctx.record["upstream"] = f"{upstream.host}:{upstream.port}"
+
+        aim(upstream)
+        ctx.target = UpstreamTarget(self.pool, upstream, aim, ctx.record)
         added: list[tuple[bytes, bytes]] = []
         if self.action.xfwd:
             forwarded = ctx.client.trusted_forwarded_for
@@ -151,11 +141,7 @@ class ProxyPolicy(Policy):
         if added:
             set_headers(request, tuple(added))
         ctx.routed = True
-        ctx.record.update(
-            serviceEndpoint=self.action.service_endpoint,
-            upstream=f"{upstream.host}:{upstream.port}",
-            requestId=request_id,
-        )
+        ctx.record.update(serviceEndpoint=self.action.service_endpoint, requestId=request_id)
 
         def finish_response(response: http.Response) -> None:
             tokens = strip_hop_by_hop(response, upgrading)
@@ -173,7 +159,12 @@ class ProxyPolicy(Policy):
     def _start_timer(self, ctx: RequestContext) -> None:
         # From the moment the whole request goes upstream, not from its headers: a slow upload
         # is the client's time, not the upstream's.
-        timer = asyncio.get_running_loop().call_later(
-            self.timeout, answer_upstream_timeout, weakref.ref(ctx.flow)
-        )
+        flow_ref, target = weakref.ref(ctx.flow), ctx.target
+        assert target is not None
+
+        def timed_out() -> None:
+            if answer_upstream_timeout(flow_ref):
+                target.pool.failed(target.upstream, "upstream timeout", target.record, "proxyTimeout")
+
+        timer = asyncio.get_running_loop().call_later(self.timeout, timed_out)
         ctx.on_finish(timer.cancel)

@@ -1,0 +1,150 @@
+"""Request limits (``limits``): header size (431), body size (413) and slow headers (408).
+
+A complete request is checked by `refusal` in the gateway's requestheaders hook. What comes
+before that, and what mitmproxy buffers without bound, no hook sees: mitmproxy's HTTP/1 server
+layer keeps reading a request head that never ends (its own source marks it "FIXME: protect
+against header size DoS"), with no deadline, and holds a request body in memory to its end,
+even for a request already answered. `Http1Limits` swaps in guarded versions of those two
+methods while the gateway is loaded, as `ProxyErrorAnswers` does for mitmproxy's error page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import Callable, Generator
+from typing import Any
+
+from mitmproxy import http
+from mitmproxy.proxy import commands, events
+from mitmproxy.proxy.layers import http as http_layers
+from mitmproxy.proxy.layers.http import _http1
+
+from .answers import closing_answer
+from .config.loader import RequestLimits
+from .injection import inject
+
+logger = logging.getLogger(__name__)
+
+HEADERS_TOO_LARGE = "Request Header Fields Too Large"
+BODY_TOO_LARGE = "Payload Too Large"
+HEADERS_TIMEOUT = "Request Timeout"
+
+
+def head_size(request: http.Request) -> int:
+    """The request line and headers as sent in HTTP/1 (CRLFs and ': ' included)."""
+    line = len(request.data.method) + len(request.data.path) + len(request.data.http_version) + 4
+    return line + sum(len(name) + len(value) + 4 for name, value in request.headers.fields) + 2
+
+
+def refusal(limits: RequestLimits, request: http.Request) -> tuple[int, str] | None:
+    """431 or 413 for a request whose head is over the limits, else None."""
+    if limits.max_header_bytes and head_size(request) > limits.max_header_bytes:
+        return 431, HEADERS_TOO_LARGE
+    length = request.headers.get("content-length", "")
+    if limits.max_body_bytes and length.isdigit() and int(length) > limits.max_body_bytes:
+        return 413, BODY_TOO_LARGE
+    return None
+
+
+def held_body_limit(limits: RequestLimits) -> int:
+    """The most a request body held in memory (not streamed) may take."""
+    sizes = [s for s in (limits.max_body_bytes, limits.max_buffered_body_bytes) if s]
+    return min(sizes, default=0)
+
+
+_Commands = Generator[commands.Command, Any, None]
+
+
+class Http1Limits:
+    """Guards mitmproxy's HTTP/1 request-head reading and request-body buffering."""
+
+    def __init__(self, render: Callable[[int, str], bytes]) -> None:
+        self.limits = RequestLimits()
+        self._render = render
+        """The gateway's error answer (text or JSON), as bytes to send."""
+        self._originals: dict[tuple[type, str], Callable[..., _Commands]] = {}
+        # When each connection's current request head began, for the headers timeout.
+        self._head_started: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+    def install(self) -> None:
+        if self._originals:
+            return
+        self._swap(_http1.Http1Server, "read_headers", self._read_headers)
+        self._swap(http_layers.HttpStream, "state_consume_request_body", self._consume_request_body)
+
+    def uninstall(self) -> None:
+        for (cls, name), original in self._originals.items():
+            setattr(cls, name, original)
+        self._originals.clear()
+
+    def _swap(self, cls: type, name: str, guard: Callable[..., _Commands]) -> None:
+        original = getattr(cls, name, None)
+        if original is None:
+            # A mitmproxy whose layers changed shape: run unguarded rather than not at all.
+            logger.warning(
+                "mitmproxy has no %s.%s: request limits are checked on complete heads only", cls, name
+            )
+            return
+        self._originals[(cls, name)] = original
+
+        def guarded(layer: Any, event: Any) -> _Commands:
+            return guard(original, layer, event)
+
+        guarded.__name__ = name
+        setattr(cls, name, guarded)
+
+    def _read_headers(self, original: Callable[..., _Commands], layer: Any, event: events.Event) -> _Commands:
+        yield from original(layer, event)
+        if layer.state != layer.read_headers or not isinstance(event, events.DataReceived):
+            self._head_started.pop(layer, None)
+            return
+        if not layer.buf:
+            return
+        limits = self.limits
+        now = time.monotonic()
+        started = self._head_started.setdefault(layer, now)
+        if limits.max_header_bytes and len(layer.buf) > limits.max_header_bytes:
+            yield from self._refuse_head(layer, 431, HEADERS_TOO_LARGE)
+        elif limits.headers_timeout_ms and now - started > limits.headers_timeout_ms / 1000:
+            yield from self._refuse_head(layer, 408, HEADERS_TIMEOUT)
+        elif started == now and limits.headers_timeout_ms:
+            # A client that goes quiet mid-head sends no event to check the deadline on.
+            asyncio.get_running_loop().call_later(
+                limits.headers_timeout_ms / 1000 + 0.01, self._wake, weakref.ref(layer)
+            )
+
+    def _refuse_head(self, layer: Any, status: int, message: str) -> _Commands:
+        self._head_started.pop(layer, None)
+        peer = layer.conn.peername[0] if layer.conn.peername else "?"
+        logger.info("%s: request head refused with %d (%s)", peer, status, message)
+        yield commands.SendData(layer.conn, self._render(status, message))
+        yield commands.CloseConnection(layer.conn)
+        layer.state = layer.done
+
+    def _wake(self, layer_ref: weakref.ref[Any]) -> None:
+        layer = layer_ref()
+        if layer is None or layer not in self._head_started or not layer.conn.connected:
+            return
+        if layer.conn.tls:
+            # Bytes injected under TLS would be taken for ciphertext: end it without a 408.
+            inject(layer.conn, events.ConnectionClosed(layer.conn))
+        else:
+            # An empty read, so `_read_headers` runs and answers 408.
+            inject(layer.conn, events.DataReceived(layer.conn, b""))
+
+    def _consume_request_body(self, original: Callable[..., _Commands], stream: Any, event: Any) -> _Commands:
+        if isinstance(event, http_layers.RequestData):
+            flow: http.HTTPFlow = stream.flow
+            if flow.response is not None:
+                # Answered before its body (401, 429, 413...): nobody will read the body.
+                return
+            limit = held_body_limit(self.limits)
+            if limit and len(stream.request_body_buf) + len(event.data) > limit:
+                stream.request_body_buf.clear()
+                flow.response = closing_answer(flow, 413, BODY_TOO_LARGE)
+                flow.metadata.setdefault("gateway", {})["answeredBy"] = "limits.maxBodyBytes"
+                return
+        yield from original(stream, event)

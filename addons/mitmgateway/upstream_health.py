@@ -1,0 +1,137 @@
+"""Passive health checks: a serviceEndpoint's urls in rotation, judged by the traffic itself.
+
+A url that refuses connections, does not accept one in time, or does not answer within the proxy
+step's timeout fails; `HealthCheck.max_failures` consecutive failures take it out of the
+rotation for `cool_down_ms`, after which the next request tries it again (one success brings it
+back). With several urls, the gateway checks that a new upstream connection can be made before
+mitmproxy makes it (mitmproxy cannot retry a connection it failed to open), and sends a request
+whose url is unreachable to the next one: nothing of the request was sent, so this is safe for
+any method. Each change is logged and written to the flow's record, where the metrics find it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mitmproxy import connection
+
+from .upstreams import ServiceEndpoint, Upstream
+
+logger = logging.getLogger(__name__)
+
+
+class UpstreamPool:
+    """One serviceEndpoint's urls: round-robin over those not cooling down after failures."""
+
+    def __init__(self, service: ServiceEndpoint) -> None:
+        self.service = service
+        self.upstreams = service.upstreams
+        self.check = service.health_check
+        self._next = 0
+        self._failures = [0] * len(self.upstreams)
+        self._down_until = [0.0] * len(self.upstreams)
+
+    @property
+    def has_spare(self) -> bool:
+        return len(self.upstreams) > 1
+
+    def pick(self, avoid: Upstream | None = None) -> Upstream | None:
+        """The next url in rotation; when every url is cooling down, the next one anyway (better
+        a try than a certain 502). None when `avoid` is the only url."""
+        now = time.monotonic()
+        count = len(self.upstreams)
+        fallback = None
+        for _ in range(count):
+            index = self._next
+            self._next = (index + 1) % count
+            upstream = self.upstreams[index]
+            if upstream is avoid:
+                continue
+            if self._down_until[index] <= now:
+                return upstream
+            fallback = fallback or upstream
+        return fallback
+
+    def failed(self, upstream: Upstream, reason: str, record: dict[str, Any], detail: str = "") -> None:
+        """`reason` is one of a few words (a metric label); `detail` what the log adds to it."""
+        index = self.upstreams.index(upstream)
+        self._failures[index] += 1
+        record.setdefault("upstreamFailures", []).append([_name(upstream), reason])
+        if self._failures[index] >= self.check.max_failures:
+            was_up = self._down_until[index] <= time.monotonic()
+            self._down_until[index] = time.monotonic() + self.check.cool_down_ms / 1000
+            if was_up:
+                record["upstreamDown"] = _name(upstream)
+                logger.warning(
+                    "upstream %s of serviceEndpoint %s is down (%s); out of rotation for %d ms",
+                    _name(upstream),
+                    self.service.name,
+                    f"{reason}: {detail}" if detail else reason,
+                    self.check.cool_down_ms,
+                )
+
+    def succeeded(self, upstream: Upstream, record: dict[str, Any]) -> None:
+        index = self.upstreams.index(upstream)
+        if self._failures[index] >= self.check.max_failures:
+            record["upstreamUp"] = _name(upstream)
+            logger.warning("upstream %s of serviceEndpoint %s is back", _name(upstream), self.service.name)
+        self._failures[index] = 0
+        self._down_until[index] = 0.0
+
+    async def reachable(self, upstream: Upstream, record: dict[str, Any]) -> bool:
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(upstream.host, upstream.port), self.check.connect_timeout_ms / 1000
+            )
+        except TimeoutError:
+            self.failed(upstream, "connect timeout", record)
+            return False
+        except OSError as e:
+            self.failed(upstream, "connect failed", record, e.strerror or type(e).__name__)
+            return False
+        writer.close()
+        return True
+
+
+def _name(upstream: Upstream) -> str:
+    return f"{upstream.scheme}://{upstream.authority}"
+
+
+@dataclass
+class UpstreamTarget:
+    """Where a proxy step sent one request, and how to send it elsewhere before it is sent."""
+
+    pool: UpstreamPool
+    upstream: Upstream
+    aim: Callable[[Upstream], None]
+    """Rewrites the request (scheme, host, port, path, Host) for another url of the pool."""
+    record: dict[str, Any]
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.upstream.host, self.upstream.port
+
+    async def ensure_reachable(self, server: connection.Server) -> None:
+        """Before mitmproxy connects `server`: move it to the next url if this one is unreachable."""
+        if not self.pool.has_spare or await self.pool.reachable(self.upstream, self.record):
+            return
+        alternative = self.pool.pick(avoid=self.upstream)
+        if alternative is None:
+            return
+        if server.sni == self.upstream.host:
+            server.sni = alternative.host
+        self.upstream = alternative
+        self.aim(alternative)
+        server.address = self.address
+        self.record["upstreamRetried"] = True
+
+    def connected(self, server: connection.Server) -> None:
+        if server.error:
+            self.pool.failed(self.upstream, "connect failed", self.record, server.error)
+        else:
+            self.pool.succeeded(self.upstream, self.record)
