@@ -251,8 +251,9 @@ def test_policy_without_steps_runs_once_with_empty_action(tmp_path):
     assert step.policy.action.window_ms == 60_000
 
 
-def test_https_is_refused_as_not_supported(tmp_path):
-    assert error(tmp_path, VALID + "https: {port: 8443}\n").endswith("https: https is not supported yet")
+def test_https_without_certificates_is_refused(tmp_path):
+    # The https section itself is tested in tests/test_tls.py.
+    assert "https.tls: must name at least one certificate" in error(tmp_path, VALID + "https: {port: 8443}\n")
 
 
 def test_unchanged_steps_keep_their_counters_across_reloads(tmp_path):

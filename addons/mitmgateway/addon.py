@@ -17,7 +17,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import ctx, exceptions, http, tls
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from .access_log import AccessLog
@@ -32,6 +32,7 @@ from .answers import (
     make_answer,
 )
 from .config import ConfigError, GatewayConfig, HttpListener, load_config
+from .https import CertificateFiles, HttpsListener, leaf_der, refusing_connection
 from .metrics import GatewayMetrics
 from .pipeline import RequestContext
 from .policies import StepState
@@ -47,6 +48,7 @@ CONFIG_POLL_SECONDS = 0.2
 # gateway itself; the reserved .invalid name makes sure nothing could ever reach a default.
 UNROUTED_TARGET = "http://unrouted.invalid"
 NO_CONFIG = "The gateway has no valid configuration."
+PLAIN_HTTP_ON_HTTPS_PORT = "This port speaks HTTPS."
 REJECTED_MARKER = ":no_entry:"
 ANSWERED_MARKER = ":zap:"
 STREAM_BODIES_OVER = 1 << 20
@@ -64,6 +66,10 @@ def _is_large(message: http.Message) -> bool:
     if length is None:
         return "chunked" in message.headers.get("transfer-encoding", "").lower()
     return length.isdigit() and int(length) > STREAM_BODIES_OVER
+
+
+def _reverse_mode(hostname: str | None, port: int) -> str:
+    return f"reverse:{UNROUTED_TARGET}@{hostname}:{port}" if hostname else f"reverse:{UNROUTED_TARGET}@{port}"
 
 
 def _file_signature(path: Path) -> tuple[int, int, int] | None:
@@ -100,6 +106,10 @@ class Gateway:
         pool_dir = os.environ.get(POOL_DIR_ENV)
         self._ready_file = Path(pool_dir) / f"ready-{os.getpid()}" if pool_dir else None
         self._running = False
+        self._certificate_files = CertificateFiles()
+        self._https_mode: str | None = None
+        """The mode spec of the https listener: flows and connections name the one they came in on."""
+        self._served_certificates: frozenset[bytes] = frozenset()
 
     def load(self, loader) -> None:
         self._error_answers.install()
@@ -112,6 +122,11 @@ class Gateway:
         )
 
     def configure(self, updated: set[str]) -> None:
+        if "ssl_insecure" in updated and ctx.options.ssl_insecure:
+            raise exceptions.OptionsError(
+                "ssl_insecure would accept any upstream certificate: the gateway refuses it; "
+                "trust a private CA with proxyOptions.target.caFile in the serviceEndpoint"
+            )
         if "gateway_config" in updated:
             path = Path(ctx.options.gateway_config).expanduser().absolute()
             signature = self._signature(path)
@@ -160,6 +175,8 @@ class Gateway:
         self.state.keep_only(set())  # a code reload starts afresh: release what the old code held
         self._error_answers.uninstall()
         self._http1_limits.uninstall()
+        # mitmproxy holds the certificates in memory; the next instance writes its own files.
+        self._certificate_files.remove_all()
         if self._watcher is not None:
             self._watcher.cancel()
             self._watcher = None
@@ -168,8 +185,8 @@ class Gateway:
         previous = self.config
         self.config = config
         self.state.keep_only(set(config.used_state))
-        if previous is None or previous.http != config.http:
-            self._listen(config.http)
+        if previous is None or (previous.http, previous.https) != (config.http, config.https):
+            self._listen(config.http, config.https)
         self.access_log.configure(config.access_log)
         self._error_answers.json_errors = config.json_errors
         self._http1_limits.limits = config.limits
@@ -178,18 +195,74 @@ class Gateway:
             self.admin.configure((admin.address, admin.port) if admin else None)
         self._announce_ready()
 
-    def _listen(self, listener: HttpListener) -> None:
-        at = f"{listener.hostname}:{listener.port}" if listener.hostname else str(listener.port)
+    def _listen(self, listener: HttpListener | None, https: HttpsListener | None) -> None:
+        # Both listeners are the same reverse mode: mitmproxy terminates TLS wherever a client
+        # starts with a ClientHello, and tls_start_client refuses it on the http port.
+        modes = [_reverse_mode(x.hostname, x.port) for x in (listener, https) if x is not None]
         ctx.options.update(
-            mode=[f"reverse:{UNROUTED_TARGET}@{at}"],
+            mode=modes,
             # Choose the upstream per request (lazy), and route by the Host the client sent.
             connection_strategy="lazy",
             keep_host_header=True,
         )
+        self._https_mode = modes[-1] if https is not None else None
+        served = frozenset(c.leaf for c in https.certificates) if https is not None else frozenset()
+        if https is not None or self._served_certificates:
+            # mitmproxy reloads its certificate store whenever `certs` changes: new connections
+            # get the new certificates, those already open keep theirs.
+            ctx.options.update(certs=self._certificate_files.specs(https.certificates if https else ()))
+            self._certificate_files.forget_stale()
+        self._served_certificates = served
         if "block_global" in ctx.options:
             # mitmdump refuses clients with public addresses by default, a guard for open
             # forward proxies; a gateway exists to serve them.
             ctx.options.update(block_global=False)
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        client = data.context.client
+        if client.sni:
+            # Host names are case-insensitive; mitmproxy's certificate lookup is not.
+            client.sni = client.sni.lower()
+
+    def tls_start_client(self, data: tls.TlsData) -> None:
+        """Refuse the handshake rather than let a client get a certificate minted by mitmproxy's
+        CA: on the plain http port, and on the https port for a name no certificate covers (when
+        the config has no default). The client sees a handshake_failure alert.
+
+        Under mitmdump this runs before mitmproxy's TlsConfig (scripts come first), under the lean
+        runner after it: the decision is made from the client's SNI either way, and a refusal
+        provided first is one TlsConfig leaves alone."""
+        if data.is_dtls:
+            return
+        client = data.context.client
+        https = self.config.https if self.config is not None else None
+        if https is None or client.proxy_mode.full_spec != self._https_mode:
+            reason = "TLS on the plain http port"
+        elif not https.serves(client.sni, client.sockname[0]) or (
+            data.ssl_conn is not None and leaf_der(data.ssl_conn) not in self._served_certificates
+        ):
+            reason = f"https.tls has no certificate for {client.sni or 'a client without SNI'} and no default"
+        else:
+            return
+        logger.warning("TLS handshake from %s refused: %s", client.peername[0], reason)
+        data.ssl_conn = refusing_connection()
+
+    def tls_start_server(self, data: tls.TlsData) -> None:
+        """An upstream with its own caFile: mitmproxy's TLS settings (SNI, name check, ALPN,
+        versions), with that CA store instead of certifi's."""
+        trust = self.config.upstream_trust.context_for(data.conn.address) if self.config else None
+        if trust is None or data.is_dtls:
+            return
+        if data.ssl_conn is None:
+            # Under mitmdump this addon comes before mitmproxy's TlsConfig: let it build the
+            # connection now (it then leaves the connection alone).
+            tlsconfig = ctx.master.addons.get("tlsconfig")
+            if tlsconfig is None:
+                return
+            tlsconfig.tls_start_server(data)
+        # The verify store is the context's; what mitmproxy set on the connection itself (the
+        # name to check, SNI, ALPN, verify mode) stays.
+        data.ssl_conn.set_context(trust)
 
     async def _watch_config(self) -> None:
         while True:
@@ -238,6 +311,11 @@ class Gateway:
 
     def _handle(self, flow: http.HTTPFlow, config: GatewayConfig) -> Coroutine[Any, Any, None] | None:
         request = flow.request
+        if not flow.client_conn.tls and flow.client_conn.proxy_mode.full_spec == self._https_mode:
+            # A plain HTTP request on the https port: answered, not served (nginx does the same).
+            flow.response = make_answer(request, 400, PLAIN_HTTP_ON_HTTPS_PORT, {"Connection": "close"})
+            self._record(flow, answered_by="plain HTTP on the https port")
+            return None
         origin = flow.metadata.get("gateway", {}).get("origin")
         if flow.is_replay == "request" and origin:
             # A replayed flow carries the upstream's Host and path: route it as first sent.

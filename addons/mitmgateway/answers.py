@@ -12,7 +12,7 @@ from http import HTTPStatus
 
 from mitmproxy import http
 from mitmproxy.net.http import http1
-from mitmproxy.proxy.layers.http import _http1
+from mitmproxy.proxy.layers.http import _http1, _http2
 
 NOT_FOUND = "Not Found"
 BAD_REQUEST = "Bad Request"
@@ -87,13 +87,26 @@ def as_json_error(response: http.Response, request_id: str | None) -> http.Respo
     return reshaped
 
 
+def _error_text(status_code: int, message: str) -> str:
+    return BAD_GATEWAY if status_code == 502 else message or HTTPStatus(status_code).phrase
+
+
+def _error_body(status_code: int, message: str = "", *, json_errors: bool = False) -> bytes:
+    """The body of such an answer to an HTTP/2 client (mitmproxy sends the head itself, as
+    text/html)."""
+    text = _error_text(status_code, message)
+    if json_errors:
+        return json_error(status_code, text, None).content or b""
+    return text.encode()
+
+
 def _error_response_bytes(status_code: int, message: str = "", *, json_errors: bool = False) -> bytes:
     """What the client gets when mitmproxy itself fails a request (upstream refused, reset...).
 
     An upstream failure is Express Gateway's ``Bad gateway.``: the socket error behind it names
     internal addresses, so it goes to the log (mitmproxy logs it), not to the client.
     """
-    text = BAD_GATEWAY if status_code == 502 else message or HTTPStatus(status_code).phrase
+    text = _error_text(status_code, message)
     if json_errors:
         response = json_error(status_code, text, None)
     else:
@@ -105,7 +118,7 @@ def _error_response_bytes(status_code: int, message: str = "", *, json_errors: b
 
 
 class ProxyErrorAnswers:
-    """Make mitmproxy's own error answers the gateway's, for HTTP/1 clients.
+    """Make mitmproxy's own error answers the gateway's (for HTTP/2 clients, their body).
 
     mitmproxy renders these itself as an HTML page and, up to 12.x, has no hook to replace it
     (a proposal is mitmproxy pull request #7999), so the one function that renders them is
@@ -114,17 +127,29 @@ class ProxyErrorAnswers:
 
     def __init__(self) -> None:
         self._original: object | None = None
+        self._original_h2: object | None = None
         self.json_errors = False
 
     def render(self, status_code: int, message: str = "") -> bytes:
         return _error_response_bytes(status_code, message, json_errors=self.json_errors)
 
+    def _render_h2_body(self, status_code: int, message: str = "") -> bytes:
+        return _error_body(status_code, message, json_errors=self.json_errors)
+
     def install(self) -> None:
         if self._original is None and hasattr(_http1, "make_error_response"):
             self._original = _http1.make_error_response
             _http1.make_error_response = self.render
+        # HTTP/2 clients: the error page's body (its message names upstream addresses and TLS
+        # errors, which belong in the log).
+        if self._original_h2 is None and hasattr(_http2, "format_error"):
+            self._original_h2 = _http2.format_error
+            _http2.format_error = self._render_h2_body
 
     def uninstall(self) -> None:
         if self._original is not None:
             _http1.make_error_response = self._original
             self._original = None
+        if self._original_h2 is not None:
+            _http2.format_error = self._original_h2
+            self._original_h2 = None

@@ -91,12 +91,14 @@ def _describe_endpoint(endpoint: ApiEndpoint) -> str:
 
 def summarize(config: GatewayConfig) -> str:
     """What a valid config sets up, on one screen: endpoints → pipelines → policies, upstreams."""
-    listener = config.http
-    lines = [
-        f"{config.file}: OK",
-        f"listens on http://{listener.hostname or '*'}:{listener.port}",
-        "apiEndpoints → pipeline: policies",
-    ]
+    lines = [f"{config.file}: OK"]
+    if config.http is not None:
+        lines.append(f"listens on http://{config.http.hostname or '*'}:{config.http.port}")
+    if config.https is not None:
+        https = config.https
+        names = ", ".join(https.names)
+        lines.append(f"listens on https://{https.hostname or '*'}:{https.port} (certificates: {names})")
+    lines.append("apiEndpoints → pipeline: policies")
     for name, endpoint, pipeline in config.router.endpoints:
         steps = " → ".join(
             step.policy_name + (" (if condition)" if step.condition else "") for step in pipeline.steps

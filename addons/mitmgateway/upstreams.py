@@ -7,7 +7,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .config.errors import ConfigError, KeyPath
-from .config.schema import check_type, not_supported_yet, option, parse_fields, positive
+from .config.schema import check_type, option, parse_fields, positive
+from .upstream_tls import ProxyOptions, parse_proxy_options
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ def _health_check(value: Any, path: KeyPath) -> HealthCheck:
 class _ServiceEndpointFields:
     url: Upstream | None = option("url", None, parse=parse_upstream_url)
     urls: tuple[Upstream, ...] | None = option("urls", None, parse=_urls)
-    proxy_options: None = option("proxyOptions", None, parse=not_supported_yet("proxyOptions"))
+    proxy_options: ProxyOptions = option("proxyOptions", ProxyOptions(), parse=parse_proxy_options)
     health_check: HealthCheck = option("healthCheck", HealthCheck(), parse=_health_check)
 
 
@@ -80,6 +81,8 @@ class ServiceEndpoint:
     name: str
     upstreams: tuple[Upstream, ...]
     health_check: HealthCheck = HealthCheck()
+    ca_file: str | None = None
+    """proxyOptions.target.caFile, relative to the config file (see upstream_tls.py)."""
 
 
 def parse_service_endpoint(name: str, raw: Any, path: KeyPath) -> ServiceEndpoint:
@@ -87,4 +90,4 @@ def parse_service_endpoint(name: str, raw: Any, path: KeyPath) -> ServiceEndpoin
     if (fields.url is None) == (fields.urls is None):
         raise ConfigError(path, "give either url or urls")
     upstreams = (fields.url,) if fields.url else fields.urls or ()
-    return ServiceEndpoint(name, upstreams, fields.health_check)
+    return ServiceEndpoint(name, upstreams, fields.health_check, fields.proxy_options.ca_file)

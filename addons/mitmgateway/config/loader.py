@@ -19,11 +19,13 @@ from urllib.parse import quote
 from ..clients import ClientResolver, parse_trusted_proxies
 from ..conditions import parse_condition
 from ..consumers import Consumers, parse_consumers
+from ..https import HttpsListener, parse_https
 from ..pipeline import Pipeline, Step
 from ..policies import POLICIES, BuildContext, StepState
 from ..routing import ApiEndpoint, Router, parse_api_endpoint
 from ..stores import RateLimitStore, StoreSettings, open_store
 from ..stores.base import parse_store_settings
+from ..upstream_tls import UpstreamTrust, build_upstream_trust
 from ..upstreams import ServiceEndpoint, parse_service_endpoint
 from .errors import ROOT, ConfigError, ErrorCollector, KeyPath
 from .schema import (
@@ -31,7 +33,6 @@ from .schema import (
     check_type,
     check_unknown_keys,
     non_negative,
-    not_supported_yet,
     option,
     parse_fields,
     require_list,
@@ -130,7 +131,7 @@ class RequestLimits:
 @dataclass(frozen=True)
 class GatewayConfig:
     file: Path
-    http: HttpListener
+    http: HttpListener | None
     router: Router
     clients: ClientResolver
     service_endpoints: Mapping[str, ServiceEndpoint]
@@ -145,6 +146,8 @@ class GatewayConfig:
     limits: RequestLimits = RequestLimits()
     watched_files: tuple[Path, ...] = ()
     """Every file this config was read from: a change to any of them reloads it."""
+    https: HttpsListener | None = None
+    upstream_trust: UpstreamTrust = UpstreamTrust({})
 
 
 def _sections(document: Any) -> dict[str, Any]:
@@ -284,14 +287,18 @@ def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
     # Independent parts are all checked, so one run reports every mistake; pipelines refer to
     # the rest and are only built once it is valid (else each reference would fail again).
     errors = ErrorCollector()
+    http = https = trusted = None
     with errors.part():
-        if "https" in sections:
-            not_supported_yet("https")(sections["https"], KeyPath("https"))
-    http = trusted = None
+        if sections.get("https") is not None:
+            https = parse_https(sections["https"], KeyPath("https"), file.parent, _port)
     with errors.part():
-        if "http" not in sections:
-            raise ConfigError("http.port", "is required: the port the gateway listens on")
-        http = parse_fields(HttpListener, sections["http"], KeyPath("http"))
+        if sections.get("http") is not None:
+            http = parse_fields(HttpListener, sections["http"], KeyPath("http"))
+        elif sections.get("https") is None:
+            raise ConfigError("http.port", "is required (or https): the port the gateway listens on")
+    with errors.part():
+        if http is not None and https is not None and http.port == https.port:
+            raise ConfigError("https.port", f"is also http.port ({http.port}): give each its own port")
     with errors.part():
         trusted = parse_trusted_proxies(sections.get("trustedProxies", []), KeyPath("trustedProxies"))
     api_endpoints: dict[str, tuple[ApiEndpoint, ...]] = {}
@@ -303,6 +310,9 @@ def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
         for name, raw in require_mapping(sections.get("serviceEndpoints"), services_path).items():
             with errors.part():
                 service_endpoints[name] = parse_service_endpoint(name, raw, services_path.key(name))
+    upstream_trust = UpstreamTrust({})
+    with errors.part():
+        upstream_trust = build_upstream_trust(service_endpoints, file.parent, services_path)
     admin = access_log = None
     with errors.part():
         if sections.get("admin") is not None:
@@ -334,7 +344,7 @@ def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
             limits = parse_fields(RequestLimits, sections["limits"], KeyPath("limits"))
 
     errors.raise_any()
-    assert http is not None and trusted is not None
+    assert trusted is not None
     namespace = "mitmgateway"
     store_key = ("rateLimitStore", store_settings.identity(), namespace)
     store = state.get(store_key, lambda: open_store(store_settings, namespace), set())
@@ -385,8 +395,23 @@ def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
         json_errors=error_settings.format == "json",
         limits=limits,
         # Watched even while missing: creating one of them takes effect too.
-        watched_files=(file, consumers.file or file.parent / CONSUMERS_FILE, file.parent / SYSTEM_CONFIG),
+        watched_files=(
+            file,
+            consumers.file or file.parent / CONSUMERS_FILE,
+            file.parent / SYSTEM_CONFIG,
+            *_certificate_files(sections.get("https"), file.parent),
+            *upstream_trust.files,
+        ),
+        https=https,
+        upstream_trust=upstream_trust,
     )
+
+
+def _certificate_files(raw: Any, config_dir: Path) -> tuple[Path, ...]:
+    """The key and certificate files of a valid https section: renewing one reloads the config."""
+    if raw is None:
+        return ()
+    return tuple(config_dir / str(entry[key]) for entry in raw["tls"].values() for key in ("key", "cert"))
 
 
 def load_plugins(raw: Any, path: KeyPath, config_dir: Path) -> None:
