@@ -7,6 +7,7 @@ requests go to the next url, so clients see no 502 while a healthy url remains.
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import struct
@@ -27,7 +28,8 @@ PROXY = "- proxy: [{action: {serviceEndpoint: backend, proxyTimeout: 1000}}]"
 
 
 class FaultyUpstream:
-    """An upstream that misbehaves as the request path says: /reset, /garbage, /close, /partial."""
+    """An upstream that misbehaves as the request path says: /reset, /garbage, /close, /partial,
+    /trailers."""
 
     def __init__(self) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -63,6 +65,9 @@ class FaultyUpstream:
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             elif path == b"/garbage":
                 conn.sendall(b"\x16\x03\x01 this is not HTTP\r\n\r\n")
+            elif path == b"/trailers":
+                chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n"
+                conn.sendall(chunked + b"0\r\nX-Sum: 1\r\n\r\n")  # trailer fields
             elif path == b"/partial":
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Le")
             # /close: closed without a word
@@ -103,6 +108,16 @@ def test_a_broken_upstream_answer_is_a_502_and_other_routes_keep_working(
         assert gateway.send("/", host="healthy.local").status == 200
     assert gateway.send("/ok", host="faulty.local").text == "ok"
     assert "Traceback" not in gateway.log()
+
+
+def test_an_upstream_answer_with_trailer_fields_is_cut_off_cleanly(start_gateway, upstreams, faulty):
+    gateway = start_gateway(two_services(faulty.url, upstreams["orders"].url))
+    # A chunked answer streams to the client as it comes: when its trailer fields arrive the head
+    # is already out, so the client sees the answer end early rather than a 502.
+    with pytest.raises(http.client.IncompleteRead):
+        gateway.send("/trailers", host="faulty.local")
+    assert gateway.send("/", host="healthy.local").status == 200
+    assert "has crashed" not in gateway.log()
 
 
 def demo_upstream(name: str, port: int) -> subprocess.Popen[bytes]:

@@ -39,6 +39,7 @@ from .policies import StepState
 from .request_limits import Http1Limits, refusal
 from .routing import hostname_of
 from .tracing import ensure_traceparent
+from .trailers import TrailerFields
 from .upstream_health import UpstreamTarget
 
 logger = logging.getLogger("mitmgateway")
@@ -91,6 +92,7 @@ class Gateway:
         self._watcher: asyncio.Task[None] | None = None
         self._error_answers = ProxyErrorAnswers()
         self._http1_limits = Http1Limits(self._error_answers.render)
+        self._trailer_fields = TrailerFields(self._error_answers.render)
         self._contexts: weakref.WeakKeyDictionary[http.HTTPFlow, RequestContext] = weakref.WeakKeyDictionary()
         # The upstream each client connection is about to connect to, for the server_* hooks,
         # which see connections rather than flows; an entry lasts as long as its request.
@@ -114,6 +116,7 @@ class Gateway:
     def load(self, loader) -> None:
         self._error_answers.install()
         self._http1_limits.install()
+        self._trailer_fields.install()
         loader.add_option(
             "gateway_config",
             str,
@@ -175,6 +178,7 @@ class Gateway:
         self.state.keep_only(set())  # a code reload starts afresh: release what the old code held
         self._error_answers.uninstall()
         self._http1_limits.uninstall()
+        self._trailer_fields.uninstall()
         # mitmproxy holds the certificates in memory; the next instance writes its own files.
         self._certificate_files.remove_all()
         if self._watcher is not None:

@@ -14,6 +14,8 @@ from mitmproxy import http
 from mitmproxy.net.http import http1
 from mitmproxy.proxy.layers.http import _http1, _http2
 
+from .patches import Patches
+
 NOT_FOUND = "Not Found"
 BAD_REQUEST = "Bad Request"
 UNAUTHORIZED = "Unauthorized"
@@ -126,8 +128,7 @@ class ProxyErrorAnswers:
     """
 
     def __init__(self) -> None:
-        self._original: object | None = None
-        self._original_h2: object | None = None
+        self._patches = Patches()
         self.json_errors = False
 
     def render(self, status_code: int, message: str = "") -> bytes:
@@ -137,19 +138,11 @@ class ProxyErrorAnswers:
         return _error_body(status_code, message, json_errors=self.json_errors)
 
     def install(self) -> None:
-        if self._original is None and hasattr(_http1, "make_error_response"):
-            self._original = _http1.make_error_response
-            _http1.make_error_response = self.render
-        # HTTP/2 clients: the error page's body (its message names upstream addresses and TLS
-        # errors, which belong in the log).
-        if self._original_h2 is None and hasattr(_http2, "format_error"):
-            self._original_h2 = _http2.format_error
-            _http2.format_error = self._render_h2_body
+        if not self._patches.applied:
+            self._patches.replace(_http1, "make_error_response", lambda _original: self.render)
+            # HTTP/2 clients: the error page's body (its message names upstream addresses and TLS
+            # errors, which belong in the log).
+            self._patches.replace(_http2, "format_error", lambda _original: self._render_h2_body)
 
     def uninstall(self) -> None:
-        if self._original is not None:
-            _http1.make_error_response = self._original
-            self._original = None
-        if self._original_h2 is not None:
-            _http2.format_error = self._original_h2
-            self._original_h2 = None
+        self._patches.restore()

@@ -25,6 +25,7 @@ from mitmproxy.proxy.layers.http import _http1
 from .answers import closing_answer
 from .config.loader import RequestLimits
 from .injection import inject
+from .patches import Patches, method_guard
 
 logger = logging.getLogger(__name__)
 
@@ -65,36 +66,19 @@ class Http1Limits:
         self.limits = RequestLimits()
         self._render = render
         """The gateway's error answer (text or JSON), as bytes to send."""
-        self._originals: dict[tuple[type, str], Callable[..., _Commands]] = {}
+        self._patches = Patches()
         # When each connection's current request head began, for the headers timeout.
         self._head_started: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
 
     def install(self) -> None:
-        if self._originals:
-            return
-        self._swap(_http1.Http1Server, "read_headers", self._read_headers)
-        self._swap(http_layers.HttpStream, "state_consume_request_body", self._consume_request_body)
+        if not self._patches.applied:
+            self._patches.replace(_http1.Http1Server, "read_headers", method_guard(self._read_headers))
+            self._patches.replace(
+                http_layers.HttpStream, "state_consume_request_body", method_guard(self._consume_request_body)
+            )
 
     def uninstall(self) -> None:
-        for (cls, name), original in self._originals.items():
-            setattr(cls, name, original)
-        self._originals.clear()
-
-    def _swap(self, cls: type, name: str, guard: Callable[..., _Commands]) -> None:
-        original = getattr(cls, name, None)
-        if original is None:
-            # A mitmproxy whose layers changed shape: run unguarded rather than not at all.
-            logger.warning(
-                "mitmproxy has no %s.%s: request limits are checked on complete heads only", cls, name
-            )
-            return
-        self._originals[(cls, name)] = original
-
-        def guarded(layer: Any, event: Any) -> _Commands:
-            return guard(original, layer, event)
-
-        guarded.__name__ = name
-        setattr(cls, name, guarded)
+        self._patches.restore()
 
     def _read_headers(self, original: Callable[..., _Commands], layer: Any, event: events.Event) -> _Commands:
         yield from original(layer, event)

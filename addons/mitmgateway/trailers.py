@@ -1,0 +1,52 @@
+"""HTTP/1 chunked messages with trailer fields: refused cleanly instead of crashing the reader.
+
+mitmproxy's HTTP/1 reader raises NotImplementedError on trailer fields after a chunked body,
+which it logs as "mitmproxy has crashed!" before dropping the connection. The gateway makes that
+an ordinary protocol error, the way the reader treats malformed chunking: a client gets 400 (when
+nothing has been answered on its connection yet) and the connection closes; an upstream's answer
+becomes a 502. (Trailers over HTTP/2 are supported by mitmproxy and pass through.)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Generator
+from typing import Any
+
+from mitmproxy.proxy import commands, events
+from mitmproxy.proxy.layers.http import _http1
+from mitmproxy.proxy.layers.http._base import ReceiveHttp
+
+from .patches import Patches, method_guard
+
+logger = logging.getLogger(__name__)
+
+NOT_SUPPORTED = "Trailer fields after an HTTP/1 chunked body are not supported"
+
+
+class TrailerFields:
+    def __init__(self, render: Callable[[int, str], bytes]) -> None:
+        self._render = render
+        """The gateway's error answer (text or JSON), as bytes to send."""
+        self._patches = Patches()
+
+    def install(self) -> None:
+        if not self._patches.applied:
+            self._patches.replace(_http1.Http1Connection, "read_body", method_guard(self._read_body))
+
+    def uninstall(self) -> None:
+        self._patches.restore()
+
+    def _read_body(
+        self, original: Callable[..., Generator[commands.Command, Any, None]], layer: Any, event: events.Event
+    ) -> Generator[commands.Command, Any, None]:
+        try:
+            yield from original(layer, event)
+        except NotImplementedError:
+            from_client = isinstance(layer, _http1.Http1Server)
+            peer = layer.conn.peername[0] if layer.conn.peername else "?"
+            logger.info("%s %s: %s", "client" if from_client else "upstream", peer, NOT_SUPPORTED)
+            if from_client and layer.response is None:
+                yield commands.SendData(layer.conn, self._render(400, NOT_SUPPORTED))
+            yield commands.CloseConnection(layer.conn)
+            yield ReceiveHttp(layer.ReceiveProtocolError(layer.stream_id, NOT_SUPPORTED))
