@@ -29,9 +29,9 @@ LIMITS = (
 )
 
 
-@pytest.fixture
-def limited(start_gateway, upstreams):
-    return start_gateway(one_pipeline(upstreams["orders"].url, PROXY, extra=LIMITS))
+@pytest.fixture(params=["mitmdump", "mitmgateway"])
+def limited(start_gateway, upstreams, request):
+    return start_gateway(one_pipeline(upstreams["orders"].url, PROXY, extra=LIMITS), runner=request.param)
 
 
 def served(gateway) -> int:

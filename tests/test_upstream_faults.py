@@ -141,10 +141,11 @@ def pool_config(urls: list[str], admin_port: int, health: str = "{coolDownMs: 15
     )
 
 
-def test_an_unreachable_url_is_skipped_retried_on_the_next_and_comes_back(start_gateway, upstreams):
+@pytest.mark.parametrize("runner", ["mitmdump", "mitmgateway"])
+def test_an_unreachable_url_is_skipped_retried_on_the_next_and_comes_back(start_gateway, upstreams, runner):
     dead_port, admin_port = free_port(), free_port()
     dead = f"http://127.0.0.1:{dead_port}"
-    gateway = start_gateway(pool_config([dead, upstreams["orders"].url], admin_port))
+    gateway = start_gateway(pool_config([dead, upstreams["orders"].url], admin_port), runner=runner)
     # Each request on its own connection, so each one makes a new upstream connection.
     replies = [gateway.send("/", method=m) for m in ["GET", "POST", "PUT", "DELETE"] * 5]
     assert [r.status for r in replies] == [200] * 20  # no 502 while a healthy url remains
