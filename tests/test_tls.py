@@ -8,6 +8,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
@@ -339,6 +340,8 @@ class HttpsUpstream:
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
+                if "delay=" in self.path:  # ?delay=SECONDS: an upstream too slow to answer
+                    time.sleep(float(self.path.rpartition("delay=")[2]))
                 body = json.dumps({"path": self.path, "headers": dict(self.headers.items())}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -506,3 +509,42 @@ def test_upstream_verification_under_the_lean_runner(start_gateway, pki, https_u
     assert gateway.send("/", host="good.example.test").status == 200
     assert gateway.send("/", host="wrongname.example.test").status == 502
     assert gateway.send("/", host="certifi.example.test").status == 502
+
+
+def test_a_client_quiet_mid_head_over_tls_gets_408(start_gateway, upstreams, pki):
+    https_port = free_port()
+    config = (
+        "http: {port: {port}, hostname: 127.0.0.1}\n"
+        "limits: {headersTimeoutMs: 500}\n"
+        + tls_section(pki, https_port)
+        + PROXY_ONLY.format(upstream=upstreams["orders"].url)
+    )
+    gateway = start_gateway(config)
+    wait_for_port(https_port, gateway.process, gateway.log_path)
+    with tls_connect(https_port, "api.example.test", client_context()) as conn:
+        conn.sendall(b"GET / HTTP/1.1\r\nHost: api.example.test\r\n")  # and then nothing
+        assert conn.recv(4096).startswith(b"HTTP/1.1 408 ")
+    assert https_get(https_port, "api.example.test", "/", pki.ca.cert_file)[0] == 200
+
+
+def test_an_https_upstream_past_proxy_timeout_is_cut_off_with_502(start_gateway, pki, https_upstreams):
+    # Under TLS the gateway cannot answer in the upstream's place (see injection.py): it closes
+    # the upstream connection, and the client gets 502 at the timeout rather than waiting.
+    upstream = https_upstreams["good"]
+    config = (
+        "http: {port: {port}, hostname: 127.0.0.1}\n"
+        "apiEndpoints: {api: {host: '*'}}\n"
+        f"serviceEndpoints: {{backend: {{url: '{upstream.url}', "
+        f"proxyOptions: {{target: {{caFile: {pki.ca.cert_file.name}}}}}}}}}\n"
+        "policies: [proxy]\n"
+        "pipelines:\n"
+        "  api:\n"
+        "    apiEndpoints: [api]\n"
+        "    policies: [{proxy: [{action: {serviceEndpoint: backend, proxyTimeout: 500}}]}]\n"
+    )
+    gateway = start_gateway(config)
+    started = time.monotonic()
+    reply = gateway.send("/slow?delay=5")
+    assert (reply.status, reply.text) == (502, "Bad gateway.")
+    assert time.monotonic() - started < 3
+    assert gateway.send("/fast").status == 200

@@ -32,11 +32,12 @@ from .answers import (
     make_answer,
 )
 from .config import ConfigError, GatewayConfig, HttpListener, load_config
+from .config.loader import STREAM_BODIES_OVER, RequestLimits
 from .https import CertificateFiles, HttpsListener, leaf_der, refusing_connection
 from .metrics import GatewayMetrics
 from .pipeline import RequestContext
 from .policies import StepState
-from .request_limits import Http1Limits, refusal
+from .request_limits import RequestLimitGuards, refusal
 from .routing import hostname_of
 from .tracing import ensure_traceparent
 from .trailers import TrailerFields
@@ -52,7 +53,6 @@ NO_CONFIG = "The gateway has no valid configuration."
 PLAIN_HTTP_ON_HTTPS_PORT = "This port speaks HTTPS."
 REJECTED_MARKER = ":no_entry:"
 ANSWERED_MARKER = ":zap:"
-STREAM_BODIES_OVER = 1 << 20
 # "." or ".." as a path segment, also percent-encoded (%2e).
 DOT_SEGMENT = re.compile(r"(?:^|/)(?:\.|%2e){1,2}(?:/|$)", re.IGNORECASE)
 POOL_DIR_ENV = "MITMGATEWAY_POOL_DIR"
@@ -60,13 +60,31 @@ POOL_DIR_ENV = "MITMGATEWAY_POOL_DIR"
 worker tells it that it is ready by a file in this folder."""
 
 
-def _is_large(message: http.Message) -> bool:
-    """Bodies the gateway passes through as they come rather than holding in memory: large or of
-    unknown length (chunked), unless a step needs the whole body."""
+def _declared_length(message: http.Message) -> int | None:
     length = message.headers.get("content-length")
-    if length is None:
-        return "chunked" in message.headers.get("transfer-encoding", "").lower()
-    return length.isdigit() and int(length) > STREAM_BODIES_OVER
+    return int(length) if length is not None and length.isdigit() else None
+
+
+def _request_streams(request: http.Request, limits: RequestLimits) -> bool:
+    """Whether a request body passes through as it comes rather than being held in memory
+    (unless a step needs the whole body): a large one, or one of unknown length."""
+    length = _declared_length(request)
+    if length is not None:
+        return length > limits.stream_bodies_over
+    unknown = (
+        request.is_http2
+        or request.is_http3
+        or "chunked" in request.headers.get("transfer-encoding", "").lower()
+    )
+    # With a body size limit, a body of unknown length is measured by holding it (up to the
+    # held limit); a request without one has no body to stream.
+    return unknown and not limits.max_body_bytes
+
+
+def _response_streams(response: http.Response) -> bool:
+    # Without a Content-Length, a response is chunked or read to its connection's end.
+    length = _declared_length(response)
+    return length is None or length > STREAM_BODIES_OVER
 
 
 def _reverse_mode(hostname: str | None, port: int) -> str:
@@ -91,7 +109,7 @@ class Gateway:
         self._config_signature: tuple[object, ...] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._error_answers = ProxyErrorAnswers()
-        self._http1_limits = Http1Limits(self._error_answers.render)
+        self._http1_limits = RequestLimitGuards(self._error_answers.render)
         self._trailer_fields = TrailerFields(self._error_answers.render)
         self._contexts: weakref.WeakKeyDictionary[http.HTTPFlow, RequestContext] = weakref.WeakKeyDictionary()
         # The upstream each client connection is about to connect to, for the server_* hooks,
@@ -355,14 +373,14 @@ class Gateway:
             request.headers.pop(header, None)
         answered_by = route.pipeline.run(context)
         if answered_by is not None and not isinstance(answered_by, str):
-            return self._conclude_when_run(context, answered_by)
-        self._conclude(context, answered_by)
+            return self._conclude_when_run(context, answered_by, config.limits)
+        self._conclude(context, answered_by, config.limits)
         return None
 
     async def _conclude_when_run(
-        self, context: RequestContext, running: Coroutine[Any, Any, str | None]
+        self, context: RequestContext, running: Coroutine[Any, Any, str | None], limits: RequestLimits
     ) -> None:
-        self._conclude(context, await running)
+        self._conclude(context, await running, limits)
 
     async def _finish_later(self, flow: http.HTTPFlow, pending: Coroutine[Any, Any, None]) -> None:
         try:
@@ -370,7 +388,7 @@ class Gateway:
         except Exception:
             self._fail_closed(flow)
 
-    def _conclude(self, context: RequestContext, answered_by: str | None) -> None:
+    def _conclude(self, context: RequestContext, answered_by: str | None, limits: RequestLimits) -> None:
         flow, route = context.flow, context.route
         if answered_by is None and not context.routed:
             # Like Express Gateway, a pipeline that neither answers nor proxies falls through to 404.
@@ -388,19 +406,9 @@ class Gateway:
         self._contexts[flow] = context
         if context.target is not None and answered_by is None:
             self._targets[(flow.client_conn.id, context.target.address)] = context.target
-        if answered_by is None and not context.wants_request_body and self._streams(flow.request):
+        if answered_by is None and not context.wants_request_body and _request_streams(flow.request, limits):
             flow.request.stream = True
         self._record(flow, answered_by, route.api_endpoint_name, route.pipeline.name, context)
-
-    def _streams(self, request: http.Request) -> bool:
-        if (
-            self.config is not None
-            and self.config.limits.max_body_bytes
-            and "content-length" not in request.headers
-        ):
-            # A body of unknown length can only be measured by holding it, up to the held limit.
-            return False
-        return _is_large(request)
 
     def _record(
         self,
@@ -469,7 +477,7 @@ class Gateway:
             return
         if not context.wants_body:
             del self._contexts[flow]
-            if flow.response is not None and _is_large(flow.response):
+            if flow.response is not None and _response_streams(flow.response):
                 flow.response.stream = True
         if flow.response is not None:
             context.responded(flow.response)

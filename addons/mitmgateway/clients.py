@@ -10,7 +10,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from mitmproxy import http
+from mitmproxy import connection, http
 
 from .config.errors import ConfigError, KeyPath
 from .config.schema import check_type
@@ -29,7 +29,12 @@ def parse_trusted_proxies(value: Any, path: KeyPath) -> tuple[Network, ...]:
 
 
 def peer_ip(flow: http.HTTPFlow) -> str:
-    host = flow.client_conn.peername[0] if flow.client_conn.peername else ""
+    return peer_host(flow.client_conn)
+
+
+def peer_host(conn: connection.Connection) -> str:
+    """The address at the other end of a client or upstream connection ('' if unknown)."""
+    host = conn.peername[0] if conn.peername else ""
     # A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d.
     return host[7:] if host.startswith("::ffff:") and "." in host else host
 

@@ -1,9 +1,7 @@
-"""Answering a request mitmproxy has already forwarded, and waking a connection up.
+"""Answering a request mitmproxy has already forwarded (an upstream that takes too long).
 
-mitmproxy has no API to answer a request once it went upstream (an upstream timeout, a streamed
-upload over its size limit), nor a timer that fires inside a connection's protocol layers. Both
-are done by handing mitmproxy an event for the connection as if it had come from the network,
-through the same event injection its own ``inject`` commands use.
+mitmproxy has no API for it, so the gateway hands mitmproxy an event for the connection as if it
+had come from the network, through the same event injection its own ``inject`` commands use.
 """
 
 from __future__ import annotations
@@ -34,15 +32,19 @@ def inject(client: connection.Client, event: events.Event) -> bool:
     return True
 
 
-def answer_as_upstream(flow: http.HTTPFlow, status: int, message: str) -> bool:
-    """Answer a forwarded request as if its upstream had, and close the upstream connection.
+def answer_as_upstream(flow: http.HTTPFlow, status: int, message: str) -> int | None:
+    """Answer a forwarded request in its upstream's place, closing the upstream connection so
+    that whatever the upstream sends later is never read. The status the client gets, or None
+    when this cannot be done: the connection is not open yet, or is HTTP/2 (one stream of several).
 
-    The answer carries ``Connection: close``, so mitmproxy also closes the upstream connection
-    and whatever the upstream sends later is never read. False when this cannot be done: the
-    upstream connection is not open yet, or is HTTP/2 (one stream of several).
+    Over plain HTTP/1 the answer is handed to mitmproxy as the upstream's, with ``Connection:
+    close``. Under TLS, bytes handed in would be taken for ciphertext: the upstream connection is
+    ended instead, which mitmproxy answers with 502.
     """
     server = flow.server_conn
     if not server.connected or server.alpn == b"h2":
-        return False
+        return None
+    if server.tls:
+        return 502 if inject(flow.client_conn, events.ConnectionClosed(server)) else None
     response = http1.assemble_response(closing_answer(flow, status, message))
-    return inject(flow.client_conn, events.DataReceived(server, response))
+    return status if inject(flow.client_conn, events.DataReceived(server, response)) else None

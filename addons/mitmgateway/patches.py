@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 class Patches:
     def __init__(self) -> None:
-        self._originals: list[tuple[Any, str, Any]] = []
+        self._originals: list[tuple[Any, str, Any | None]] = []
 
     @property
     def applied(self) -> bool:
@@ -29,12 +29,16 @@ class Patches:
         if original is None:
             logger.warning("mitmproxy has no %s.%s: the gateway runs without its replacement", owner, name)
             return
-        self._originals.append((owner, name, original))
+        # An inherited method is replaced on `owner` only, and restored by removing it there.
+        self._originals.append((owner, name, original if name in vars(owner) else None))
         setattr(owner, name, make(original))
 
     def restore(self) -> None:
         for owner, name, original in reversed(self._originals):
-            setattr(owner, name, original)
+            if original is None:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
         self._originals.clear()
 
 

@@ -10,7 +10,6 @@ methods while the gateway is loaded, as `ProxyErrorAnswers` does for mitmproxy's
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import weakref
@@ -23,8 +22,8 @@ from mitmproxy.proxy.layers import http as http_layers
 from mitmproxy.proxy.layers.http import _http1
 
 from .answers import closing_answer
+from .clients import peer_host
 from .config.loader import RequestLimits
-from .injection import inject
 from .patches import Patches, method_guard
 
 logger = logging.getLogger(__name__)
@@ -44,23 +43,19 @@ def refusal(limits: RequestLimits, request: http.Request) -> tuple[int, str] | N
     """431 or 413 for a request whose head is over the limits, else None."""
     if limits.max_header_bytes and head_size(request) > limits.max_header_bytes:
         return 431, HEADERS_TOO_LARGE
-    length = request.headers.get("content-length", "")
-    if limits.max_body_bytes and length.isdigit() and int(length) > limits.max_body_bytes:
-        return 413, BODY_TOO_LARGE
+    if limits.max_body_bytes:
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limits.max_body_bytes:
+            return 413, BODY_TOO_LARGE
     return None
-
-
-def held_body_limit(limits: RequestLimits) -> int:
-    """The most a request body held in memory (not streamed) may take."""
-    sizes = [s for s in (limits.max_body_bytes, limits.max_buffered_body_bytes) if s]
-    return min(sizes, default=0)
 
 
 _Commands = Generator[commands.Command, Any, None]
 
 
-class Http1Limits:
-    """Guards mitmproxy's HTTP/1 request-head reading and request-body buffering."""
+class RequestLimitGuards:
+    """Guards mitmproxy's HTTP/1 request-head reading, and its request-body buffering (for every
+    HTTP version)."""
 
     def __init__(self, render: Callable[[int, str], bytes]) -> None:
         self.limits = RequestLimits()
@@ -73,6 +68,7 @@ class Http1Limits:
     def install(self) -> None:
         if not self._patches.applied:
             self._patches.replace(_http1.Http1Server, "read_headers", method_guard(self._read_headers))
+            self._patches.replace(_http1.Http1Server, "_handle_event", method_guard(self._handle_event))
             self._patches.replace(
                 http_layers.HttpStream, "state_consume_request_body", method_guard(self._consume_request_body)
             )
@@ -83,7 +79,8 @@ class Http1Limits:
     def _read_headers(self, original: Callable[..., _Commands], layer: Any, event: events.Event) -> _Commands:
         yield from original(layer, event)
         if layer.state != layer.read_headers or not isinstance(event, events.DataReceived):
-            self._head_started.pop(layer, None)
+            if self._head_started:  # mostly empty: a head usually comes whole, in one read
+                self._head_started.pop(layer, None)
             return
         if not layer.buf:
             return
@@ -95,29 +92,31 @@ class Http1Limits:
         elif limits.headers_timeout_ms and now - started > limits.headers_timeout_ms / 1000:
             yield from self._refuse_head(layer, 408, HEADERS_TIMEOUT)
         elif started == now and limits.headers_timeout_ms:
-            # A client that goes quiet mid-head sends no event to check the deadline on.
-            asyncio.get_running_loop().call_later(
-                limits.headers_timeout_ms / 1000 + 0.01, self._wake, weakref.ref(layer)
-            )
+            # A client that goes quiet mid-head sends no event to check the deadline on: ask
+            # mitmproxy for one (it arrives through TLS too, as HTTP/2's own timers do).
+            yield commands.RequestWakeup(limits.headers_timeout_ms / 1000 + 0.01)
+
+    def _handle_event(self, original: Callable[..., _Commands], layer: Any, event: events.Event) -> _Commands:
+        if not isinstance(event, events.Wakeup):
+            yield from original(layer, event)
+            return
+        # The HTTP/1 server layer asks for no wakeups itself: this is a head deadline, maybe of
+        # an earlier head on this connection (the current one then has its own).
+        started = self._head_started.get(layer)
+        timeout = self.limits.headers_timeout_ms / 1000
+        if (
+            layer.state == layer.read_headers
+            and started is not None
+            and time.monotonic() - started >= timeout
+        ):
+            yield from self._refuse_head(layer, 408, HEADERS_TIMEOUT)
 
     def _refuse_head(self, layer: Any, status: int, message: str) -> _Commands:
         self._head_started.pop(layer, None)
-        peer = layer.conn.peername[0] if layer.conn.peername else "?"
-        logger.info("%s: request head refused with %d (%s)", peer, status, message)
+        logger.info("%s: request head refused with %d (%s)", peer_host(layer.conn), status, message)
         yield commands.SendData(layer.conn, self._render(status, message))
         yield commands.CloseConnection(layer.conn)
         layer.state = layer.done
-
-    def _wake(self, layer_ref: weakref.ref[Any]) -> None:
-        layer = layer_ref()
-        if layer is None or layer not in self._head_started or not layer.conn.connected:
-            return
-        if layer.conn.tls:
-            # Bytes injected under TLS would be taken for ciphertext: end it without a 408.
-            inject(layer.conn, events.ConnectionClosed(layer.conn))
-        else:
-            # An empty read, so `_read_headers` runs and answers 408.
-            inject(layer.conn, events.DataReceived(layer.conn, b""))
 
     def _consume_request_body(self, original: Callable[..., _Commands], stream: Any, event: Any) -> _Commands:
         if isinstance(event, http_layers.RequestData):
@@ -125,7 +124,7 @@ class Http1Limits:
             if flow.response is not None:
                 # Answered before its body (401, 429, 413...): nobody will read the body.
                 return
-            limit = held_body_limit(self.limits)
+            limit = self.limits.held_body_bytes
             if limit and len(stream.request_body_buf) + len(event.data) > limit:
                 stream.request_body_buf.clear()
                 flow.response = closing_answer(flow, 413, BODY_TOO_LARGE)

@@ -17,6 +17,7 @@ from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.proxy.layers.http._base import ReceiveHttp
 
+from .clients import peer_host
 from .patches import Patches, method_guard
 
 logger = logging.getLogger(__name__)
@@ -44,8 +45,8 @@ class TrailerFields:
             yield from original(layer, event)
         except NotImplementedError:
             from_client = isinstance(layer, _http1.Http1Server)
-            peer = layer.conn.peername[0] if layer.conn.peername else "?"
-            logger.info("%s %s: %s", "client" if from_client else "upstream", peer, NOT_SUPPORTED)
+            side = "client" if from_client else "upstream"
+            logger.info("%s %s: %s", side, peer_host(layer.conn), NOT_SUPPORTED)
             if from_client and layer.response is None:
                 yield commands.SendData(layer.conn, self._render(400, NOT_SUPPORTED))
             yield commands.CloseConnection(layer.conn)

@@ -7,6 +7,7 @@ The request path only reads what this builds.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import sys
@@ -45,6 +46,7 @@ logger = logging.getLogger(__name__)
 SYSTEM_CONFIG = "system.config.yml"
 AUTH_POLICIES = frozenset({"jwt", "key-auth", "basic-auth"})
 CONSUMERS_FILE = "consumers.yml"
+STREAM_BODIES_OVER = 1 << 20
 
 # EG accepts the singular spelling of these sections.
 SECTION_ALIASES = {
@@ -126,6 +128,16 @@ class RequestLimits:
     """...except for a step that needs the whole body (a body transformer, the cache): 413 beyond."""
     headers_timeout_ms: int = option("headersTimeoutMs", 60_000, parse=non_negative)
     """From the first byte of a request to the end of its headers: 408 beyond (slow clients)."""
+
+    @functools.cached_property
+    def held_body_bytes(self) -> int:
+        """The most a request body held in memory (not streamed) may take; 0 for no limit."""
+        return min((s for s in (self.max_body_bytes, self.max_buffered_body_bytes) if s), default=0)
+
+    @functools.cached_property
+    def stream_bodies_over(self) -> int:
+        """Bodies larger than this pass through as they come (unless a step needs them whole)."""
+        return min(STREAM_BODIES_OVER, self.held_body_bytes or STREAM_BODIES_OVER)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ import asyncio
 import logging
 import re
 import secrets
-import weakref
 from dataclasses import dataclass
 from typing import Literal
 
@@ -49,23 +48,20 @@ class ProxyAction:
     )
 
 
-def answer_upstream_timeout(flow_ref: weakref.ref[http.HTTPFlow]) -> bool:
-    """Answer 504 for an upstream that has not started its response in time.
-
-    mitmproxy has no per-request upstream timeout, so the gateway answers in the upstream's
-    place, which also closes the upstream connection.
-    """
-    flow = flow_ref()
-    if flow is None or flow.response is not None or flow.error is not None or not flow.live:
+def answer_upstream_timeout(flow: http.HTTPFlow) -> bool:
+    """Answer 504 for an upstream that has not started its response in time (502 when it
+    speaks TLS, see `answer_as_upstream`). mitmproxy has no per-request upstream timeout."""
+    if flow.response is not None or flow.error is not None or not flow.live:
         return False
-    if not answer_as_upstream(flow, 504, GATEWAY_TIMEOUT):
+    status = answer_as_upstream(flow, 504, GATEWAY_TIMEOUT)
+    if status is None:
         # Still connecting, or an HTTP/2 upstream: the operating system's timeouts apply.
         logger.warning(
             "upstream %s timed out; cannot answer 504 on this connection", flow.server_conn.address
         )
         return False
     flow.metadata.setdefault("gateway", {})["upstreamTimedOut"] = True
-    flow.comment += "; upstream timed out, answered 504"
+    flow.comment += f"; upstream timed out, answered {status}"
     flow.marked = ":hourglass:"
     return True
 
@@ -159,11 +155,11 @@ class ProxyPolicy(Policy):
     def _start_timer(self, ctx: RequestContext) -> None:
         # From the moment the whole request goes upstream, not from its headers: a slow upload
         # is the client's time, not the upstream's.
-        flow_ref, target = weakref.ref(ctx.flow), ctx.target
+        flow, target = ctx.flow, ctx.target
         assert target is not None
 
         def timed_out() -> None:
-            if answer_upstream_timeout(flow_ref):
+            if answer_upstream_timeout(flow):
                 target.pool.failed(target.upstream, "upstream timeout", target.record, "proxyTimeout")
 
         timer = asyncio.get_running_loop().call_later(self.timeout, timed_out)
