@@ -85,6 +85,10 @@ def test_a_declared_body_over_the_limit_gets_413_without_being_forwarded(limited
     reply = limited.send("/upload", method="POST", body=b"x" * (1 << 20) + b"x")
     assert (reply.status, reply.text) == (413, "Payload Too Large")
     assert served(limited) == before + 1
+    # Over maxBufferedBodyBytes but within maxBodyBytes, with its length known: it streams.
+    body = os.urandom(700 << 10)
+    echoed = json.loads(limited.send("/upload", method="POST", body=body).body)
+    assert echoed["bodySha256"] == hashlib.sha256(body).hexdigest()
 
 
 def test_a_chunked_body_is_measured_as_it_comes(limited):
@@ -121,6 +125,19 @@ def test_a_refused_request_body_is_not_held_in_memory(start_gateway, upstreams, 
     reply = gateway.send("/upload", method="POST", body=os.urandom(96 << 20))
     assert reply.status == 401
     assert rss_bytes(gateway.process.pid) - before < 48 << 20
+
+
+def test_a_client_expecting_100_continue_is_not_invited_to_send_a_refused_body(
+    start_gateway, upstreams, rsa_keys
+):
+    jwt = f"{{action: {{secretOrPublicKeyFile: {rsa_keys[1]}, checkCredentialExistence: false}}}}"
+    gateway = start_gateway(one_pipeline(upstreams["orders"].url, f"- jwt: [{jwt}]\n{PROXY}"))
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=1) as conn:
+        conn.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        with pytest.raises(TimeoutError):
+            conn.recv(4096)  # no "100 Continue": the answer is already 401
+        conn.sendall(b"hello")
+        assert conn.recv(4096).startswith(b"HTTP/1.1 401 ")
 
 
 def test_slow_clients_get_408_and_do_not_starve_others(limited):

@@ -214,7 +214,7 @@ def test_the_rotation_skips_urls_cooling_down_and_tries_one_when_all_are():
     pool.failed(b, "connect failed", record)
     assert record["upstreamDown"] == "http://b:2"
     assert [pool.pick() for _ in range(4)] == [c, a, c, a]
-    assert pool.pick(avoid=a) is c
+    assert pool.pick(instead_of=a) is c
     for upstream in (a, c):
         pool.failed(upstream, "connect failed", record)
         pool.failed(upstream, "connect failed", record)
@@ -222,3 +222,10 @@ def test_the_rotation_skips_urls_cooling_down_and_tries_one_when_all_are():
     pool.succeeded(b, record)
     assert record["upstreamUp"] == "http://b:2"
     assert [pool.pick() for _ in range(3)] == [b] * 3
+    # A retry keeps the scheme: the upstream connection's TLS (or not) is already decided.
+    mixed = parse_service_endpoint(
+        "mixed", {"urls": ["http://a:1", "https://b:2", "http://c:3"]}, KeyPath("serviceEndpoints.mixed")
+    )
+    pool = UpstreamPool(mixed)
+    assert {pool.pick(instead_of=mixed.upstreams[0]) for _ in range(4)} == {mixed.upstreams[2]}
+    assert UpstreamPool(mixed).pick(instead_of=mixed.upstreams[1]) is None

@@ -87,6 +87,13 @@ def _response_streams(response: http.Response) -> bool:
     return length is None or length > STREAM_BODIES_OVER
 
 
+def _refuse_body_if_answered(flow: http.HTTPFlow) -> None:
+    if flow.response is not None:
+        # Answered before its body: mitmproxy would still invite an `Expect: 100-continue` client
+        # to send it (and then drop it, see request_limits.py), so the expectation goes.
+        flow.request.headers.pop("expect", None)
+
+
 def _reverse_mode(hostname: str | None, port: int) -> str:
     return f"reverse:{UNROUTED_TARGET}@{hostname}:{port}" if hostname else f"reverse:{UNROUTED_TARGET}@{port}"
 
@@ -317,9 +324,12 @@ class Gateway:
             pending = self._handle(flow, config)
         except Exception:
             self._fail_closed(flow)
-            return None
-        # Only a step that waits (a shared rate-limit store) makes mitmproxy await this hook.
-        return None if pending is None else self._finish_later(flow, pending)
+            pending = None
+        if pending is not None:
+            # Only a step that waits (a shared rate-limit store) makes mitmproxy await this hook.
+            return self._finish_later(flow, pending)
+        _refuse_body_if_answered(flow)
+        return None
 
     def _fail_closed(self, flow: http.HTTPFlow) -> None:
         # A request the gateway could not judge never reaches an upstream.
@@ -387,6 +397,7 @@ class Gateway:
             await pending
         except Exception:
             self._fail_closed(flow)
+        _refuse_body_if_answered(flow)
 
     def _conclude(self, context: RequestContext, answered_by: str | None, limits: RequestLimits) -> None:
         flow, route = context.flow, context.route
@@ -405,7 +416,7 @@ class Gateway:
             answered_by = "scopes without a consumer"
         self._contexts[flow] = context
         if context.target is not None and answered_by is None:
-            self._targets[(flow.client_conn.id, context.target.address)] = context.target
+            self._expect_connection(flow.client_conn.id, context.target)
         if answered_by is None and not context.wants_request_body and _request_streams(flow.request, limits):
             flow.request.stream = True
         self._record(flow, answered_by, route.api_endpoint_name, route.pipeline.name, context)
@@ -453,10 +464,22 @@ class Gateway:
             record["requestId"] = secrets.token_hex(16)
         return record["requestId"]
 
+    def _expect_connection(self, client_id: str, target: UpstreamTarget) -> None:
+        key = (client_id, target.address)
+        waiting = self._targets.get(key)
+        if waiting is not None and waiting is not target and waiting.pending:
+            waiting.shared = target.shared = True
+        self._targets[key] = target
+
     async def server_connect(self, data: ServerConnectionHookData) -> None:
-        target = self._targets.get((data.client.id, data.server.address))
-        if target is not None:
-            await target.ensure_reachable(data.server)
+        key = (data.client.id, data.server.address)
+        target = self._targets.get(key)
+        if target is None or not target.pending:
+            return
+        await target.ensure_reachable(data.server)
+        if target.address != key[1]:  # sent to another url
+            if self._targets.get(key) is target:
+                del self._targets[key]
             self._targets[(data.client.id, target.address)] = target
 
     def server_connected(self, data: ServerConnectionHookData) -> None:

@@ -15,7 +15,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from mitmproxy import connection
@@ -40,9 +39,13 @@ class UpstreamPool:
     def has_spare(self) -> bool:
         return len(self.upstreams) > 1
 
-    def pick(self, avoid: Upstream | None = None) -> Upstream | None:
+    def pick(self, instead_of: Upstream | None = None) -> Upstream | None:
         """The next url in rotation; when every url is cooling down, the next one anyway (better
-        a try than a certain 502). None when `avoid` is the only url."""
+        a try than a certain 502).
+
+        `instead_of`: another url than this one, of the same scheme (the upstream connection's
+        TLS or not is already decided), or None if there is none.
+        """
         now = time.monotonic()
         count = len(self.upstreams)
         fallback = None
@@ -50,12 +53,15 @@ class UpstreamPool:
             index = self._next
             self._next = (index + 1) % count
             upstream = self.upstreams[index]
-            if upstream is avoid:
+            if instead_of is not None and (upstream == instead_of or upstream.scheme != instead_of.scheme):
                 continue
             if self._down_until[index] <= now:
                 return upstream
             fallback = fallback or upstream
         return fallback
+
+    def upstream_at(self, address: Any) -> Upstream | None:
+        return next((u for u in self.upstreams if (u.host, u.port) == address), None)
 
     def failed(self, upstream: Upstream, reason: str, record: dict[str, Any], detail: str = "") -> None:
         """`reason` is one of a few words (a metric label); `detail` what the log adds to it."""
@@ -102,25 +108,40 @@ def _name(upstream: Upstream) -> str:
     return f"{upstream.scheme}://{upstream.authority}"
 
 
-@dataclass
 class UpstreamTarget:
     """Where a proxy step sent one request, and how to send it elsewhere before it is sent."""
 
-    pool: UpstreamPool
-    upstream: Upstream
-    aim: Callable[[Upstream], None]
-    """Rewrites the request (scheme, host, port, path, Host) for another url of the pool."""
-    record: dict[str, Any]
+    __slots__ = ("__weakref__", "aim", "pending", "pool", "record", "shared", "upstream")
+
+    def __init__(
+        self, pool: UpstreamPool, upstream: Upstream, aim: Callable[[Upstream], None], record: dict[str, Any]
+    ) -> None:
+        self.pool = pool
+        self.upstream = upstream
+        self.aim = aim
+        """Rewrites the request (scheme, host, port, path, Host) for another url of the pool."""
+        self.record = record
+        self.pending = True
+        """Until its upstream connection is being made, or the request is over."""
+        self.shared = False
+        """Another request on the same client connection waits for the same url (HTTP/2): the
+        server_* hooks cannot tell which connection is whose, so neither is moved."""
 
     @property
     def address(self) -> tuple[str, int]:
         return self.upstream.host, self.upstream.port
 
+    def settle(self) -> None:
+        self.pending = False
+
     async def ensure_reachable(self, server: connection.Server) -> None:
         """Before mitmproxy connects `server`: move it to the next url if this one is unreachable."""
-        if not self.pool.has_spare or await self.pool.reachable(self.upstream, self.record):
+        self.pending = False
+        if self.shared or not self.pool.has_spare or server.address != self.address:
             return
-        alternative = self.pool.pick(avoid=self.upstream)
+        if await self.pool.reachable(self.upstream, self.record):
+            return
+        alternative = self.pool.pick(instead_of=self.upstream)
         if alternative is None:
             return
         if server.sni == self.upstream.host:
@@ -131,7 +152,10 @@ class UpstreamTarget:
         self.record["upstreamRetried"] = True
 
     def connected(self, server: connection.Server) -> None:
+        upstream = self.pool.upstream_at(server.address)
+        if upstream is None:
+            return
         if server.error:
-            self.pool.failed(self.upstream, "connect failed", self.record, server.error)
+            self.pool.failed(upstream, "connect failed", self.record, server.error)
         else:
-            self.pool.succeeded(self.upstream, self.record)
+            self.pool.succeeded(upstream, self.record)

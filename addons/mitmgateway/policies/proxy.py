@@ -121,7 +121,8 @@ class ProxyPolicy(Policy):
             ctx.record["upstream"] = f"{upstream.host}:{upstream.port}"
 
         aim(upstream)
-        ctx.target = UpstreamTarget(self.pool, upstream, aim, ctx.record)
+        ctx.target = target = UpstreamTarget(self.pool, upstream, aim, ctx.record)
+        ctx.on_finish(target.settle)
         added: list[tuple[bytes, bytes]] = []
         if self.action.xfwd:
             forwarded = ctx.client.trusted_forwarded_for
