@@ -30,16 +30,17 @@ def wants_json(request: http.Request) -> bool:
 
 
 def make_answer(
-    request: http.Request, status: int, message: str, headers: Mapping[str, str] | None = None
+    request: http.Request | None, status: int, message: str, headers: Mapping[str, str] | None = None
 ) -> http.Response:
-    if wants_json(request):
+    """The gateway's answer to `request` (None: to a client not known to want JSON)."""
+    if request is not None and wants_json(request):
         body = json.dumps({"message": message}).encode()
         content_type = "application/json; charset=utf-8"
     else:
         body = message.encode()
         content_type = "text/plain; charset=utf-8"
     response = http.Response.make(status, body, {"Content-Type": content_type, **(headers or {})})
-    # mitmproxy's table lacks some phrases (429); an empty reason line confuses some clients.
+    # mitmproxy's table lacks some phrases (429, 431); an empty reason line confuses some clients.
     response.reason = _phrase(status)
     return response
 
@@ -59,14 +60,33 @@ def json_error(status: int, message: str, request_id: str | None) -> http.Respon
     return response
 
 
-def closing_answer(flow: http.HTTPFlow, status: int, message: str) -> http.Response:
+def closing_answer(
+    status: int,
+    message: str,
+    *,
+    request: http.Request | None = None,
+    json_errors: bool = False,
+    request_id: str | None = None,
+) -> http.Response:
     """An answer after which the connection closes, shaped as the gateway's other errors are."""
+    if json_errors:
+        response = json_error(status, message, request_id)
+    else:
+        response = make_answer(request, status, message)
+    response.headers["Connection"] = "close"
+    return response
+
+
+def closing_answer_to(flow: http.HTTPFlow, status: int, message: str) -> http.Response:
+    """`closing_answer` for a flow the gateway has a decision record for."""
     record = flow.metadata.get("gateway", {})
-    if record.get("jsonErrors"):
-        response = json_error(status, message, record.get("requestId"))
-        response.headers["Connection"] = "close"
-        return response
-    return make_answer(flow.request, status, message, {"Connection": "close"})
+    return closing_answer(
+        status,
+        message,
+        request=flow.request,
+        json_errors=bool(record.get("jsonErrors")),
+        request_id=record.get("requestId"),
+    )
 
 
 # What described the old body (or its framing), and what json_error sets itself.
@@ -109,14 +129,7 @@ def _error_response_bytes(status_code: int, message: str = "", *, json_errors: b
     internal addresses, so it goes to the log (mitmproxy logs it), not to the client.
     """
     text = _error_text(status_code, message)
-    if json_errors:
-        response = json_error(status_code, text, None)
-    else:
-        response = http.Response.make(
-            status_code, text.encode(), {"Content-Type": "text/plain; charset=utf-8"}
-        )
-    response.headers["Connection"] = "close"
-    return http1.assemble_response(response)
+    return http1.assemble_response(closing_answer(status_code, text, json_errors=json_errors))
 
 
 class ProxyErrorAnswers:

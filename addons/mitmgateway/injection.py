@@ -13,7 +13,7 @@ from mitmproxy import connection, ctx, http
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import events
 
-from .answers import closing_answer
+from .answers import closing_answer_to
 
 logger = logging.getLogger(__name__)
 
@@ -46,5 +46,5 @@ def answer_as_upstream(flow: http.HTTPFlow, status: int, message: str) -> int | 
         return None
     if server.tls:
         return 502 if inject(flow.client_conn, events.ConnectionClosed(server)) else None
-    response = http1.assemble_response(closing_answer(flow, status, message))
+    response = http1.assemble_response(closing_answer_to(flow, status, message))
     return status if inject(flow.client_conn, events.DataReceived(server, response)) else None

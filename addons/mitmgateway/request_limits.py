@@ -21,7 +21,7 @@ from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.layers import http as http_layers
 from mitmproxy.proxy.layers.http import _http1
 
-from .answers import closing_answer
+from .answers import closing_answer_to
 from .clients import peer_host
 from .config.loader import RequestLimits
 from .patches import Patches, method_guard
@@ -127,7 +127,7 @@ class RequestLimitGuards:
             limit = self.limits.held_body_bytes
             if limit and len(stream.request_body_buf) + len(event.data) > limit:
                 stream.request_body_buf.clear()
-                flow.response = closing_answer(flow, 413, BODY_TOO_LARGE)
+                flow.response = closing_answer_to(flow, 413, BODY_TOO_LARGE)
                 flow.metadata.setdefault("gateway", {})["answeredBy"] = "limits.maxBodyBytes"
                 return
         yield from original(stream, event)
