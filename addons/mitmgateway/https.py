@@ -50,6 +50,8 @@ class ServedCertificate:
     """The certificate (DER), to recognise it on a client connection."""
     names: frozenset[str]
     """The names mitmproxy files it under: the tls key, and the certificate's CN and SANs."""
+    files: tuple[Path, Path]
+    """Where the key and the certificate were read from: renewing either reloads the config."""
 
     @property
     def mitmproxy_spec(self) -> str:
@@ -63,17 +65,22 @@ class HttpsListener:
     hostname: str | None
     certificates: tuple[ServedCertificate, ...]
 
-    @property
+    # Consulted on every handshake: worked out once (a frozen dataclass takes cached properties).
+    @functools.cached_property
     def has_default(self) -> bool:
         return any(c.name == DEFAULT for c in self.certificates)
+
+    @functools.cached_property
+    def _lookup_names(self) -> frozenset[str]:
+        return frozenset().union(*(c.names for c in self.certificates))
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.certificates)
 
-    @functools.cached_property
-    def _lookup_names(self) -> frozenset[str]:
-        return frozenset().union(*(c.names for c in self.certificates))
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return tuple(f for c in self.certificates for f in c.files)
 
     def serves(self, sni: str | None, local_address: str) -> bool:
         """Whether mitmproxy's certificate store holds one of these certificates for a client
@@ -129,7 +136,8 @@ def parse_certificate(name: str, raw: Any, path: KeyPath, config_dir: Path) -> S
     names = {name.lower(), *(str(n.value) for n in filed_as.altnames)}
     if filed_as.cn:
         names.add(filed_as.cn)
-    return ServedCertificate(name, pem, leaf.public_bytes(serialization.Encoding.DER), frozenset(names))
+    der = leaf.public_bytes(serialization.Encoding.DER)
+    return ServedCertificate(name, pem, der, frozenset(names), (key_file, cert_file))
 
 
 def parse_https(raw: Any, path: KeyPath, config_dir: Path, port_parser: Any) -> HttpsListener:

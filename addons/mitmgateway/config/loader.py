@@ -411,19 +411,12 @@ def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
             file,
             consumers.file or file.parent / CONSUMERS_FILE,
             file.parent / SYSTEM_CONFIG,
-            *_certificate_files(sections.get("https"), file.parent),
+            *(https.files if https is not None else ()),
             *upstream_trust.files,
         ),
         https=https,
         upstream_trust=upstream_trust,
     )
-
-
-def _certificate_files(raw: Any, config_dir: Path) -> tuple[Path, ...]:
-    """The key and certificate files of a valid https section: renewing one reloads the config."""
-    if raw is None:
-        return ()
-    return tuple(config_dir / str(entry[key]) for entry in raw["tls"].values() for key in ("key", "cert"))
 
 
 def load_plugins(raw: Any, path: KeyPath, config_dir: Path) -> None:
