@@ -67,18 +67,14 @@ def _declared_length(message: http.Message) -> int | None:
 
 def _request_streams(request: http.Request, limits: RequestLimits) -> bool:
     """Whether a request body passes through as it comes rather than being held in memory
-    (unless a step needs the whole body): a large one, or one of unknown length."""
+    (unless a step needs the whole body): a large one, or a chunked one."""
     length = _declared_length(request)
     if length is not None:
         return length > limits.stream_bodies_over
-    unknown = (
-        request.is_http2
-        or request.is_http3
-        or "chunked" in request.headers.get("transfer-encoding", "").lower()
-    )
-    # With a body size limit, a body of unknown length is measured by holding it (up to the
-    # held limit); a request without one has no body to stream.
-    return unknown and not limits.max_body_bytes
+    # With a body size limit, a chunked body is measured by holding it (up to the held limit).
+    # An HTTP/2 body without Content-Length is held too: mitmproxy would stream it to an HTTP/1
+    # upstream with no framing at all (see `request`).
+    return "chunked" in request.headers.get("transfer-encoding", "").lower() and not limits.max_body_bytes
 
 
 def _response_streams(response: http.Response) -> bool:
@@ -491,8 +487,18 @@ class Gateway:
 
     def request(self, flow: http.HTTPFlow) -> None:
         context = self._contexts.get(flow)
-        if context is not None and flow.response is None:
-            context.forwarded()
+        if context is None or flow.response is not None:
+            return
+        context.forwarded()
+        request = flow.request
+        if (
+            (request.is_http2 or request.is_http3)
+            and request.raw_content
+            and "content-length" not in request.headers
+        ):
+            # HTTP/2 frames its body itself; mitmproxy sends it on to an HTTP/1 upstream as is,
+            # which could not tell where it ends.
+            request.headers["content-length"] = str(len(request.raw_content))
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         context = self._contexts.get(flow)
