@@ -586,3 +586,19 @@ def test_an_https_upstream_past_proxy_timeout_is_cut_off_with_502(start_gateway,
     assert (reply.status, reply.text) == (502, "Bad gateway.")
     assert time.monotonic() - started < 3
     assert gateway.send("/fast").status == 200
+
+
+def test_https_upstreams_are_checked_against_the_system_cas(start_gateway, pki, https_upstreams, monkeypatch):
+    # An operator trusts an internal CA system-wide (here through OpenSSL's SSL_CERT_FILE): the
+    # gateway follows, with no caFile in its config.
+    config = (
+        "http: {port: {port}, hostname: 127.0.0.1}\n"
+        "apiEndpoints: {api: {host: '*'}}\n"
+        f"serviceEndpoints: {{backend: {{url: '{https_upstreams['certifi'].url}'}}}}\n"
+        "policies: [proxy]\n"
+        "pipelines:\n"
+        "  api: {apiEndpoints: [api], policies: [{proxy: [{action: {serviceEndpoint: backend}}]}]}\n"
+    )
+    assert start_gateway(config, name="default.yml").send("/").status == 502  # not in the system's CAs
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca.cert_file))
+    assert start_gateway(config, name="system.yml").send("/").status == 200

@@ -42,6 +42,7 @@ from .routing import hostname_of
 from .tracing import ensure_traceparent
 from .trailers import TrailerFields
 from .upstream_health import UpstreamTarget
+from .upstream_tls import system_ca_bundle
 
 logger = logging.getLogger("mitmgateway")
 
@@ -210,6 +211,8 @@ class Gateway:
         previous = self.config
         self.config = config
         self.state.keep_only(set(config.used_state))
+        if previous is None:
+            self._trust_system_cas()
         if previous is None or (previous.http, previous.https) != (config.http, config.https):
             self._listen(config.http, config.https)
         self.access_log.configure(config.access_log)
@@ -219,6 +222,18 @@ class Gateway:
             admin = config.admin
             self.admin.configure((admin.address, admin.port) if admin else None)
         self._announce_ready()
+
+    def _trust_system_cas(self) -> None:
+        options = ctx.options
+        if "ssl_verify_upstream_trusted_ca" not in options or options.ssl_verify_upstream_trusted_ca:
+            return
+        if options.ssl_verify_upstream_trusted_confdir:
+            return  # the operator chose the CAs
+        bundle = system_ca_bundle()
+        if bundle is None:
+            logger.info("no system CA bundle found: HTTPS upstreams are checked against certifi's")
+        else:
+            options.update(ssl_verify_upstream_trusted_ca=bundle)
 
     def _listen(self, listener: HttpListener | None, https: HttpsListener | None) -> None:
         # Both listeners are the same reverse mode: mitmproxy terminates TLS wherever a client

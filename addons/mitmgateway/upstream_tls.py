@@ -1,8 +1,10 @@
 """HTTPS upstreams: which certificate authorities a serviceEndpoint's certificate is checked against.
 
-mitmproxy verifies every upstream certificate (name and chain) against certifi's CA bundle
-unless ``ssl_insecure`` is on, which the gateway refuses. A serviceEndpoint behind a private CA
-names it as Express Gateway does, in the options it passes to node-http-proxy::
+mitmproxy verifies every upstream certificate (name and chain) unless ``ssl_insecure`` is on,
+which the gateway refuses: against certifi's CA bundle by default, and here against the system's
+CAs (`system_ca_bundle`), which is what an operator adds an internal CA to. A serviceEndpoint
+behind a private CA may also name it as Express Gateway does, in the options it passes to
+node-http-proxy::
 
     serviceEndpoints:
       billing:
@@ -16,6 +18,8 @@ As with node's ``ca``, the file replaces the default CAs for that upstream (host
 
 from __future__ import annotations
 
+import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,3 +113,12 @@ def build_upstream_trust(
                 )
             contexts[address] = context
     return UpstreamTrust(contexts, tuple(files))
+
+
+def system_ca_bundle() -> str | None:
+    """The operating system's CA bundle (as OpenSSL finds it, SSL_CERT_FILE included), if any."""
+    paths = ssl.get_default_verify_paths()
+    for candidate in (paths.cafile, paths.openssl_cafile):
+        if candidate and os.path.isfile(candidate):
+            return candidate
+    return None
