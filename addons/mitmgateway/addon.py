@@ -113,7 +113,7 @@ class Gateway:
         self._config_signature: tuple[object, ...] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._error_answers = ProxyErrorAnswers()
-        self._http1_limits = RequestLimitGuards(self._error_answers.render)
+        self._request_limit_guards = RequestLimitGuards(self._error_answers.render)
         self._trailer_fields = TrailerFields(self._error_answers.render)
         self._contexts: weakref.WeakKeyDictionary[http.HTTPFlow, RequestContext] = weakref.WeakKeyDictionary()
         # The upstream each client connection is about to connect to, for the server_* hooks,
@@ -137,7 +137,7 @@ class Gateway:
 
     def load(self, loader) -> None:
         self._error_answers.install()
-        self._http1_limits.install()
+        self._request_limit_guards.install()
         self._trailer_fields.install()
         loader.add_option(
             "gateway_config",
@@ -199,7 +199,7 @@ class Gateway:
         self.access_log.close()
         self.state.keep_only(set())  # a code reload starts afresh: release what the old code held
         self._error_answers.uninstall()
-        self._http1_limits.uninstall()
+        self._request_limit_guards.uninstall()
         self._trailer_fields.uninstall()
         # mitmproxy holds the certificates in memory; the next instance writes its own files.
         self._certificate_files.remove_all()
@@ -217,7 +217,7 @@ class Gateway:
             self._listen(config.http, config.https)
         self.access_log.configure(config.access_log)
         self._error_answers.json_errors = config.json_errors
-        self._http1_limits.limits = config.limits
+        self._request_limit_guards.limits = config.limits
         if self._ready_file is None:
             admin = config.admin
             self.admin.configure((admin.address, admin.port) if admin else None)

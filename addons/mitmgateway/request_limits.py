@@ -4,8 +4,9 @@ A complete request is checked by `refusal` in the gateway's requestheaders hook.
 before that, and what mitmproxy buffers without bound, no hook sees: mitmproxy's HTTP/1 server
 layer keeps reading a request head that never ends (its own source marks it "FIXME: protect
 against header size DoS"), with no deadline, and holds a request body in memory to its end,
-even for a request already answered. `Http1Limits` swaps in guarded versions of those two
-methods while the gateway is loaded, as `ProxyErrorAnswers` does for mitmproxy's error page.
+even for a request already answered. `RequestLimitGuards` swaps in guarded versions of those
+methods while the gateway is loaded (patches.py), as `ProxyErrorAnswers` does for mitmproxy's
+error page.
 """
 
 from __future__ import annotations
