@@ -97,7 +97,7 @@ def _memory_hits(algorithm: str):  # type: ignore[no-untyped-def]
 
 
 def _redis_hits(url: str, algorithm: str):  # type: ignore[no-untyped-def]
-    store = open_store(StoreSettings(type="redis", url=url), f"test-{algorithm}")
+    store = open_store(StoreSettings(type="redis", url=url, namespace=f"test-{algorithm}"))
 
     async def hit() -> int:
         result = await store.hit("client", 1000, algorithm, 3)  # type: ignore[arg-type, misc]
@@ -118,7 +118,7 @@ def test_sliding_window_blocks_the_edge_burst_fixed_window_allows(store, redis_s
 
 def test_redis_fixed_window_counts_and_expires(redis_server):
     async def main() -> None:
-        store = open_store(StoreSettings(type="redis", url=redis_server.url), "test")
+        store = open_store(StoreSettings(type="redis", url=redis_server.url, namespace="test"))
         hits = [await store.hit("client", 300, "fixed-window", 5) for _ in range(3)]
         assert [h.count for h in hits if h] == [1, 2, 3]
         assert all(h is not None and 0 < h.reset_after <= 0.3 for h in hits)
@@ -220,6 +220,17 @@ def test_express_gateway_system_config_selects_redis(tmp_path, redis_server):
     (tmp_path / "system.config.yml").write_text("db:\n  redis:\n    emulate: true\n")
     store = load_config(config_file, StepState()).pipelines["api"].steps[0].policy.store
     assert isinstance(store, MemoryStore)
+
+    from mitmgateway.config import ConfigError
+
+    for wrong, reason in [
+        ("db:\n  redis: [1, 2]\n", "system.config.yml: db.redis: must be a mapping"),
+        ("db:\n  redis: {port: six}\n", "system.config.yml: db.redis: port and db must be numbers"),
+    ]:
+        (tmp_path / "system.config.yml").write_text(wrong)
+        with pytest.raises(ConfigError) as info:
+            load_config(config_file, StepState())
+        assert reason in str(info.value)
 
 
 @pytest.mark.parametrize(

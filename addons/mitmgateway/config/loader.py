@@ -357,9 +357,8 @@ def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
 
     errors.raise_any()
     assert trusted is not None
-    namespace = "mitmgateway"
-    store_key = ("rateLimitStore", store_settings.identity(), namespace)
-    store = state.get(store_key, lambda: open_store(store_settings, namespace), set())
+    store_key = ("rateLimitStore", store_settings.identity())
+    store = state.get(store_key, lambda: open_store(store_settings), set())
     builder = _Builder(file.parent, state, declared, service_endpoints, store, consumers)
     builder.used_state.add(store_key)
 
@@ -462,18 +461,18 @@ def system_config_store(config_dir: Path) -> StoreSettings | None:
         port = _port(int(str(raw.get("port", 6379))), KeyPath("db.redis.port"))
         db_index = int(str(raw.get("db", 0)))
         password = raw.get("password")
-        namespace = raw.get("namespace")
+        namespace = str(raw.get("namespace", StoreSettings.namespace))
+    except ConfigError as e:  # before ValueError, which it is a kind of
+        raise e.in_file(str(system_file)) from None
     except ValueError as e:
         raise ConfigError("db.redis", f"port and db must be numbers: {e}", str(system_file)) from None
-    except ConfigError as e:
-        raise e.in_file(str(system_file)) from None
     scheme = "rediss" if raw.get("tls") else "redis"
     auth = f":{quote(str(password), safe='')}@" if password else ""
     netloc = f"[{host}]" if ":" in host else host
     return StoreSettings(
         type="redis",
         url=f"{scheme}://{auth}{netloc}:{port}/{db_index}",
-        namespace=None if namespace is None else str(namespace),
+        namespace=namespace,
     )
 
 

@@ -69,9 +69,9 @@ class Policy(ABC):
 
     name: ClassVar[str]
     Action: ClassVar[type]
+    """Frozen dataclass of the action's parameters, read with `config.schema.parse_fields`."""
     identity_headers: tuple[str, ...] = ()
     """Request headers this step sets to say who the client is: never taken from the client."""
-    """Frozen dataclass of the action's parameters, read with `config.schema.parse_fields`."""
 
     @abstractmethod
     def __init__(self, action: Any, build: BuildContext) -> None:

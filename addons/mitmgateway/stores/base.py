@@ -82,16 +82,15 @@ class StoreSettings:
     fail_open: bool = option("failOpen", True)
     timeout_ms: int = option("timeoutMs", 50, parse=positive)
     max_keys: int = option("maxKeys", 100_000, parse=positive)
-    namespace: str | None = option("namespace", None)
+    namespace: str = option("namespace", "mitmgateway")
+    """Prefix of every Redis key: gateways with the same namespace and the same pipelines share
+    counters; give different gateways sharing one Redis their own."""
 
     def identity(self) -> tuple[object, ...]:
         """What the store's counters depend on: a reload changing anything else keeps them."""
         if self.type == "memory":
             return ("memory", self.max_keys)
         return ("redis", self.url, self.namespace, self.timeout_ms, self.fail_open)
-
-    """Prefix of every Redis key (default ``mitmgateway``): gateways with the same namespace and
-    the same pipelines share counters; give different gateways sharing one Redis their own."""
 
 
 def parse_store_settings(raw: Any, path: KeyPath) -> StoreSettings:
@@ -105,11 +104,11 @@ def parse_store_settings(raw: Any, path: KeyPath) -> StoreSettings:
     return settings
 
 
-def open_store(settings: StoreSettings, namespace: str) -> RateLimitStore:
+def open_store(settings: StoreSettings) -> RateLimitStore:
     if settings.type == "redis":
         from .redis_store import RedisStore  # the redis client is only imported when used
 
-        return RedisStore(settings, settings.namespace or namespace)
+        return RedisStore(settings)
     from .memory import MemoryStore
 
     return MemoryStore(settings.max_keys)

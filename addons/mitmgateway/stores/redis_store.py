@@ -64,11 +64,11 @@ return {count, previous, now - index * window}
 
 
 class RedisStore(RateLimitStore):
-    def __init__(self, settings: StoreSettings, namespace: str) -> None:
+    def __init__(self, settings: StoreSettings) -> None:
         timeout = settings.timeout_ms / 1000
         self.timeout = timeout
         self.fail_open = settings.fail_open
-        self.namespace = namespace
+        self.namespace = settings.namespace
         self.url = settings.url or ""
         self.client = aioredis.Redis.from_url(
             self.url,
