@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 
 from conftest import one_pipeline
 from harness import ROOT, wait_until
@@ -103,3 +104,12 @@ def test_editing_a_package_module_reloads_the_code(start_gateway, upstreams, tmp
     assert wait_until(lambda: gateway.send("/", host="nowhere.local").text == "No such API", timeout=10)
     assert gateway.send("/", host="orders.local").status == 200
     assert "gateway code changed, reloading" in gateway.log()
+
+
+def test_an_edit_that_adds_a_watched_file_reloads_once(start_gateway, upstreams, tmp_path):
+    gateway = start_gateway(one_pipeline(upstreams["customers"].url, PROXY))
+    (tmp_path / "partners.yml").write_text("consumers: {}\n")
+    gateway.config.write_text(gateway.config.read_text() + "consumers: partners.yml\n")
+    assert wait_until(lambda: "config reloaded from" in gateway.log())
+    time.sleep(1)  # five more polls, each seeing the config's files as they were loaded
+    assert gateway.log().count("config reloaded from") == 1

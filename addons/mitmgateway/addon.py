@@ -154,9 +154,8 @@ class Gateway:
             )
         if "gateway_config" in updated:
             path = Path(ctx.options.gateway_config).expanduser().absolute()
-            signature = self._signature(path)
             try:
-                self._swap(load_config(path, self.state))
+                self._load(path)
                 self.config_file = path
             except ConfigError as e:
                 if self.config is not None:
@@ -167,9 +166,16 @@ class Gateway:
                 # that keeps running (no error check) serves once the file is fixed.
                 logger.error("invalid gateway config: %s", e)
                 self.config_file = path
-            # The config file as it was before loading (an edit meanwhile is seen next poll),
-            # and the files it led to as they are now.
-            self._config_signature = (signature[0], *self._signature(path)[1:])
+
+    def _load(self, path: Path) -> None:
+        """Load `path` and swap it in (a ConfigError leaves the config in service as it is)."""
+        first = _file_signature(path)
+        try:
+            self._swap(load_config(path, self.state))
+        finally:
+            # The config file as it was before loading (an edit meanwhile is seen next poll), and
+            # the files the config in service was read from as they are now.
+            self._config_signature = (first, *self._signature(path)[1:])
 
     def _signature(self, config_file: Path) -> tuple[object, ...]:
         """The state of the config file (first) and of every other file the config was read from."""
@@ -312,16 +318,14 @@ class Gateway:
             signature = self._signature(self.config_file)
             if signature[0] is None or signature == self._config_signature:
                 continue
-            self._config_signature = signature
             try:
-                config = load_config(self.config_file, self.state)
+                self._load(self.config_file)
             except ConfigError as e:
                 self.metrics.config_reloaded(False)
                 logger.error("config change refused, still serving the last good config: %s", e)
                 continue
-            self._swap(config)
             self.metrics.config_reloaded(True)
-            logger.info("config reloaded from %s", config.file)
+            logger.info("config reloaded from %s", self.config_file)
 
     def requestheaders(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         if flow.response or flow.error or not flow.live:
