@@ -171,3 +171,15 @@ def test_slow_clients_get_408_and_do_not_starve_others(limited):
         for conn in [*slow, quiet]:
             conn.close()
     assert wait_until(lambda: send(limited.port, "/").status == 200)
+
+
+def test_a_connection_that_never_sends_a_request_is_closed_at_the_headers_timeout(limited):
+    # Not an HTTP head at all: a silent client, and bytes mitmproxy takes for the start of a TLS
+    # handshake and waits on for ever (the record says 8 KiB follow).
+    for opening in (b"", b"\x16\x03\x01 garbage\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", limited.port), timeout=5) as conn:
+            conn.sendall(opening)
+            started = time.monotonic()
+            assert conn.recv(4096) == b""  # closed, not left waiting
+            assert time.monotonic() - started < 3
+    assert limited.send("/").status == 200

@@ -44,6 +44,7 @@ def access_record(flow: http.HTTPFlow, record: dict[str, Any]) -> dict[str, Any]
     if secret_params := record.get("secretQueryParams"):
         path = _redacted(path, secret_params)
     end = response.timestamp_end if response is not None else time.time()
+    sent = 0 if response is None else record.get("bytesStreamed", len(response.raw_content or b""))
     return {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(request.timestamp_start))
         + f".{int(request.timestamp_start * 1000) % 1000:03d}Z",
@@ -61,11 +62,25 @@ def access_record(flow: http.HTTPFlow, record: dict[str, Any]) -> dict[str, Any]
         "upstreamMs": _ms(request.timestamp_end, response.timestamp_start)
         if response is not None and record.get("upstream") and not record.get("answeredBy")
         else None,
-        "bytesSent": len(response.raw_content or b"") if response is not None else 0,
+        "bytesSent": sent,
         "requestId": record.get("requestId"),
         "traceparent": record.get("traceparent"),
         "error": flow.error.msg if flow.error else None,
     }
+
+
+class StreamedBytes:
+    """A response's `stream` callable that counts the bytes passing through into the flow's record."""
+
+    __slots__ = ("record",)
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        self.record = record
+        record["bytesStreamed"] = 0
+
+    def __call__(self, chunk: bytes) -> bytes:
+        self.record["bytesStreamed"] += len(chunk)
+        return chunk
 
 
 class AccessLog:

@@ -17,10 +17,10 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from mitmproxy import ctx, exceptions, http, tls
+from mitmproxy import connection, ctx, exceptions, http, tls
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
-from .access_log import AccessLog
+from .access_log import AccessLog, StreamedBytes
 from .admin import AdminServer
 from .answers import (
     BAD_REQUEST,
@@ -29,10 +29,12 @@ from .answers import (
     NOT_FOUND,
     ProxyErrorAnswers,
     as_json_error,
+    closing_answer_to,
     make_answer,
 )
 from .config import ConfigError, GatewayConfig, HttpListener, load_config
 from .config.loader import STREAM_BODIES_OVER, RequestLimits
+from .headers import declared_length
 from .https import CertificateFiles, HttpsListener, leaf_der, refusing_connection
 from .metrics import GatewayMetrics
 from .pipeline import RequestContext
@@ -51,6 +53,8 @@ CONFIG_POLL_SECONDS = 0.2
 # gateway itself; the reserved .invalid name makes sure nothing could ever reach a default.
 UNROUTED_TARGET = "http://unrouted.invalid"
 NO_CONFIG = "The gateway has no valid configuration."
+LIMITS = "limits"
+"""What answered a request over `limits`, in flow records, metrics and the access log."""
 PLAIN_HTTP_ON_HTTPS_PORT = "This port speaks HTTPS."
 REJECTED_MARKER = ":no_entry:"
 ANSWERED_MARKER = ":zap:"
@@ -61,15 +65,10 @@ POOL_DIR_ENV = "MITMGATEWAY_POOL_DIR"
 worker tells it that it is ready by a file in this folder."""
 
 
-def _declared_length(message: http.Message) -> int | None:
-    length = message.headers.get("content-length")
-    return int(length) if length is not None and length.isdigit() else None
-
-
 def _request_streams(request: http.Request, limits: RequestLimits) -> bool:
     """Whether a request body passes through as it comes rather than being held in memory
     (unless a step needs the whole body): a large one, or a chunked one."""
-    length = _declared_length(request)
+    length = declared_length(request)
     if length is not None:
         return length > limits.stream_bodies_over
     # With a body size limit, a chunked body is measured by holding it (up to the held limit).
@@ -80,7 +79,7 @@ def _request_streams(request: http.Request, limits: RequestLimits) -> bool:
 
 def _response_streams(response: http.Response) -> bool:
     # Without a Content-Length, a response is chunked or read to its connection's end.
-    length = _declared_length(response)
+    length = declared_length(response)
     return length is None or length > STREAM_BODIES_OVER
 
 
@@ -113,7 +112,7 @@ class Gateway:
         self._config_signature: tuple[object, ...] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._error_answers = ProxyErrorAnswers()
-        self._request_limit_guards = RequestLimitGuards(self._error_answers.render)
+        self._request_limit_guards = RequestLimitGuards(self._error_answers.render, self._refuse_over_limit)
         self._trailer_fields = TrailerFields(self._error_answers.render)
         self._contexts: weakref.WeakKeyDictionary[http.HTTPFlow, RequestContext] = weakref.WeakKeyDictionary()
         # The upstream each client connection is about to connect to, for the server_* hooks,
@@ -327,9 +326,16 @@ class Gateway:
             self.metrics.config_reloaded(True)
             logger.info("config reloaded from %s", self.config_file)
 
+    def client_connected(self, client: connection.Client) -> None:
+        self._request_limit_guards.client_connected(client)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self._request_limit_guards.request_started(client.id)
+
     def requestheaders(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         if flow.response or flow.error or not flow.live:
             return None
+        self._request_limit_guards.request_started(flow.client_conn.id)
         config = self.config
         if config is None:
             flow.response = make_answer(flow.request, 503, NO_CONFIG)
@@ -346,6 +352,12 @@ class Gateway:
         _refuse_body_if_answered(flow)
         return None
 
+    def _refuse_over_limit(self, flow: http.HTTPFlow, status: int, message: str) -> None:
+        """Answer a request over `limits` (its head here, or its body as it comes) and close."""
+        flow.response = closing_answer_to(flow, status, message)
+        record = flow.metadata.get("gateway", {})
+        self._record(flow, LIMITS, record.get("apiEndpoint"), record.get("pipeline"))
+
     def _fail_closed(self, flow: http.HTTPFlow) -> None:
         # A request the gateway could not judge never reaches an upstream.
         # Without the query string: it may carry a credential.
@@ -358,11 +370,6 @@ class Gateway:
 
     def _handle(self, flow: http.HTTPFlow, config: GatewayConfig) -> Coroutine[Any, Any, None] | None:
         request = flow.request
-        if not flow.client_conn.tls and flow.client_conn.proxy_mode.full_spec == self._https_mode:
-            # A plain HTTP request on the https port: answered, not served (nginx does the same).
-            flow.response = make_answer(request, 400, PLAIN_HTTP_ON_HTTPS_PORT, {"Connection": "close"})
-            self._record(flow, answered_by="plain HTTP on the https port")
-            return None
         origin = flow.metadata.get("gateway", {}).get("origin")
         if flow.is_replay == "request" and origin:
             # A replayed flow carries the upstream's Host and path: route it as first sent.
@@ -376,10 +383,13 @@ class Gateway:
         }
         if config.json_errors:
             record["jsonErrors"] = True
+        if not flow.client_conn.tls and flow.client_conn.proxy_mode.full_spec == self._https_mode:
+            # A plain HTTP request on the https port: answered, not served (nginx does the same).
+            flow.response = make_answer(request, 400, PLAIN_HTTP_ON_HTTPS_PORT, {"Connection": "close"})
+            self._record(flow, answered_by="plain HTTP on the https port")
+            return None
         if (too_large := refusal(config.limits, request)) is not None:
-            status, message = too_large
-            flow.response = make_answer(request, status, message, {"Connection": "close"})
-            self._record(flow, answered_by="limits")
+            self._refuse_over_limit(flow, *too_large)
             return None
         hostname = hostname_of(host)
         if DOT_SEGMENT.search(request.path.partition("?")[0]):
@@ -457,7 +467,7 @@ class Gateway:
             and flow.response is not None
             and flow.response.status_code >= 400
         )
-        if refused and self.config is not None and self.config.json_errors:
+        if refused and decision.get("jsonErrors"):
             flow.response = as_json_error(flow.response, self._request_id(flow))  # type: ignore[arg-type]
         if answered_by:
             # The request never got an upstream: show it under the host the client asked for
@@ -510,11 +520,7 @@ class Gateway:
             return
         context.forwarded()
         request = flow.request
-        if (
-            (request.is_http2 or request.is_http3)
-            and request.raw_content
-            and "content-length" not in request.headers
-        ):
+        if request.is_http2 and request.raw_content and "content-length" not in request.headers:
             # HTTP/2 frames its body itself; mitmproxy sends it on to an HTTP/1 upstream as is,
             # which could not tell where it ends.
             request.headers["content-length"] = str(len(request.raw_content))
@@ -526,7 +532,8 @@ class Gateway:
         if not context.wants_body:
             del self._contexts[flow]
             if flow.response is not None and _response_streams(flow.response):
-                flow.response.stream = True
+                # A streamed body is never kept: the access log counts its bytes as they pass.
+                flow.response.stream = StreamedBytes(context.record) if self.access_log.enabled else True
         if flow.response is not None:
             context.responded(flow.response)
 

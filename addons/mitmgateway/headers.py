@@ -98,3 +98,9 @@ def set_headers(message: http.Message, headers: Fields) -> None:
     names = {name.lower() for name, _ in headers}
     fields = message.headers.fields
     message.headers.fields = tuple(field for field in fields if field[0].lower() not in names) + headers
+
+
+def declared_length(message: http.Message) -> int | None:
+    """The body length `Content-Length` declares, or None (absent or not a number)."""
+    length = message.headers.get("content-length")
+    return int(length) if length is not None and length.isdigit() else None

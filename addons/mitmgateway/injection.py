@@ -1,13 +1,17 @@
-"""Answering a request mitmproxy has already forwarded (an upstream that takes too long).
+"""Acting on a client connection from outside its protocol layers.
 
-mitmproxy has no API for it, so the gateway hands mitmproxy an event for the connection as if it
-had come from the network, through the same event injection its own ``inject`` commands use.
+mitmproxy has no API to answer a request it has already forwarded (an upstream that takes too
+long): the gateway hands mitmproxy an event for the connection as if it had come from the
+network, through the same event injection its own ``inject`` commands use. Closing a connection
+that never sent a request goes the way mitmproxy closes idle ones.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from mitmproxy import connection, ctx, http
 from mitmproxy.net.http import http1
@@ -20,16 +24,32 @@ logger = logging.getLogger(__name__)
 _injections: set[asyncio.Future[None]] = set()
 
 
+def _handler(client: connection.Client) -> Any:
+    """mitmproxy's ConnectionHandler for `client`, or None once the connection is gone."""
+    proxyserver = ctx.master.addons.get("proxyserver")
+    return getattr(proxyserver, "connections", {}).get(client.id)
+
+
+def _run(coroutine: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.ensure_future(coroutine)
+    _injections.add(task)  # the event loop keeps only a weak reference to a task
+    task.add_done_callback(_injections.discard)
+
+
 def inject(client: connection.Client, event: events.Event) -> bool:
     """Feed `event` to the protocol layers of `client`'s connection; False if it is gone."""
-    proxyserver = ctx.master.addons.get("proxyserver")
-    handler = getattr(proxyserver, "connections", {}).get(client.id)
+    handler = _handler(client)
     if handler is None:
         return False
-    injection = asyncio.ensure_future(handler.server_event(event))
-    _injections.add(injection)  # the event loop keeps only a weak reference to a task
-    injection.add_done_callback(_injections.discard)
+    _run(handler.server_event(event))
     return True
+
+
+def close_client(client: connection.Client) -> None:
+    """Close `client`'s connection as mitmproxy closes an idle one (its inactivity timeout)."""
+    handler = _handler(client)
+    if handler is not None:
+        _run(handler.on_timeout())
 
 
 def answer_as_upstream(flow: http.HTTPFlow, status: int, message: str) -> int | None:

@@ -11,20 +11,22 @@ error page.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import weakref
 from collections.abc import Callable, Generator
 from typing import Any
 
-from mitmproxy import http
+from mitmproxy import connection, http
 from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.layers import http as http_layers
 from mitmproxy.proxy.layers.http import _http1
 
-from .answers import closing_answer_to
 from .clients import peer_host
 from .config.loader import RequestLimits
+from .headers import declared_length
+from .injection import close_client
 from .patches import Patches, method_guard
 
 logger = logging.getLogger(__name__)
@@ -44,10 +46,8 @@ def refusal(limits: RequestLimits, request: http.Request) -> tuple[int, str] | N
     """431 or 413 for a request whose head is over the limits, else None."""
     if limits.max_header_bytes and head_size(request) > limits.max_header_bytes:
         return 431, HEADERS_TOO_LARGE
-    if limits.max_body_bytes:
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > limits.max_body_bytes:
-            return 413, BODY_TOO_LARGE
+    if limits.max_body_bytes and (declared_length(request) or 0) > limits.max_body_bytes:
+        return 413, BODY_TOO_LARGE
     return None
 
 
@@ -58,13 +58,20 @@ class RequestLimitGuards:
     """Guards mitmproxy's HTTP/1 request-head reading, and its request-body buffering (for every
     HTTP version)."""
 
-    def __init__(self, render: Callable[[int, str], bytes]) -> None:
+    def __init__(
+        self, render: Callable[[int, str], bytes], refuse: Callable[[http.HTTPFlow, int, str], None]
+    ) -> None:
         self.limits = RequestLimits()
         self._render = render
         """The gateway's error answer (text or JSON), as bytes to send."""
+        self._refuse = refuse
+        """The gateway's way to answer a flow with a refusal (and record it)."""
         self._patches = Patches()
         # When each connection's current request head began, for the headers timeout.
         self._head_started: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+        # Connections that have sent no request yet: from the connect to the first byte of a
+        # request head (a TLS handshake included), the same headersTimeoutMs applies.
+        self._first_request: dict[str, asyncio.TimerHandle] = {}
 
     def install(self) -> None:
         if not self._patches.applied:
@@ -76,6 +83,25 @@ class RequestLimitGuards:
 
     def uninstall(self) -> None:
         self._patches.restore()
+        for timer in self._first_request.values():
+            timer.cancel()
+        self._first_request.clear()
+
+    def client_connected(self, client: connection.Client) -> None:
+        if self.limits.headers_timeout_ms:
+            self._first_request[client.id] = asyncio.get_running_loop().call_later(
+                self.limits.headers_timeout_ms / 1000, self._no_request_in_time, client
+            )
+
+    def request_started(self, client_id: str) -> None:
+        """A request (or an HTTP/1 head's first bytes) arrived; also when the client left."""
+        if self._first_request and (timer := self._first_request.pop(client_id, None)) is not None:
+            timer.cancel()
+
+    def _no_request_in_time(self, client: connection.Client) -> None:
+        self._first_request.pop(client.id, None)
+        logger.info("%s: no request within headersTimeoutMs of connecting", peer_host(client))
+        close_client(client)
 
     def _read_headers(self, original: Callable[..., _Commands], layer: Any, event: events.Event) -> _Commands:
         yield from original(layer, event)
@@ -86,13 +112,17 @@ class RequestLimitGuards:
         if not layer.buf:
             return
         limits = self.limits
-        now = time.monotonic()
-        started = self._head_started.setdefault(layer, now)
         if limits.max_header_bytes and len(layer.buf) > limits.max_header_bytes:
             yield from self._refuse_head(layer, 431, HEADERS_TOO_LARGE)
-        elif limits.headers_timeout_ms and now - started > limits.headers_timeout_ms / 1000:
+            return
+        if not limits.headers_timeout_ms:
+            return
+        now = time.monotonic()
+        started = self._head_started.setdefault(layer, now)
+        if now - started > limits.headers_timeout_ms / 1000:
             yield from self._refuse_head(layer, 408, HEADERS_TIMEOUT)
-        elif started == now and limits.headers_timeout_ms:
+        elif started == now:
+            self.request_started(layer.conn.id)  # the head's own deadline takes over
             # A client that goes quiet mid-head sends no event to check the deadline on: ask
             # mitmproxy for one (it arrives through TLS too, as HTTP/2's own timers do).
             yield commands.RequestWakeup(limits.headers_timeout_ms / 1000 + 0.01)
@@ -102,13 +132,15 @@ class RequestLimitGuards:
             yield from original(layer, event)
             return
         # The HTTP/1 server layer asks for no wakeups itself: this is a head deadline, maybe of
-        # an earlier head on this connection (the current one then has its own).
+        # an earlier head on this connection (the current one then has its own), or of a limit
+        # a reload has since turned off.
+        timeout = self.limits.headers_timeout_ms
         started = self._head_started.get(layer)
-        timeout = self.limits.headers_timeout_ms / 1000
         if (
-            layer.state == layer.read_headers
+            timeout
             and started is not None
-            and time.monotonic() - started >= timeout
+            and layer.state == layer.read_headers
+            and time.monotonic() - started >= timeout / 1000
         ):
             yield from self._refuse_head(layer, 408, HEADERS_TIMEOUT)
 
@@ -128,7 +160,6 @@ class RequestLimitGuards:
             limit = self.limits.held_body_bytes
             if limit and len(stream.request_body_buf) + len(event.data) > limit:
                 stream.request_body_buf.clear()
-                flow.response = closing_answer_to(flow, 413, BODY_TOO_LARGE)
-                flow.metadata.setdefault("gateway", {})["answeredBy"] = "limits.maxBodyBytes"
+                self._refuse(flow, 413, BODY_TOO_LARGE)
                 return
         yield from original(stream, event)

@@ -106,7 +106,7 @@ class ProxyPolicy(Policy):
         tokens = strip_hop_by_hop(request)
         upgrading = b"upgrade" in tokens
         client_closes = closes_connection(request, tokens)
-        if request.data.authority and not (request.is_http2 or request.is_http3):
+        if request.data.authority and not request.is_http2:
             # An absolute-form target (GET http://other/...) is the client's choice of virtual
             # host, which the Host header just routed differently: send origin-form upstream.
             request.data.authority = b""
