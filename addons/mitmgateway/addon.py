@@ -35,7 +35,7 @@ from .answers import (
 from .config import ConfigError, GatewayConfig, HttpListener, load_config
 from .config.loader import STREAM_BODIES_OVER, RequestLimits
 from .headers import declared_length
-from .https import CertificateFiles, HttpsListener, leaf_der, refusing_connection
+from .https import CertificateFiles, HttpsListener, refusing_connection
 from .metrics import GatewayMetrics
 from .pipeline import RequestContext
 from .policies import StepState
@@ -132,7 +132,6 @@ class Gateway:
         self._certificate_files = CertificateFiles()
         self._https_mode: str | None = None
         """The mode spec of the https listener: flows and connections name the one they came in on."""
-        self._served_certificates: frozenset[bytes] = frozenset()
 
     def load(self, loader) -> None:
         self._error_answers.install()
@@ -250,14 +249,13 @@ class Gateway:
             connection_strategy="lazy",
             keep_host_header=True,
         )
+        had_https = self._https_mode is not None
         self._https_mode = modes[-1] if https is not None else None
-        served = frozenset(c.leaf for c in https.certificates) if https is not None else frozenset()
-        if https is not None or self._served_certificates:
+        if https is not None or had_https:
             # mitmproxy reloads its certificate store whenever `certs` changes: new connections
             # get the new certificates, those already open keep theirs.
             ctx.options.update(certs=self._certificate_files.specs(https.certificates if https else ()))
             self._certificate_files.forget_stale()
-        self._served_certificates = served
         if "block_global" in ctx.options:
             # mitmdump refuses clients with public addresses by default, a guard for open
             # forward proxies; a gateway exists to serve them.
@@ -274,18 +272,15 @@ class Gateway:
         CA: on the plain http port, and on the https port for a name no certificate covers (when
         the config has no default). The client sees a handshake_failure alert.
 
-        Under mitmdump this runs before mitmproxy's TlsConfig (scripts come first), under the lean
-        runner after it: the decision is made from the client's SNI either way, and a refusal
-        provided first is one TlsConfig leaves alone."""
+        The gateway's addons run before mitmproxy's TlsConfig (under mitmdump and the lean runner
+        alike), which leaves a connection provided here alone."""
         if data.is_dtls:
             return
         client = data.context.client
         https = self.config.https if self.config is not None else None
         if https is None or client.proxy_mode.full_spec != self._https_mode:
             reason = "TLS on the plain http port"
-        elif not https.serves(client.sni, client.sockname[0]) or (
-            data.ssl_conn is not None and leaf_der(data.ssl_conn) not in self._served_certificates
-        ):
+        elif not https.serves(client.sni, client.sockname[0]):
             reason = f"https.tls has no certificate for {client.sni or 'a client without SNI'} and no default"
         else:
             return
@@ -299,8 +294,8 @@ class Gateway:
         if trust is None or data.is_dtls:
             return
         if data.ssl_conn is None:
-            # Under mitmdump this addon comes before mitmproxy's TlsConfig: let it build the
-            # connection now (it then leaves the connection alone).
+            # This addon runs before mitmproxy's TlsConfig: let it build the connection now (it
+            # then leaves the connection alone).
             tlsconfig = ctx.master.addons.get("tlsconfig")
             if tlsconfig is None:
                 return

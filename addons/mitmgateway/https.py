@@ -46,8 +46,6 @@ class ServedCertificate:
     """The tls key: a host name, ``*.example.com``, or ``default``."""
     pem: bytes
     """The private key and the certificate chain, unencrypted: what mitmproxy's ``certs`` reads."""
-    leaf: bytes
-    """The certificate (DER), to recognise it on a client connection."""
     names: frozenset[str]
     """The names mitmproxy files it under: the tls key, and the certificate's CN and SANs."""
     files: tuple[Path, Path]
@@ -136,8 +134,7 @@ def parse_certificate(name: str, raw: Any, path: KeyPath, config_dir: Path) -> S
     names = {name.lower(), *(str(n.value) for n in filed_as.altnames)}
     if filed_as.cn:
         names.add(filed_as.cn)
-    der = leaf.public_bytes(serialization.Encoding.DER)
-    return ServedCertificate(name, pem, der, frozenset(names), (key_file, cert_file))
+    return ServedCertificate(name, pem, frozenset(names), (key_file, cert_file))
 
 
 def parse_https(raw: Any, path: KeyPath, config_dir: Path, port_parser: Any) -> HttpsListener:
@@ -229,11 +226,3 @@ def refusing_connection() -> SSL.Connection:
     connection = SSL.Connection(_refusing_context)
     connection.set_accept_state()
     return connection
-
-
-def leaf_der(connection: SSL.Connection) -> bytes | None:
-    """The certificate a server-side connection is set to present, as DER."""
-    certificate = connection.get_certificate()
-    if certificate is None:
-        return None
-    return certificate.to_cryptography().public_bytes(serialization.Encoding.DER)

@@ -111,7 +111,8 @@ def _is_our_entry_script(path: Path) -> bool:
 
 
 class GatewayMaster(master.Master):
-    def __init__(self, opts: options.Options) -> None:
+    def __init__(self, opts: options.Options, gateway: Sequence[Any] = ()) -> None:
+        """`gateway`: the gateway's addons when they are not loaded as a script."""
         super().__init__(opts, with_termlog=False)
         opts.changed.disconnect(self.addons._configure_all)
         self.addons = DispatchTable(self)
@@ -122,9 +123,11 @@ class GatewayMaster(master.Master):
             # An h2c upgrade a policy let through could become a raw tunnel past every policy.
             disable_h2c.DisableH2C(),
             proxyserver.Proxyserver(),
+            # In mitmdump's order: the gateway's TLS hooks decide before TlsConfig's.
+            script.ScriptLoader(),
+            *gateway,
             next_layer.NextLayer(),
             tlsconfig.TlsConfig(),
-            script.ScriptLoader(),
             errorcheck.ErrorCheck(),
         )
 
@@ -148,16 +151,18 @@ def serve(config: Path, settings: Sequence[str], reuse_port: bool = False) -> in
         # One line per client connection is noise at gateway rates; the access log tells each request.
         logging.getLogger("mitmproxy.proxy.server").setLevel(logging.WARNING)
         opts = options.Options()
-        gateway_master = GatewayMaster(opts)
+        as_script = _is_our_entry_script(ENTRY_SCRIPT)
+        if as_script:
+            gateway_master = GatewayMaster(opts)
+        else:
+            from .addon import Gateway
+            from .shutdown import GracefulShutdown
+
+            gateway_master = GatewayMaster(opts, (Gateway(), GracefulShutdown()))
         try:
             opts.set(f"gateway_config={config}", *settings, defer=True)
-            if _is_our_entry_script(ENTRY_SCRIPT):
+            if as_script:
                 opts.update(scripts=[str(ENTRY_SCRIPT)])
-            else:
-                from .addon import Gateway
-                from .shutdown import GracefulShutdown
-
-                gateway_master.addons.add(Gateway(), GracefulShutdown())
         except exceptions.OptionsError as e:  # a bad --set; script errors go to errorcheck
             print(f"mitmgateway: {e}", file=sys.stderr)
             return 1
