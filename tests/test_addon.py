@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import pytest
@@ -113,3 +114,69 @@ def test_flows_already_answered_are_left_alone(tmp_path):
         gateway.requestheaders(flow)
         assert flow.response.status_code == 204
         assert "gateway" not in flow.metadata
+
+
+@dataclass(frozen=True)
+class _WaitAction:
+    answer: bool = False
+
+
+class _WaitingPolicy(Policy):
+    """A step that waits on I/O (as a shared store does), then maybe answers."""
+
+    name = "waiting"
+    Action = _WaitAction
+
+    def __init__(self, action, build) -> None:
+        self.answer = action.answer
+
+    def handle(self, ctx):
+        async def wait() -> None:
+            await asyncio.sleep(0)
+            ctx.record.setdefault("waited", 0)
+            ctx.record["waited"] += 1
+            if self.answer:
+                ctx.answer(http.Response.make(418))
+
+        return wait()
+
+
+@pytest.fixture
+def waiting_policy():
+    register_policy(_WaitingPolicy)
+    yield
+    POLICIES.pop("waiting")
+
+
+@pytest.mark.parametrize(
+    "steps,status,waited,answered_by",
+    [
+        # Two waiting steps, then the proxy: every step runs, in order, after each wait.
+        ("- waiting:\n- waiting:\n- proxy: [{action: {serviceEndpoint: backend}}]", None, 2, None),
+        # The second waiting step answers: the pipeline ends there, the proxy never runs.
+        (
+            "- waiting:\n- waiting: [{action: {answer: true}}]\n"
+            "- proxy: [{action: {serviceEndpoint: backend}}]",
+            418,
+            2,
+            "waiting",
+        ),
+    ],
+)
+def test_steps_after_a_waiting_step_run_in_order(
+    tmp_path, waiting_policy, steps, status, waited, answered_by
+):
+    indented = "\n".join(f"      {line}" for line in steps.splitlines())
+    path = write(tmp_path, "waiting, proxy", indented)
+
+    async def run() -> http.HTTPFlow:
+        with running_gateway(path) as gateway:
+            flow = make_flow()
+            await gateway.requestheaders(flow)
+            return flow
+
+    flow = asyncio.run(run())
+    assert (flow.response.status_code if flow.response else None) == status
+    assert flow.metadata["gateway"]["waited"] == waited
+    assert flow.metadata["gateway"]["answeredBy"] == answered_by
+    assert (flow.request.host == "127.0.0.1") == (status is None)  # proxied only when not answered

@@ -164,14 +164,15 @@ class Pipeline:
         """Headers a step of this pipeline sets to say who the client is."""
         return tuple(h for step in self.steps for h in step.policy.identity_headers)
 
-    def run(self, ctx: RequestContext) -> str | Coroutine[Any, Any, str | None] | None:
-        """Run the steps in order; the name of the policy that answered, if one did.
+    def run(self, ctx: RequestContext, start: int = 0) -> str | Coroutine[Any, Any, str | None] | None:
+        """Run the steps in order (from `start`); the name of the policy that answered, if one did.
 
         Steps run synchronously until one returns an awaitable (a policy waiting on I/O, such as
         a shared rate-limit store); the rest then runs in the coroutine returned instead.
         """
         flow = ctx.flow
-        for index, step in enumerate(self.steps):
+        for index in range(start, len(self.steps)):
+            step = self.steps[index]
             if step.condition is not None and not step.condition(ctx):
                 continue
             pending = step.policy.handle(ctx)
@@ -182,15 +183,8 @@ class Pipeline:
         return None
 
     async def _run_after(self, ctx: RequestContext, index: int, pending: Awaitable[None]) -> str | None:
-        flow = ctx.flow
-        for step in self.steps[index:]:
-            if pending is None:
-                if step.condition is not None and not step.condition(ctx):
-                    continue
-                pending = step.policy.handle(ctx)
-            if pending is not None:
-                await pending
-                pending = None
-            if flow.response is not None:
-                return step.policy_name
-        return None
+        await pending
+        if ctx.flow.response is not None:
+            return self.steps[index].policy_name
+        rest = self.run(ctx, index + 1)
+        return rest if rest is None or isinstance(rest, str) else await rest
