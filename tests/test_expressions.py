@@ -74,6 +74,8 @@ def test_expressions_evaluate(context, source, expected):
         ("__import__('os').system('id')", "cannot use Call in an expression"),
         ("req.method.upper()", "cannot use Call in an expression"),
         ("os.environ", "unknown name 'os'"),
+        # A misspelt request member is a config error, not a null on every request.
+        ("req.methd == 'GET'", "unknown member req.methd"),
         ("lambda: 1", "cannot use Lambda in an expression"),
         ("[x for x in req.headers]", "cannot use ListComp in an expression"),
         ("user.tier * 2", "cannot use BinOp in an expression"),

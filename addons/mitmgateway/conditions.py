@@ -20,7 +20,7 @@ from .config.schema import (
     require_list,
     require_mapping,
 )
-from .expressions import compile_condition
+from .expressions import REQUEST_MEMBERS, compile_condition
 from .routing import compile_regex
 
 if TYPE_CHECKING:
@@ -75,8 +75,7 @@ class _HostMatch:
     pattern: str = option("pattern")
 
 
-def _path(ctx: RequestContext) -> str:
-    return ctx.flow.request.path.partition("?")[0]
+_path = REQUEST_MEMBERS["path"]
 
 
 def _always(_: Any, __: KeyPath) -> Condition:

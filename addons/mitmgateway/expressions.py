@@ -83,35 +83,6 @@ _PRIMITIVE = str | int | float | bool | type(None)
 _URL_UNSAFE = re.compile(r"[\x00-\x20\x7f]")
 
 
-class _Request:
-    """``req`` as expressions see it (read-only; jscode assigns through `_assign`)."""
-
-    def __init__(self, ctx: RequestContext) -> None:
-        self.ctx = ctx
-
-    def member(self, name: str) -> Any:
-        request = self.ctx.flow.request
-        if name == "method":
-            return request.method
-        if name == "url":
-            return request.path
-        if name == "path":
-            return request.path.partition("?")[0]
-        if name == "originalUrl":
-            return self.ctx.record.get("origin", {}).get("path", request.path)
-        if name == "headers":
-            return _Headers(request.headers)
-        if name == "query":
-            return dict(request.query)
-        if name == "ip":
-            return self.ctx.client_ip
-        if name == "hostname":
-            return self.ctx.hostname
-        if name == "protocol":
-            return "https" if self.ctx.flow.client_conn.tls else "http"
-        return None
-
-
 class _Headers:
     def __init__(self, headers: Any) -> None:
         self.headers = headers
@@ -121,6 +92,32 @@ class _Headers:
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name in self.headers
+
+
+REQUEST_MEMBERS: dict[str, Evaluator] = {
+    "method": lambda ctx: ctx.flow.request.method,
+    "url": lambda ctx: ctx.flow.request.path,
+    "path": lambda ctx: ctx.flow.request.path.partition("?")[0],
+    "originalUrl": lambda ctx: ctx.record.get("origin", {}).get("path", ctx.flow.request.path),
+    "headers": lambda ctx: _Headers(ctx.flow.request.headers),
+    "query": lambda ctx: dict(ctx.flow.request.query),
+    "ip": lambda ctx: ctx.client_ip,
+    "hostname": lambda ctx: ctx.hostname,
+    "protocol": lambda ctx: "https" if ctx.flow.client_conn.tls else "http",
+}
+"""``req.NAME`` as expressions and templates see it (read-only; jscode assigns through
+`_Compiler.assignment`)."""
+
+
+class _Request:
+    """``req`` itself, for a member named at run time (``req[name]``)."""
+
+    def __init__(self, ctx: RequestContext) -> None:
+        self.ctx = ctx
+
+    def member(self, name: str) -> Any:
+        getter = REQUEST_MEMBERS.get(name)
+        return getter(self.ctx) if getter is not None else None
 
 
 def _member(value: Any, name: Any) -> Any:
@@ -162,14 +159,14 @@ class _Compiler:
         self.path = path
         self.source = source
 
-    def refuse(self, node: ast.AST, what: str) -> ConfigError:
+    def refuse(self, what: str) -> ConfigError:
         return ConfigError(self.path, f"cannot use {what} in an expression: {self.source!r}")
 
     def expression(self, node: ast.AST) -> Evaluator:
         if isinstance(node, ast.Constant):
             value = node.value
-            if not isinstance(value, str | int | float | bool | type(None)):
-                raise self.refuse(node, type(value).__name__)
+            if not isinstance(value, _PRIMITIVE):
+                raise self.refuse(type(value).__name__)
             return lambda _ctx: value
         if isinstance(node, ast.Name):
             resolve = _NAMES.get(node.id)
@@ -178,6 +175,15 @@ class _Compiler:
                     self.path, f"unknown name {node.id!r} in {self.source!r} (known: {', '.join(_NAMES)})"
                 )
             return resolve
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "req":
+            # Resolved now: a misspelt member is a config error, not a silent null per request.
+            member = REQUEST_MEMBERS.get(node.attr)
+            if member is None:
+                known = ", ".join(REQUEST_MEMBERS)
+                raise ConfigError(
+                    self.path, f"unknown member req.{node.attr} in {self.source!r} (known: {known})"
+                )
+            return member
         if isinstance(node, ast.Attribute):
             base, attr = self.expression(node.value), node.attr
             return lambda ctx: _member(base(ctx), attr)
@@ -211,7 +217,7 @@ class _Compiler:
             first = self.expression(node.left)
             ops = [_COMPARE[type(op)] for op in node.ops if type(op) in _COMPARE]
             if len(ops) != len(node.ops):
-                raise self.refuse(node, "that comparison")
+                raise self.refuse("that comparison")
             rest = [self.expression(c) for c in node.comparators]
 
             def compare(ctx: RequestContext) -> bool:
@@ -224,11 +230,11 @@ class _Compiler:
                 return True
 
             return compare
-        raise self.refuse(node, type(node).__name__)
+        raise self.refuse(type(node).__name__)
 
     def assignment(self, node: ast.stmt) -> Assignment:
         if not isinstance(node, ast.Assign) or len(node.targets) != 1:
-            raise self.refuse(node, "that statement (only assignments to req.url or req.headers[...])")
+            raise self.refuse("that statement (only assignments to req.url or req.headers[...])")
         value = self.expression(node.value)
         target = node.targets[0]
         if (
@@ -267,7 +273,7 @@ class _Compiler:
                     ctx.flow.request.headers[header] = single_line(new)
 
             return set_header
-        raise self.refuse(node, "that assignment target (only req.url or req.headers[...])")
+        raise self.refuse("that assignment target (only req.url or req.headers[...])")
 
 
 def _python_syntax(source: str, statements: bool = False) -> str:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config.errors import ConfigError, KeyPath
 from .config.schema import check_type
+from .expressions import REQUEST_MEMBERS
 
 if TYPE_CHECKING:
     from .pipeline import RequestContext
@@ -29,11 +30,9 @@ def _header(name: str) -> Getter:
     return lambda ctx: ctx.flow.request.headers.get(name)
 
 
+# The request's own text members, read as expressions read them (headers and query are not text).
 SIMPLE_REFERENCES: dict[str, Getter] = {
-    "req.ip": lambda ctx: ctx.client_ip,
-    "req.hostname": lambda ctx: ctx.hostname,
-    "req.method": lambda ctx: ctx.flow.request.method,
-    "req.path": lambda ctx: ctx.flow.request.path.partition("?")[0],
+    f"req.{name}": getter for name, getter in REQUEST_MEMBERS.items() if name not in ("headers", "query")
 }
 PREFIXED_REFERENCES: dict[str, Callable[[str], Getter]] = {
     "req.headers.": _header,
