@@ -34,7 +34,7 @@ from .answers import (
 )
 from .config import ConfigError, GatewayConfig, HttpListener, load_config
 from .config.loader import STREAM_BODIES_OVER, RequestLimits
-from .headers import declared_length
+from .headers import declared_length, remove_headers
 from .https import CertificateFiles, HttpsListener, refusing_connection
 from .metrics import GatewayMetrics
 from .pipeline import RequestContext
@@ -399,8 +399,8 @@ class Gateway:
             self._record(flow, answered_by="no apiEndpoint")
             return None
         context = RequestContext(flow, route, hostname, client, record)
-        for header in route.pipeline.identity_headers:
-            request.headers.pop(header, None)
+        if route.pipeline.identity_headers:
+            remove_headers(request, route.pipeline.identity_headers)
         answered_by = route.pipeline.run(context)
         if answered_by is not None and not isinstance(answered_by, str):
             return self._conclude_when_run(context, answered_by, config.limits)

@@ -168,9 +168,9 @@ def register_condition(name: str, params: type, build: Callable[[Any, KeyPath], 
 def parse_condition(raw: Any, path: KeyPath) -> Condition:
     """Compile ``{name: ..., ...params}`` into a predicate, or refuse it with its key path."""
     raw = require_mapping(raw, path)
-    name = check_type(str, raw.get("name"), path.key("name")) if "name" in raw else None
-    if name is None:
+    if "name" not in raw:
         raise ConfigError(path.key("name"), "is required: every condition names its kind")
+    name = check_type(str, raw["name"], path.key("name"))
     if name in NOT_YET:
         raise ConfigError(path.key("name"), NOT_YET[name])
     if name not in CONDITIONS:

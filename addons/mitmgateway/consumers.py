@@ -19,6 +19,7 @@ reloaded with it. ``scripts/consumers.py`` writes it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config.errors import ConfigError, KeyPath
+from .config.errors import ROOT, ConfigError, KeyPath
 from .config.schema import check_type, check_unknown_keys, require_list, require_mapping
 
 CREDENTIAL_TYPES = ("jwt", "key-auth", "basic-auth")
@@ -61,13 +62,18 @@ class Authenticated:
     consumer: Consumer
     credential: Credential
 
-    @property
+    # Read on every request it authenticates: worked out once (consumers change only on reload).
+    @functools.cached_property
     def scopes(self) -> frozenset[str]:
         return self.consumer.scopes | self.credential.scopes
 
+    @functools.cached_property
+    def _sorted_scopes(self) -> list[str]:
+        return sorted(self.scopes)
+
     def as_user(self, claims: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """What conditions, templates (``${req.user.id}``) and the log see."""
-        return {**(claims or {}), "id": self.consumer.id, "scopes": sorted(self.scopes)}
+        return {**(claims or {}), "id": self.consumer.id, "scopes": list(self._sorted_scopes)}
 
 
 @dataclass(frozen=True)
@@ -129,8 +135,8 @@ def _credential(raw: Any, path: KeyPath) -> Credential:
 
 
 def parse_consumers(document: Any, file: Path) -> Consumers:
-    root = require_mapping(document, KeyPath(""))
-    check_unknown_keys(root, ["consumers"], KeyPath(""))
+    root = require_mapping(document, ROOT)
+    check_unknown_keys(root, ["consumers"], ROOT)
     by_credential: dict[tuple[str, str], Authenticated] = {}
     path = KeyPath("consumers")
     for name, raw in require_mapping(root.get("consumers"), path).items():

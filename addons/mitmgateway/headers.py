@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Set
 from typing import Any
 
 from mitmproxy import http
@@ -93,11 +94,33 @@ def closes_connection(message: http.Message, tokens: set[bytes]) -> bool:
     return message.http_version == "HTTP/1.0" and b"keep-alive" not in tokens
 
 
+def remove_headers(message: http.Message, names: Set[bytes]) -> None:
+    """Remove every header named in `names` (lower case), in one pass over the fields."""
+    fields = message.headers.fields
+    kept = tuple(field for field in fields if field[0].lower() not in names)
+    if len(kept) != len(fields):
+        message.headers.fields = kept
+
+
 def set_headers(message: http.Message, headers: Fields) -> None:
     """Set each of `headers`, replacing any the message has of the same name."""
-    names = {name.lower() for name, _ in headers}
-    fields = message.headers.fields
-    message.headers.fields = tuple(field for field in fields if field[0].lower() not in names) + headers
+    remove_headers(message, {name.lower() for name, _ in headers})
+    message.headers.fields += headers
+
+
+def set_values(message: http.Message, values: Iterable[tuple[bytes, Any]]) -> None:
+    """Set each named header to its value as one line (`single_line`); a None sets nothing."""
+    added = tuple((name, encode(single_line(value))) for name, value in values if value is not None)
+    if added:
+        set_headers(message, added)
+
+
+def scheme_credential(value: str, scheme: str) -> str | None:
+    """The credential of an ``Authorization``-style value ``SCHEME CREDENTIAL``, when the scheme is
+    `scheme` (lower case; compared without case) and a credential follows."""
+    given, _, credential = value.strip().partition(" ")
+    credential = credential.strip()
+    return credential if credential and given.lower() == scheme else None
 
 
 def declared_length(message: http.Message) -> int | None:

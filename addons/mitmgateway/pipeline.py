@@ -90,6 +90,12 @@ class RequestContext:
             return False
         return True
 
+    def query_credential(self, name: str) -> str | None:
+        """A credential from the query string; the access log then writes the parameter out
+        redacted."""
+        self.record.setdefault("secretQueryParams", []).append(name)
+        return self.flow.request.query.get(name)
+
     def answer(self, response: http.Response) -> None:
         """End the pipeline with the gateway's own response (a refusal when it is a 4xx/5xx)."""
         self.flow.response = response
@@ -160,9 +166,9 @@ class Pipeline:
     steps: tuple[Step, ...]
 
     @functools.cached_property
-    def identity_headers(self) -> tuple[str, ...]:
-        """Headers a step of this pipeline sets to say who the client is."""
-        return tuple(h for step in self.steps for h in step.policy.identity_headers)
+    def identity_headers(self) -> frozenset[bytes]:
+        """Headers a step of this pipeline sets to say who the client is (lower case)."""
+        return frozenset(h.lower().encode() for step in self.steps for h in step.policy.identity_headers)
 
     def run(self, ctx: RequestContext, start: int = 0) -> str | Coroutine[Any, Any, str | None] | None:
         """Run the steps in order (from `start`); the name of the policy that answered, if one did.

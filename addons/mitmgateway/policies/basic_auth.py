@@ -29,6 +29,7 @@ from cachetools import TTLCache
 from ..answers import UNAUTHORIZED, make_answer
 from ..config.schema import option
 from ..consumers import Authenticated
+from ..headers import scheme_credential
 from ..pipeline import RequestContext
 from .base import BuildContext, Policy, register_policy
 
@@ -39,6 +40,7 @@ REMEMBERED = 10_000
 # Its own threads: password checks must not hold up the other work sent to threads (JWKS).
 _HASHER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="password-check")
 MAX_PENDING_CHECKS = 64
+_ARGON2 = PasswordHasher()  # holds only its parameters: one serves every check
 
 
 @functools.cache
@@ -58,7 +60,7 @@ def password_matches(password: str, stored: str | None) -> bool:
         return False
     if stored.startswith("$argon2"):
         try:
-            return PasswordHasher().verify(stored, password)
+            return _ARGON2.verify(stored, password)
         except (Argon2Error, InvalidHashError):
             return False
     try:
@@ -89,11 +91,11 @@ class BasicAuthPolicy(Policy):
 
     @staticmethod
     def credentials(ctx: RequestContext) -> tuple[str, str] | None:
-        scheme, _, encoded = ctx.flow.request.headers.get("authorization", "").strip().partition(" ")
-        if scheme.lower() != "basic":
+        encoded = scheme_credential(ctx.flow.request.headers.get("authorization", ""), "basic")
+        if encoded is None:
             return None
         try:
-            username, sep, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+            username, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
         except ValueError:  # not base64, not UTF-8
             return None
         return (username, password) if sep else None

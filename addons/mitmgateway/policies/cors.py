@@ -41,8 +41,6 @@ def _origins(value: Any, path: KeyPath) -> bool | tuple[OriginRule, ...]:
 
 
 def _header_list(value: Any, path: KeyPath) -> str:
-    if isinstance(value, str):
-        return value
     return ",".join(check_type(tuple[str, ...], value, path))
 
 

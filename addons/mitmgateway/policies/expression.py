@@ -16,9 +16,7 @@ from .base import BuildContext, Policy, register_policy
 
 @dataclass(frozen=True)
 class ExpressionAction:
-    jscode: tuple[Assignment, ...] = option(
-        "jscode", parse=lambda value, path: compile_assignments(value, path)
-    )
+    jscode: tuple[Assignment, ...] = option("jscode", parse=compile_assignments)
 
 
 @register_policy

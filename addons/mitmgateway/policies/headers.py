@@ -13,7 +13,7 @@ from typing import Any
 from ..config.errors import ConfigError, KeyPath
 from ..config.schema import check_type, option, require_mapping
 from ..expressions import Evaluator, compile_expression
-from ..headers import encode, is_header_name, set_headers, single_line
+from ..headers import is_header_name, set_values
 from ..pipeline import RequestContext
 from .base import BuildContext, Policy, register_policy
 
@@ -42,14 +42,9 @@ class HeadersPolicy(Policy):
     Action = HeadersAction
 
     def __init__(self, action: HeadersAction, build: BuildContext) -> None:
-        self.headers = tuple((action.headers_prefix + name, value) for name, value in action.forward_headers)
-        self.identity_headers = tuple(name for name, _ in self.headers)
+        prefixed = tuple((action.headers_prefix + name, value) for name, value in action.forward_headers)
+        self.identity_headers = tuple(name for name, _ in prefixed)
+        self.headers = tuple((name.encode(), value) for name, value in prefixed)
 
     def handle(self, ctx: RequestContext) -> None:
-        added = []
-        for name, value in self.headers:
-            result = value(ctx)
-            if result is not None:
-                added.append((name.encode(), encode(single_line(result))))
-        if added:
-            set_headers(ctx.flow.request, tuple(added))
+        set_values(ctx.flow.request, ((name, value(ctx)) for name, value in self.headers))

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from ..answers import make_answer
 from ..config.errors import ConfigError, KeyPath
 from ..config.schema import check_type, non_negative, option, positive, require_mapping
-from ..headers import encode, is_header_name, set_headers, single_line
+from ..headers import is_header_name, scheme_credential, set_values
 from ..jwks import KeySet, RemoteKeySet, VerificationKey, algorithms_for, parse_jwks
 from ..pipeline import RequestContext
 from .base import BuildContext, Policy, register_policy
@@ -185,7 +185,7 @@ class JwtPolicy(Policy):
         self.algorithms = None if action.algorithms is None else frozenset(action.algorithms)
         if self.algorithms is not None and not isinstance(self.keys, RemoteKeySet):
             allowed = list(dict.fromkeys(a for key in self.keys.keys.values() for a in key.algorithms))
-            for i, algorithm in enumerate(action.algorithms or ()):
+            for i, algorithm in enumerate(action.algorithms):
                 if algorithm not in allowed:
                     raise ConfigError(
                         build.path.key("algorithms").index(i),
@@ -194,6 +194,7 @@ class JwtPolicy(Policy):
         # Only the gateway speaks for the token: the pipeline removes a client's own copies of
         # these before any step runs (even when a condition skips this one).
         self.identity_headers = tuple(header for _claim, header in action.forward_claims)
+        self.claim_headers = tuple((claim, header.encode()) for claim, header in action.forward_claims)
         self.options = {"verify_aud": action.audience is not None, "verify_iat": False}
         self.verified: TLRUCache[str, tuple[Mapping[str, Any], float]] = TLRUCache(
             maxsize=VERIFIED_TOKENS, ttu=lambda _token, entry, _now: entry[1], timer=time.monotonic
@@ -208,11 +209,8 @@ class JwtPolicy(Policy):
         if extractor == "header":
             return request.headers.get(self.action.jwt_extractor_field or "")
         if extractor == "query":
-            # A credential in the URL: the access log must not write it out.
-            ctx.record.setdefault("secretQueryParams", []).append(self.action.jwt_extractor_field)
-            return request.query.get(self.action.jwt_extractor_field or "")
-        scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
-        return token.strip() if scheme.lower() == self.scheme and token.strip() else None
+            return ctx.query_credential(self.action.jwt_extractor_field or "")
+        return scheme_credential(request.headers.get("authorization", ""), self.scheme)
 
     def verify(self, token: str, key: VerificationKey | None) -> Mapping[str, Any]:
         """The token's claims if `key` verifies it now; raises jwt.InvalidTokenError if not."""
@@ -297,13 +295,8 @@ class JwtPolicy(Policy):
             if not ctx.authenticate(found, claims):
                 return
         request = ctx.flow.request
-        if self.action.forward_claims:
-            added = []
-            for claim, header in self.action.forward_claims:
-                if (value := claims.get(claim)) is not None:
-                    added.append((header.encode(), encode(single_line(value))))
-            if added:
-                set_headers(request, tuple(added))
+        if self.claim_headers:
+            set_values(request, ((header, claims.get(claim)) for claim, header in self.claim_headers))
         if self.action.remove_token:
             self._remove_token(request)
 

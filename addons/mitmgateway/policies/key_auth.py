@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from ..answers import UNAUTHORIZED, make_answer
 from ..config.schema import option
 from ..consumers import api_key_secret_matches, hash_api_key_secret
+from ..headers import scheme_credential
 from ..pipeline import RequestContext
 from .base import BuildContext, Policy, register_policy
 
@@ -46,13 +47,10 @@ class KeyAuthPolicy(Policy):
         if not action.disable_headers and (value := request.headers.get(action.api_key_header)):
             if action.disable_headers_scheme:
                 return value.strip()
-            scheme, _, key = value.strip().partition(" ")
-            if scheme.lower() == self.scheme and key.strip():
-                return key.strip()
-        if not action.disable_query_param and (key := request.query.get(action.api_key_field)):
-            # A credential in the URL: the access log must not write it out.
-            ctx.record.setdefault("secretQueryParams", []).append(action.api_key_field)
-            return key
+            if (key := scheme_credential(value, self.scheme)) is not None:
+                return key
+        if not action.disable_query_param and action.api_key_field in request.query:
+            return ctx.query_credential(action.api_key_field) or None
         return None
 
     def handle(self, ctx: RequestContext) -> None:
