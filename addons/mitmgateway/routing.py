@@ -3,8 +3,10 @@
 Semantics follow Express Gateway: ``host`` is compared case-insensitively and without the port,
 ``*.example.com`` matches one more label, ``*`` matches any host; ``paths`` are Express patterns
 (``/api/*``, ``/users/:id``, exact), case-insensitive, with an optional trailing slash; ``methods``
-restricts the HTTP methods. Exact hosts are looked up in a dict; a request whose host is listed
-exactly never falls through to a wildcard endpoint of another pipeline.
+restricts the HTTP methods. Exact hosts are looked up in a dict and tried first, then wildcards
+from the most specific, then host regexes, then ``*``: a request goes to the first endpoint whose
+host, path and method all match (so a listed host whose paths do not match falls through to a
+wildcard endpoint, as in Express Gateway).
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ class ApiEndpoint:
     methods: frozenset[str] | None = option("methods", None, parse=http_methods)
     scopes: tuple[str, ...] = option("scopes", ())
 
-    def match_path(self, path: str) -> PathPattern | bool | None:
+    def match_path(self, path: str) -> PathPattern | bool:
         """The pattern that matched (for stripPath), True when any path goes, False for none."""
         if self.paths is not None:
             for pattern in self.paths:
@@ -164,12 +166,11 @@ class Router:
 
     def match(self, hostname: str, path: str, method: str) -> RouteMatch | None:
         """`hostname` as `hostname_of` gives it; `path` may carry a query string."""
-        host = hostname
         path = path.partition("?")[0] or "/"
-        for rule in self._exact.get(host, ()):
-            if found := rule.match(host, path, method):
+        for rule in self._exact.get(hostname, ()):
+            if found := rule.match(hostname, path, method):
                 return found
         for rule in self._wildcard:
-            if found := rule.match(host, path, method):
+            if found := rule.match(hostname, path, method):
                 return found
         return None
