@@ -12,8 +12,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from conftest import one_pipeline
-from gateway_unit import gateway_for, make_flow
-from harness import JwksServer, wait_until
+from gateway_unit import gateway_for, make_flow, request_status
+from harness import JwksServer, bearer, wait_until
 
 
 class Signer:
@@ -50,10 +50,6 @@ def jwt_gateway(start_gateway, upstreams, provider: JwksServer, extra_action: st
     )
     steps = f"- jwt: [{{action: {{{action}}}}}]\n- proxy: [{{action: {{serviceEndpoint: backend}}}}]"
     return start_gateway(one_pipeline(upstreams["customers"].url, steps))
-
-
-def bearer(token: str, **headers: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}", **headers}
 
 
 def test_rs256_and_es256_keys_rotation_and_forwarded_claims(start_gateway, upstreams, provider):
@@ -126,12 +122,19 @@ def test_a_jwks_file_as_secret_or_public_key_file(tmp_path):
     config = one_pipeline("http://127.0.0.1:9", steps).replace("{port}", "8080")
 
     def status(token: str) -> int:
-        flow = make_flow(headers=bearer(token))
-        gateway.requestheaders(flow)
-        return flow.response.status_code if flow.response else 200
+        return request_status(gateway, make_flow(headers=bearer(token)))
 
     with gateway_for(tmp_path, config) as gateway:
         assert status(signer.token()) == 200
         assert status(other.token()) == 200
         assert status(Signer("a").token()) == 401  # same kid, another key
         assert status(Signer("c").token()) == 401  # a kid the file does not hold
+
+    # A file with one key: it verifies tokens without kid, and those naming it, as from a jwksUri.
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [signer.jwk]}))
+    unnamed = pyjwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, signer.private, "RS256")
+    elsewhere = pyjwt.encode(
+        {"sub": "alice", "exp": int(time.time()) + 60}, signer.private, "RS256", headers={"kid": "other"}
+    )
+    with gateway_for(tmp_path, config) as gateway:
+        assert [status(t) for t in (signer.token(), unnamed, elsewhere)] == [200, 200, 401]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -12,7 +11,8 @@ import jwt as pyjwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from gateway_unit import gateway_for, make_flow
+from gateway_unit import gateway_for, make_flow, request_status
+from harness import b64url, bearer
 from mitmgateway.config import ConfigError, load_config
 from mitmgateway.policies import StepState
 
@@ -30,10 +30,6 @@ pipelines:
 """
 
 
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def private_key(keys):
     return serialization.load_pem_private_key(keys[0].read_bytes(), None)
 
@@ -48,19 +44,14 @@ def gateway_with(tmp_path):
     return lambda action: gateway_for(tmp_path, CONFIG.format(action=action))
 
 
-def outcome(gateway, flow) -> int:
-    gateway.requestheaders(flow)
-    return flow.response.status_code if flow.response else 200
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+def token_status(gateway, token: str) -> int:  # type: ignore[no-untyped-def]
+    return request_status(gateway, make_flow(headers=bearer(token)))
 
 
 def test_valid_rs256_token_passes_and_claims_reach_metadata(gateway_with, rsa_keys):
     with gateway_with(f"secretOrPublicKeyFile: {rsa_keys[1]}") as gateway:
         flow = make_flow(headers=bearer(rs256(rsa_keys, role="admin")))
-        assert outcome(gateway, flow) == 200
+        assert request_status(gateway, flow) == 200
         assert flow.metadata["gateway"]["user"]["role"] == "admin"
         assert flow.request.host == "127.0.0.1"
 
@@ -72,7 +63,7 @@ def test_valid_rs256_token_passes_and_claims_reach_metadata(gateway_with, rsa_ke
         pytest.param(lambda keys: "garbage", id="garbage"),
         pytest.param(lambda keys: rs256(keys).rsplit(".", 1)[0], id="two-segments"),
         pytest.param(
-            lambda keys: b64(b'{"alg":"none","typ":"JWT"}') + "." + b64(b'{"sub":"alice"}') + ".",
+            lambda keys: b64url(b'{"alg":"none","typ":"JWT"}') + "." + b64url(b'{"sub":"alice"}') + ".",
             id="alg-none",
         ),
         pytest.param(
@@ -81,9 +72,9 @@ def test_valid_rs256_token_passes_and_claims_reach_metadata(gateway_with, rsa_ke
                 lambda signing_input: (
                     signing_input
                     + "."
-                    + b64(hmac.new(keys[1].read_bytes(), signing_input.encode(), hashlib.sha256).digest())
+                    + b64url(hmac.new(keys[1].read_bytes(), signing_input.encode(), hashlib.sha256).digest())
                 )
-            )(b64(b'{"alg":"HS256","typ":"JWT"}') + "." + b64(json.dumps({"sub": "alice"}).encode())),
+            )(b64url(b'{"alg":"HS256","typ":"JWT"}') + "." + b64url(json.dumps({"sub": "alice"}).encode())),
             id="hs256-with-public-key",
         ),
         pytest.param(lambda keys: rs256(keys, exp=int(time.time()) - 5), id="expired"),
@@ -98,7 +89,7 @@ def test_valid_rs256_token_passes_and_claims_reach_metadata(gateway_with, rsa_ke
 def test_refused_tokens_are_401(gateway_with, rsa_keys, make_token):
     with gateway_with(f"secretOrPublicKeyFile: {rsa_keys[1]}") as gateway:
         flow = make_flow(headers=bearer(make_token(rsa_keys)))
-        assert outcome(gateway, flow) == 401
+        assert request_status(gateway, flow) == 401
         assert flow.response.text == "Unauthorized"
         assert flow.response.headers["WWW-Authenticate"].startswith("Bearer")
         assert flow.request.host == "api.local"  # never routed upstream
@@ -110,20 +101,20 @@ def test_token_signed_by_another_key_is_401(gateway_with, rsa_keys, tmp_path):
 
     other = generate(tmp_path / "other", "rsa")
     with gateway_with(f"secretOrPublicKeyFile: {rsa_keys[1]}") as gateway:
-        assert outcome(gateway, make_flow(headers=bearer(rs256(other)))) == 401
+        assert token_status(gateway, rs256(other)) == 401
 
 
 def test_missing_token_has_bare_bearer_challenge(gateway_with, rsa_keys):
     with gateway_with(f"secretOrPublicKeyFile: {rsa_keys[1]}") as gateway:
         flow = make_flow(headers={"Authorization": "Basic YWxpY2U6c2VjcmV0"})
-        assert outcome(gateway, flow) == 401
+        assert request_status(gateway, flow) == 401
         assert flow.response.headers["WWW-Authenticate"] == "Bearer"
 
 
 def test_scheme_is_case_insensitive_and_whitespace_tolerated(gateway_with, rsa_keys):
     with gateway_with(f"secretOrPublicKeyFile: {rsa_keys[1]}") as gateway:
         flow = make_flow(headers={"Authorization": f"  bEaReR   {rs256(rsa_keys)}  "})
-        assert outcome(gateway, flow) == 200
+        assert request_status(gateway, flow) == 200
 
 
 def test_ps256_accepted_with_rsa_key_and_aud_unchecked_when_not_configured(gateway_with, rsa_keys):
@@ -133,23 +124,23 @@ def test_ps256_accepted_with_rsa_key_and_aud_unchecked_when_not_configured(gatew
             private_key(rsa_keys),
             algorithm="PS256",
         )
-        assert outcome(gateway, make_flow(headers=bearer(token))) == 200
+        assert token_status(gateway, token) == 200
 
 
 def test_clock_tolerance(gateway_with, rsa_keys):
     with gateway_with(f"secretOrPublicKeyFile: {rsa_keys[1]}, clockTolerance: 30") as gateway:
-        assert outcome(gateway, make_flow(headers=bearer(rs256(rsa_keys, exp=int(time.time()) - 5)))) == 200
-        assert outcome(gateway, make_flow(headers=bearer(rs256(rsa_keys, exp=int(time.time()) - 60)))) == 401
+        assert token_status(gateway, rs256(rsa_keys, exp=int(time.time()) - 5)) == 200
+        assert token_status(gateway, rs256(rsa_keys, exp=int(time.time()) - 60)) == 401
 
 
 def test_audience_and_issuer(gateway_with, rsa_keys):
     with gateway_with(
         f"secretOrPublicKeyFile: {rsa_keys[1]}, audience: orders, issuer: [idp-a, idp-b]"
     ) as gateway:
-        assert outcome(gateway, make_flow(headers=bearer(rs256(rsa_keys, aud="orders", iss="idp-b")))) == 200
-        assert outcome(gateway, make_flow(headers=bearer(rs256(rsa_keys, aud="billing", iss="idp-a")))) == 401
-        assert outcome(gateway, make_flow(headers=bearer(rs256(rsa_keys, aud="orders", iss="evil")))) == 401
-        assert outcome(gateway, make_flow(headers=bearer(rs256(rsa_keys, iss="idp-a")))) == 401
+        assert token_status(gateway, rs256(rsa_keys, aud="orders", iss="idp-b")) == 200
+        assert token_status(gateway, rs256(rsa_keys, aud="billing", iss="idp-a")) == 401
+        assert token_status(gateway, rs256(rsa_keys, aud="orders", iss="evil")) == 401
+        assert token_status(gateway, rs256(rsa_keys, iss="idp-a")) == 401
 
 
 @pytest.mark.parametrize(
@@ -165,32 +156,32 @@ def test_audience_and_issuer(gateway_with, rsa_keys):
 )
 def test_extractors(gateway_with, rsa_keys, action, request_kwargs):
     with gateway_with(f"secretOrPublicKeyFile: {rsa_keys[1]}, {action}") as gateway:
-        assert outcome(gateway, make_flow(**request_kwargs(rs256(rsa_keys)))) == 200
+        assert request_status(gateway, make_flow(**request_kwargs(rs256(rsa_keys)))) == 200
         # The default place no longer counts.
-        assert outcome(gateway, make_flow(headers=bearer(rs256(rsa_keys)))) == 401
+        assert token_status(gateway, rs256(rsa_keys)) == 401
 
 
 def test_pass_through_lets_anonymous_requests_continue(gateway_with, rsa_keys):
     with gateway_with(f"secretOrPublicKeyFile: {rsa_keys[1]}, passThrough: true") as gateway:
         anonymous = make_flow()
-        assert outcome(gateway, anonymous) == 200
+        assert request_status(gateway, anonymous) == 200
         assert "user" not in anonymous.metadata["gateway"]
         bad = make_flow(headers=bearer("garbage"))
-        assert outcome(gateway, bad) == 200
+        assert request_status(gateway, bad) == 200
 
 
 def test_ec_key_takes_es256_only(gateway_with, ec_keys, rsa_keys):
     with gateway_with(f"secretOrPublicKeyFile: {ec_keys[1]}") as gateway:
         es256 = pyjwt.encode({"sub": "a"}, private_key(ec_keys), algorithm="ES256")
-        assert outcome(gateway, make_flow(headers=bearer(es256))) == 200
-        assert outcome(gateway, make_flow(headers=bearer(rs256(rsa_keys)))) == 401
+        assert token_status(gateway, es256) == 200
+        assert token_status(gateway, rs256(rsa_keys)) == 401
 
 
 def test_hmac_secret_takes_hs_only(gateway_with, rsa_keys):
     with gateway_with("secretOrPublicKey: 'a shared secret of thirty-two bytes!'") as gateway:
         hs256 = pyjwt.encode({"sub": "a"}, "a shared secret of thirty-two bytes!", algorithm="HS256")
-        assert outcome(gateway, make_flow(headers=bearer(hs256))) == 200
-        assert outcome(gateway, make_flow(headers=bearer(rs256(rsa_keys)))) == 401
+        assert token_status(gateway, hs256) == 200
+        assert token_status(gateway, rs256(rsa_keys)) == 401
 
 
 @pytest.mark.parametrize(
@@ -239,16 +230,30 @@ def test_verified_tokens_are_remembered_until_they_expire(gateway_with, rsa_keys
         policy = gateway.config.pipelines["main"].steps[0].policy
         exp = int(time.time()) + 2
         token = rs256(rsa_keys, exp=exp)
-        assert outcome(gateway, make_flow(headers=bearer(token))) == 200
+        assert token_status(gateway, token) == 200
         assert token in policy.verified
-        assert outcome(gateway, make_flow(headers=bearer(token))) == 200
+        assert token_status(gateway, token) == 200
         forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
-        assert outcome(gateway, make_flow(headers=bearer(forged))) == 401
+        assert token_status(gateway, forged) == 401
         assert forged not in policy.verified
         while time.time() <= exp:
             time.sleep(0.1)
-        assert outcome(gateway, make_flow(headers=bearer(token))) == 401
+        assert token_status(gateway, token) == 401
         assert token not in policy.verified
+
+
+def test_the_token_cache_holds_at_most_its_bound(gateway_with, rsa_keys, monkeypatch):
+    from mitmgateway.policies import jwt as jwt_policy
+
+    # The bound as shipped is 10,000 per step; a smaller one shows the same eviction in a moment.
+    monkeypatch.setattr(jwt_policy, "VERIFIED_TOKENS", 20)
+    with gateway_with(f"secretOrPublicKeyFile: {rsa_keys[1]}") as gateway:
+        policy = gateway.config.pipelines["main"].steps[0].policy
+        tokens = [rs256(rsa_keys, sub=f"client-{n}") for n in range(60)]
+        assert all(token_status(gateway, t) == 200 for t in tokens)
+        assert len(policy.verified) == 20
+        assert tokens[-1] in policy.verified and tokens[0] not in policy.verified  # least recent out
+        assert token_status(gateway, tokens[0]) == 200  # evicted, so verified again
 
 
 def test_a_numeric_string_exp_is_remembered_only_until_it_passes(gateway_with, rsa_keys):
@@ -256,7 +261,7 @@ def test_a_numeric_string_exp_is_remembered_only_until_it_passes(gateway_with, r
     with gateway_with(f"secretOrPublicKeyFile: {rsa_keys[1]}") as gateway:
         exp = int(time.time()) + 2
         token = rs256(rsa_keys, exp=str(exp))
-        assert outcome(gateway, make_flow(headers=bearer(token))) == 200
+        assert token_status(gateway, token) == 200
         while time.time() <= exp:
             time.sleep(0.1)
-        assert outcome(gateway, make_flow(headers=bearer(token))) == 401
+        assert token_status(gateway, token) == 401

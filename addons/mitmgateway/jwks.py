@@ -90,8 +90,8 @@ class KeySet:
     def get(self, kid: str | None) -> VerificationKey | None:
         if kid in self.keys:
             return self.keys[kid]
-        if len(self.keys) == 1:
-            # One key verifies every token, whatever kid it names (as a single PEM key does).
+        # A lone key verifies a token without kid; a lone key without kid (a PEM key), any token.
+        if len(self.keys) == 1 and (kid is None or None in self.keys):
             return next(iter(self.keys.values()))
         return None
 
@@ -131,12 +131,7 @@ class RemoteKeySet(KeySet):
     def get(self, kid: str | None) -> VerificationKey | None:
         if self.keys and time.monotonic() >= self.expires and self._may_fetch():
             self._start_fetch()  # stale: refetch in the background, serve the cached keys meanwhile
-        if kid in self.keys:
-            return self.keys[kid]
-        # A lone key verifies a token without kid; a lone key without kid, any token.
-        if len(self.keys) == 1 and (kid is None or None in self.keys):
-            return next(iter(self.keys.values()))
-        return None
+        return super().get(kid)
 
     def fetch_for_unknown_kid(self) -> asyncio.Task[None] | None:
         """The fetch to wait for before refusing a kid the cached set lacks, if one may run."""

@@ -36,6 +36,7 @@ from mitmproxy.addons import (
     termlog,
     tlsconfig,
 )
+from prometheus_client.multiprocess import mark_process_dead
 
 from .addon import POOL_DIR_ENV
 from .admin import AdminServer
@@ -276,6 +277,8 @@ class WorkerPool:
                 if code is None or self.stopping:
                     continue
                 self._ready_file(process).unlink(missing_ok=True)  # a worker killed hard leaves it
+                # Its gauges (upstream_up, livemin) would otherwise count in /metrics for ever.
+                mark_process_dead(process.pid, str(self.directory))
                 if process.pid not in self.served:
                     logger.error("worker %d exited with %d before serving; stopping", process.pid, code)
                     return _exit_status(code) or 1

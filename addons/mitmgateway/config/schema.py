@@ -17,6 +17,7 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar
 
+from ..headers import is_header_name
 from .errors import ConfigError, KeyPath
 
 T = TypeVar("T")
@@ -151,6 +152,14 @@ def byte_size(value: Any, path: KeyPath) -> int:
             raise ConfigError(path, f"must be a size such as 16384, '16kb' or '10mb', got {value!r}")
         return int(size[1]) << {"": 0, "k": 10, "m": 20, "g": 30}[size[2].lower()]
     return non_negative(value, path)
+
+
+def header_name(value: Any, path: KeyPath) -> str:
+    """A name a header can have (a token: no spaces, colons or line breaks)."""
+    name = check_type(str, value, path)
+    if not is_header_name(name):
+        raise ConfigError(path, f"{name!r} is not a valid header name")
+    return name
 
 
 def http_methods(value: Any, path: KeyPath) -> frozenset[str]:

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..config.errors import ConfigError, KeyPath
-from ..config.schema import check_type, option, require_mapping
+from ..config.errors import KeyPath
+from ..config.schema import header_name, option, require_mapping
 from ..expressions import Evaluator, compile_expression
-from ..headers import is_header_name, set_values
+from ..headers import set_values
 from ..pipeline import RequestContext
 from .base import BuildContext, Policy, register_policy
 
@@ -21,9 +21,7 @@ from .base import BuildContext, Policy, register_policy
 def _header_expressions(value: Any, path: KeyPath) -> tuple[tuple[str, Evaluator], ...]:
     pairs = []
     for name, source in require_mapping(value, path).items():
-        name = check_type(str, name, path)
-        if not is_header_name(name):
-            raise ConfigError(path.key(name), f"{name!r} is not a valid header name")
+        name = header_name(name, path.key(str(name)))
         pairs.append((name, compile_expression(source, path.key(name))))
     return tuple(pairs)
 

@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives import serialization
 
 from ..answers import make_answer
 from ..config.errors import ConfigError, KeyPath
-from ..config.schema import check_type, non_negative, option, positive, require_mapping
-from ..headers import is_header_name, scheme_credential, set_values
+from ..config.schema import header_name, non_negative, option, positive, require_mapping
+from ..headers import scheme_credential, set_values
 from ..jwks import KeySet, RemoteKeySet, VerificationKey, algorithms_for, parse_jwks
 from ..pipeline import RequestContext
 from .base import BuildContext, Policy, register_policy
@@ -46,10 +46,7 @@ def _claim_headers(value: Any, path: KeyPath) -> tuple[tuple[str, str], ...]:
     mapping = require_mapping(value, path)
     pairs = []
     for claim, header in mapping.items():
-        header = check_type(str, header, path.key(claim))
-        if not is_header_name(header):
-            raise ConfigError(path.key(claim), f"{header!r} is not a valid header name")
-        pairs.append((str(claim), header))
+        pairs.append((str(claim), header_name(header, path.key(claim))))
     return tuple(pairs)
 
 

@@ -15,10 +15,10 @@ from typing import Any
 
 from mitmproxy import http
 
-from ..config.errors import ConfigError, KeyPath
-from ..config.schema import option, parse_fields, require_mapping
+from ..config.errors import KeyPath
+from ..config.schema import header_name, option, parse_fields, require_mapping
 from ..expressions import Evaluator, compile_expression
-from ..headers import is_header_name, single_line
+from ..headers import single_line
 from ..pipeline import RequestContext
 from .base import BuildContext, Policy, register_policy
 
@@ -30,20 +30,30 @@ def _additions(value: Any, path: KeyPath) -> tuple[tuple[str, Evaluator], ...]:
     )
 
 
+def _header_additions(value: Any, path: KeyPath) -> tuple[tuple[str, Evaluator], ...]:
+    additions = _additions(value, path)
+    for name, _ in additions:
+        header_name(name, path.key(name))
+    return additions
+
+
 @dataclass(frozen=True)
 class Changes:
     add: tuple[tuple[str, Evaluator], ...] = option("add", (), parse=_additions)
     remove: tuple[str, ...] = option("remove", ())
 
 
-def _changes(value: Any, path: KeyPath) -> Changes:
-    return parse_fields(Changes, value, path)
+@dataclass(frozen=True)
+class HeaderChanges(Changes):
+    add: tuple[tuple[str, Evaluator], ...] = option("add", (), parse=_header_additions)
 
 
 @dataclass(frozen=True)
 class TransformerAction:
-    headers: Changes | None = option("headers", None, parse=_changes)
-    body: Changes | None = option("body", None, parse=_changes)
+    headers: HeaderChanges | None = option(
+        "headers", None, parse=lambda value, path: parse_fields(HeaderChanges, value, path)
+    )
+    body: Changes | None = option("body", None, parse=lambda value, path: parse_fields(Changes, value, path))
 
 
 def _evaluated(ctx: RequestContext, additions: tuple[tuple[str, Evaluator], ...]) -> list[tuple[str, Any]]:
@@ -83,11 +93,6 @@ class _Transformer(Policy):
 
     def __init__(self, action: TransformerAction, build: BuildContext) -> None:
         self.action = action
-        for name, _ in action.headers.add if action.headers else ():
-            if not is_header_name(name):
-                raise ConfigError(
-                    build.path.key("headers.add").key(name), f"{name!r} is not a valid header name"
-                )
 
 
 @register_policy
