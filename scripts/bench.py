@@ -30,10 +30,17 @@ import mitmproxy.version
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gen_keys import generate
 from mint_token import mint
-from processes import free_port, stop, wait_for_port
+from processes import (
+    BIN,
+    ROOT,
+    free_port,
+    gateway_command,
+    stop,
+    wait_for_listeners,
+    wait_for_port,
+    walkthrough_config,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 HOST = "customers.local"
 BASELINE = "mitmdump"
 
@@ -57,26 +64,6 @@ http {{
         location / {{ return 200 '{{"service":"customers","ok":true}}'; }}
     }}
 }}
-"""
-
-GATEWAY_CONFIG = """
-http:
-  port: {port}
-  hostname: 127.0.0.1
-apiEndpoints:
-  customers:
-    host: {host}
-serviceEndpoints:
-  customers:
-    url: http://127.0.0.1:{upstream}
-policies: [jwt, proxy, rate-limit]
-pipelines:
-  customers:
-    apiEndpoints: [customers]
-    policies:
-      - rate-limit: [{{action: {{max: 1000000000, windowMs: 1000}}}}]
-      - jwt: [{{action: {{secretOrPublicKeyFile: {key}, checkCredentialExistence: false}}}}]
-      - proxy: [{{action: {{serviceEndpoint: customers, changeOrigin: true}}}}]
 """
 
 
@@ -132,26 +119,20 @@ class Bench:
         self.key_pair = generate(work / "keys")
         self.token = mint(self.key_pair[0])
         config = work / "gateway.config.yml"
-        config.write_text(
-            GATEWAY_CONFIG.format(
-                port=self.port, upstream=self.upstream_port, host=HOST, key=self.key_pair[1]
-            )
-        )
-        mitmdump = [str(BIN / "mitmdump"), "--set", f"confdir={confdir}"]
-        lean = [str(BIN / "mitmgateway"), "run", "-c", str(config), "--set", f"confdir={confdir}"]
+        # The walkthrough's pipelines, both on nginx; a max no run reaches keeps the limiter's
+        # work in every request without its 429s.
+        upstream = f"http://127.0.0.1:{self.upstream_port}"
+        config.write_text(walkthrough_config(self.port, upstream, upstream, self.key_pair[1], 10**9))
+        bare = [str(BIN / "mitmdump"), "--set", f"confdir={confdir}"]
         self.targets: dict[str, list[str] | None] = {
             "upstream": None,
-            BASELINE: [*mitmdump, "--mode", f"reverse:http://127.0.0.1:{self.upstream_port}@{self.port}"],
-            "gateway (mitmdump -s)": [
-                *mitmdump,
-                "-s",
-                str(ROOT / "addons" / "gateway.py"),
-                "--set",
-                f"gateway_config={config}",
-            ],
-            "lean runner, 1 worker": lean,
-            f"lean runner, {workers} workers": [*lean, "--workers", str(workers)],
+            BASELINE: [*bare, "--mode", f"reverse:{upstream}@{self.port}"],
+            "gateway (mitmdump -s)": gateway_command("mitmdump", config, confdir),
+            "lean runner, 1 worker": gateway_command("mitmgateway", config, confdir),
+            f"lean runner, {workers} workers": gateway_command("mitmgateway", config, confdir, workers),
         }
+        self.workers = {f"lean runner, {workers} workers": workers}
+        """Targets that run several processes on the port: each must listen before the load starts."""
 
     def start_upstream(self) -> subprocess.Popen[bytes]:
         conf = self.work / "nginx.conf"
@@ -170,6 +151,9 @@ class Bench:
             port = self.port
         try:
             wait_for_port(port, process)
+            if process is not None and target in self.workers:
+                # The first worker up would otherwise take every connection wrk opens.
+                wait_for_listeners(port, self.workers[target], process)
             run_wrk(port, self.token, 1, connections)  # warm up: connections, caches, imports
             rps, p50, p99, errors = run_wrk(port, self.token, seconds, connections)
         finally:

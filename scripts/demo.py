@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from gen_keys import generate  # noqa: E402
 from mint_token import mint  # noqa: E402
-from processes import listening, wait_for_port  # noqa: E402
+from processes import listening, stop, wait_for_port  # noqa: E402
 
 BIN = Path(sys.executable).parent
 GATEWAY_PORT = int(os.environ.get("GATEWAY_PORT", "8080"))
@@ -68,10 +68,10 @@ def main() -> None:
     children: list[subprocess.Popen[bytes]] = []
 
     def cleanup(*_: object) -> None:
+        # stop() falls back to SIGKILL, so one stuck child neither hangs the demo nor keeps
+        # the others running.
         for child in reversed(children):
-            if child.poll() is None:
-                child.terminate()
-                child.wait(timeout=10)
+            stop(child, timeout=10)
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:

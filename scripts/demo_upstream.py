@@ -6,6 +6,8 @@ Answers every request with JSON naming the service and echoing what it received 
 headers, body, and how many requests it has served), so a reader can see what the gateway
 forwarded. ``?delay=SECONDS`` makes it wait that long before answering (to see the gateway's
 upstream timeout); ``?cacheControl=``, ``?vary=`` and ``?setCookie=`` set those response headers.
+``?chunked=BYTES`` answers that many bytes of filler instead, chunked (no Content-Length), which
+the gateway streams to the client.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ def make_handler(service: str) -> type[BaseHTTPRequestHandler]:
                 time.sleep(float(delay[0]))
             served[0] += 1
             body = self._read_body()
+            if "chunked" in query:
+                self._answer_chunked(int(query["chunked"][0]))
+                return
             payload = json.dumps(
                 {
                     "service": service,
@@ -58,6 +63,22 @@ def make_handler(service: str) -> type[BaseHTTPRequestHandler]:
                 # The gateway may have given up waiting (its upstream timeout).
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     self.wfile.write(payload)
+
+        def _answer_chunked(self, size: int) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            if self.command == "HEAD":
+                return
+            # Many writes, as a large download arrives: the gateway passes them on as they come.
+            chunk = b"0123456789abcdef" * 4099
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                while size > 0:
+                    piece = chunk[:size]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                    size -= len(piece)
+                self.wfile.write(b"0\r\n\r\n")
 
         def _read_body(self) -> bytes:
             if "chunked" not in self.headers.get("Transfer-Encoding", "").lower():

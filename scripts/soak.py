@@ -31,10 +31,8 @@ from pathlib import Path
 
 from gen_keys import generate
 from mint_token import mint
-from processes import free_port, stop, wait_for_port
+from processes import free_port, gateway_command, rss_bytes, start_upstream, stop, wait_for_port
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 PIPELINES = {"customers.local": "customers", "orders.local": "orders"}
 
 CONFIG = """\
@@ -90,10 +88,7 @@ def render(port: int, upstreams: dict[str, str], public_key: Path, max_keys: int
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return rss_bytes(pid) / (1 << 20)
 
 
 def client_address(n: int) -> str:
@@ -122,24 +117,14 @@ def run(
     try:
         upstreams = {}
         for name in PIPELINES.values():
-            port = free_port()
-            process = subprocess.Popen(
-                [sys.executable, str(ROOT / "scripts" / "demo_upstream.py"), name, str(port)],
-                stdout=subprocess.DEVNULL,
-            )
+            process, port = start_upstream(name)
             processes.append(process)
-            wait_for_port(port, process)
             upstreams[name] = f"http://127.0.0.1:{port}"
         port = free_port()
         config = work / "gateway.config.yml"
         config.write_text(render(port, upstreams, public_key, max_keys, 0))
         log = work / "gateway.log"
-        if runner == "mitmgateway":
-            command = [str(BIN / "mitmgateway"), "run", "-c", str(config)]
-        else:
-            command = [str(BIN / "mitmdump"), "-s", str(ROOT / "addons" / "gateway.py")]
-            command += ["--set", f"gateway_config={config}"]
-        command += ["--set", f"confdir={work / 'confdir'}"]
+        command = gateway_command(runner, config, work / "confdir")
         with log.open("wb") as output:
             gateway = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=work)
         processes.append(gateway)

@@ -11,36 +11,7 @@ from harness import ROOT, Gateway, RedisServer, Upstream, free_port
 sys.path.insert(0, str(ROOT / "scripts"))
 from gen_keys import generate
 from mint_token import mint
-
-WALKTHROUGH = """\
-http:
-  port: {port}
-  hostname: 127.0.0.1
-apiEndpoints:
-  customers:
-    host: customers.local
-  orders:
-    host: orders.local
-serviceEndpoints:
-  customers:
-    url: '{customers}'
-  orders:
-    url: '{orders}'
-policies: [jwt, proxy, rate-limit]
-pipelines:
-  customers:
-    apiEndpoints: [customers]
-    policies:
-      - rate-limit: [{{action: {{max: 1, windowMs: 1000}}}}]
-      - jwt: [{{action: {{secretOrPublicKeyFile: {public_key}, checkCredentialExistence: false}}}}]
-      - proxy: [{{action: {{serviceEndpoint: customers, changeOrigin: true}}}}]
-  orders:
-    apiEndpoints: [orders]
-    policies:
-      - rate-limit: [{{action: {{max: 1, windowMs: 1000}}}}]
-      - jwt: [{{action: {{secretOrPublicKeyFile: {public_key}, checkCredentialExistence: false}}}}]
-      - proxy: [{{action: {{serviceEndpoint: orders, changeOrigin: true}}}}]
-"""
+from processes import walkthrough_config as render_walkthrough
 
 
 def one_pipeline(service_url: str, steps: str, *, endpoint: str = "host: '*'", extra: str = "") -> str:
@@ -94,12 +65,7 @@ def confdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def walkthrough_config(upstreams: dict[str, Upstream], rsa_keys: tuple[Path, Path]) -> Callable[[int], str]:
     def render(port: int) -> str:
-        return WALKTHROUGH.format(
-            port=port,
-            customers=upstreams["customers"].url,
-            orders=upstreams["orders"].url,
-            public_key=rsa_keys[1],
-        )
+        return render_walkthrough(port, upstreams["customers"].url, upstreams["orders"].url, rsa_keys[1])
 
     return render
 

@@ -54,3 +54,17 @@ def upstream_response(flow: http.HTTPFlow, gateway: Gateway, headers: dict[str, 
     """Let the upstream answer 200, and run the gateway's response hook."""
     flow.response = http.Response.make(200, b"ok", headers or {})
     gateway.responseheaders(flow)
+
+
+def status_of(flow: http.HTTPFlow) -> int:
+    """The status the client gets so far: the gateway's own answer, or 200 for a flow the
+    pipeline let through (standing in for the upstream's)."""
+    return flow.response.status_code if flow.response else 200
+
+
+def request_status(gateway: Gateway, flow: http.HTTPFlow) -> int:
+    """Run the request hook on `flow`, for steps that decide at once; the status it leads to."""
+    pending = gateway.requestheaders(flow)
+    # A step that awaits (a store, a JWKS fetch) needs an event loop: such a test awaits itself.
+    assert pending is None, "a step awaited: run the request hook on an event loop"
+    return status_of(flow)

@@ -2,26 +2,37 @@
 
 from __future__ import annotations
 
-import contextlib
+import base64
 import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-ENTRY = ROOT / "addons" / "gateway.py"
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
-from processes import free_port, stop, wait_for_port  # noqa: E402
+from processes import (
+    BIN,
+    ENTRY,
+    ROOT,
+    free_port,
+    gateway_command,
+    listening_pids,
+    rss_bytes,
+    start_upstream,
+    stop,
+    wait_for_port,
+)
 
-__all__ = ["free_port", "stop", "wait_for_port"]
+__all__ = ["BIN", "ENTRY", "ROOT", "free_port", "listening_pids", "rss_bytes", "stop", "wait_for_port"]
 
 
 @dataclass
@@ -61,17 +72,57 @@ def send(
         conn.close()
 
 
+@dataclass
+class RawReply:
+    data: bytes
+    """Everything the gateway sent until it closed or went quiet."""
+    closed: bool
+    """Whether the gateway closed the connection within the timeout (False: it went quiet)."""
+
+
+def exchange(port: int, data: bytes, timeout: float = 5) -> RawReply:
+    """Send raw bytes on a fresh connection and read until the gateway closes it or `timeout`
+    passes without a byte: a stalled connection must not pass for a closed one."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+        conn.sendall(data)
+        received = b""
+        try:
+            while chunk := conn.recv(65536):
+                received += chunk
+        except TimeoutError:
+            return RawReply(received, closed=False)
+        except ConnectionResetError:
+            pass  # a reset is a close too, if not a graceful one
+        return RawReply(received, closed=True)
+
+
+def bearer(token: str, **headers: str) -> dict[str, str]:
+    """Request headers carrying `token` as a Bearer credential, and any others given."""
+    return {"Authorization": f"Bearer {token}", **headers}
+
+
+def b64url(data: bytes) -> str:
+    """Base64url without padding, as JWTs encode their parts."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def admin_get(port: int, path: str) -> tuple[int, str]:
+    """GET `path` on an admin port: (status, body), or (0, "") while nothing answers there."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError:
+        return 0, ""
+
+
 class Upstream:
     """scripts/demo_upstream.py as a real process: echoes what it received as JSON."""
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.port = free_port()
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "scripts" / "demo_upstream.py"), name, str(self.port)],
-            stdout=subprocess.DEVNULL,
-        )
-        wait_for_port(self.port, self.process)
+        self.process, self.port = start_upstream(name)
 
     @property
     def url(self) -> str:
@@ -99,13 +150,9 @@ class Gateway:
         self.port = port
         self.log_path = config.with_suffix(".log")
         self._log = self.log_path.open("wb")
-        settings = [f"confdir={confdir}", *options]
-        if runner == "mitmgateway":
-            command = [str(BIN / runner), "run", "-c", str(config), "--workers", str(workers)]
-        else:
-            command = [str(BIN / runner), "-s", str(entry), "--set", f"gateway_config={config}"]
+        command = gateway_command(runner, config, confdir, workers, entry)
         self.process = subprocess.Popen(
-            [*command, *(arg for s in settings for arg in ("--set", s))],
+            [*command, *(arg for s in options for arg in ("--set", s))],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=config.parent,
@@ -133,28 +180,6 @@ def wait_until(predicate, timeout: float = 5.0, interval: float = 0.05):  # type
         if value or time.monotonic() > deadline:
             return value
         time.sleep(interval)
-
-
-def listening_pids(port: int) -> set[int]:
-    """PIDs of the processes holding a listening TCP socket on 127.0.0.1:`port`."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError), open(table) as f:
-            for line in list(f)[1:]:
-                fields = line.split()
-                local, state, inode = fields[1], fields[3], fields[9]
-                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
-                    inodes.add(f"socket:[{inode}]")
-    pids = set()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            for fd in (proc / "fd").iterdir():
-                if os.readlink(fd) in inodes:
-                    pids.add(int(proc.name))
-                    break
-    return pids
 
 
 class RedisServer:

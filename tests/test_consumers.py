@@ -13,8 +13,8 @@ import pytest
 from argon2 import PasswordHasher
 
 from conftest import one_pipeline
-from gateway_unit import gateway_for, make_flow
-from harness import ROOT, wait_until
+from gateway_unit import gateway_for, make_flow, request_status, status_of
+from harness import ROOT, bearer, wait_until
 from mint_token import mint
 from mitmgateway.config import ConfigError, load_config
 from mitmgateway.consumers import hash_api_key_secret
@@ -55,12 +55,7 @@ def gateway(tmp_path: Path, steps: str, endpoint: str = "host: '*'"):  # type: i
 def outcome(gw, **kwargs) -> tuple[int, object]:  # type: ignore[no-untyped-def]
     """Run a request through policies that answer at once (jwt, key-auth)."""
     flow = make_flow(**kwargs)
-    assert gw.requestheaders(flow) is None
-    return (flow.response.status_code if flow.response else 200), flow
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+    return request_status(gw, flow), flow
 
 
 def test_check_credential_existence(tmp_path, rsa_keys):
@@ -68,7 +63,7 @@ def test_check_credential_existence(tmp_path, rsa_keys):
     with gateway(tmp_path, steps) as gw:
 
         def status(sub: str) -> int:
-            return outcome(gw, headers={"Authorization": f"Bearer {mint(rsa_keys[0], sub)}"})[0]
+            return outcome(gw, headers=bearer(mint(rsa_keys[0], sub)))[0]
 
         code, flow = outcome(
             gw, headers={"Authorization": f"Bearer {mint(rsa_keys[0], 'alice@example.com')}"}
@@ -109,7 +104,7 @@ def test_basic_auth_with_bcrypt_and_argon2(tmp_path):
                 pending = gw.requestheaders(flow)
                 if pending is not None:
                     await pending
-                return (flow.response.status_code if flow.response else 200), flow
+                return status_of(flow), flow
 
             assert (await status(basic("alice", "s3cret")))[0] == 200
             assert gw.requestheaders(make_flow(headers=basic("alice", "s3cret"))) is None, "remembered"

@@ -18,10 +18,9 @@ from pathlib import Path
 import pytest
 
 from conftest import one_pipeline
-from harness import send, wait_until
+from harness import exchange, rss_bytes, send, wait_until
 from mitmgateway.config import ConfigError, load_config
 from mitmgateway.policies import StepState
-from test_hostile_requests import raw_exchange
 
 PROXY = "- proxy: [{action: {serviceEndpoint: backend}}]"
 LIMITS = (
@@ -42,7 +41,7 @@ def chunked(port: int, body: bytes, chunk: int = 64 << 10) -> bytes:
     head = b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     pieces = [body[i : i + chunk] for i in range(0, len(body), chunk)]
     parts = [b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces]
-    return raw_exchange(port, head + b"".join(parts) + b"0\r\n\r\n", timeout=10)
+    return exchange(port, head + b"".join(parts) + b"0\r\n\r\n", timeout=10).data
 
 
 def test_limits_are_parsed_with_units_and_refused_with_their_key_path(tmp_path: Path):
@@ -107,13 +106,6 @@ def test_without_limits_a_chunked_body_streams_through_whole(start_gateway, upst
     answer = chunked(gateway.port, body)
     echoed = json.loads(answer.partition(b"\r\n\r\n")[2])
     assert echoed["bodySha256"] == hashlib.sha256(body).hexdigest()
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 def test_a_refused_request_body_is_not_held_in_memory(start_gateway, upstreams, rsa_keys):

@@ -66,20 +66,12 @@ def test_invalid_edits_are_refused_and_the_last_good_config_serves(start_gateway
 def test_invalid_config_at_startup_exits_with_the_reason(tmp_path, confdir):
     import subprocess
 
-    from harness import BIN, ENTRY
+    from processes import gateway_command
 
     config = tmp_path / "gateway.config.yml"
     config.write_text("http: {port: 0}\n")
     result = subprocess.run(
-        [
-            str(BIN / "mitmdump"),
-            "-s",
-            str(ENTRY),
-            "--set",
-            f"gateway_config={config}",
-            "--set",
-            f"confdir={confdir}",
-        ],
+        gateway_command("mitmdump", config, confdir),
         capture_output=True,
         text=True,
         timeout=60,

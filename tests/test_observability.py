@@ -4,25 +4,18 @@ from __future__ import annotations
 
 import json
 import re
+import stat
 import time
-import urllib.error
-import urllib.request
+from pathlib import Path
 
 import pytest
 
 from conftest import one_pipeline
-from harness import free_port, send, wait_until
+from consumers_fixture import write_consumers
+from harness import admin_get, free_port, send, wait_until
 from mint_token import mint
 from mitmgateway.admin import AdminServer
 from mitmgateway.tracing import is_valid_traceparent
-
-
-def admin_get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -108,6 +101,7 @@ def test_access_log_has_one_json_line_per_request(start_gateway, observed_walkth
     log_file = gateway.config.parent / "logs" / "access.log"
     lines = wait_until(lambda: log_file.exists() and len(log_file.read_text().splitlines()) >= 2 and log_file)
     first, second = (json.loads(line) for line in lines.read_text().splitlines())
+    assert stat.S_IMODE(log_file.stat().st_mode) == 0o640, "the log names clients: owner and group only"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["time"])
     assert first | {"time": None, "durationMs": None, "upstreamMs": None, "bytesSent": None} == {
         "time": None,
@@ -131,6 +125,50 @@ def test_access_log_has_one_json_line_per_request(start_gateway, observed_walkth
     assert 0 <= first["upstreamMs"] <= first["durationMs"]
     assert first["bytesSent"] == len(ok.body)
     assert (second["status"], second["answeredBy"], second["upstream"]) == (429, "rate-limit", None)
+
+
+def access_log_lines(path: Path, count: int) -> list[dict]:
+    """The first `count` lines of the access log at `path`, once it has them."""
+    found = wait_until(
+        lambda: path.exists() and len(lines := path.read_text().splitlines()) >= count and lines
+    )
+    assert found, f"fewer than {count} lines in {path}"
+    return [json.loads(line) for line in found]
+
+
+def test_a_query_string_api_key_is_redacted_in_the_access_log_file(start_gateway, upstreams, tmp_path):
+    write_consumers(tmp_path)
+    config = one_pipeline(
+        upstreams["customers"].url,
+        "- key-auth: [{action: {}}]\n- proxy: [{action: {serviceEndpoint: backend}}]",
+        extra="accessLog: {path: logs/access.log}\n",
+    )
+    gateway = start_gateway(config)
+    ok = gateway.send("/items?apiKey=k1:topsecret&page=2")
+    assert ok.status == 200, ok.text
+    refused = gateway.send("/items?apiKey=k1:wrongsecret")
+    assert refused.status == 401
+    log_file = tmp_path / "logs" / "access.log"
+    first, second = access_log_lines(log_file, 2)
+    assert (first["path"], first["consumer"]) == ("/items?apiKey=REDACTED&page=2", "alice")
+    assert (second["path"], second["status"]) == ("/items?apiKey=REDACTED", 401)
+    assert "topsecret" not in log_file.read_text() and "wrongsecret" not in log_file.read_text()
+    assert stat.S_IMODE(log_file.stat().st_mode) == 0o640
+
+
+def test_bytes_sent_counts_a_streamed_response(start_gateway, upstreams, tmp_path):
+    config = one_pipeline(
+        upstreams["customers"].url,
+        "- proxy: [{action: {serviceEndpoint: backend}}]",
+        extra="accessLog: {path: logs/access.log}\n",
+    )
+    gateway = start_gateway(config)
+    size = (3 << 19) + 7  # chunked and over 1 MiB: the gateway streams it, holding none of it
+    reply = gateway.send(f"/download?chunked={size}")
+    assert (reply.status, len(reply.body)) == (200, size)
+    assert reply.headers["Transfer-Encoding"] == "chunked"
+    (line,) = access_log_lines(tmp_path / "logs" / "access.log", 1)
+    assert line["bytesSent"] == size
 
 
 def test_traceparent_is_kept_created_or_replaced_and_reaches_the_upstream(start_gateway, upstreams):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 
 import pytest
 
-from gateway_unit import gateway_for, make_flow, upstream_response
+from gateway_unit import gateway_for, make_flow, request_status, upstream_response
 from mitmgateway.config import load_config
 
 CONFIG = """\
@@ -37,11 +38,7 @@ def gateway_with(tmp_path):
 
 
 def statuses(gateway, flows) -> list[int]:
-    result = []
-    for flow in flows:
-        gateway.requestheaders(flow)
-        result.append(flow.response.status_code if flow.response else 200)
-    return result
+    return [request_status(gateway, flow) for flow in flows]
 
 
 def test_headers_on_let_through_responses_and_429_after_max(gateway_with):
@@ -102,16 +99,26 @@ def test_trusted_proxy_x_forwarded_for_names_the_client(gateway_with):
         assert statuses(gateway, via_proxy) == [200, 200, 429]
 
 
-def test_rate_limit_by_header_falls_back_to_ip(gateway_with):
+def test_rate_limit_by_header_falls_back_to_ip(gateway_with, caplog):
+    caplog.set_level(logging.INFO, logger="mitmgateway")
     with gateway_with("max: 1, rateLimitBy: 'key-${req.headers.x-api-key}'") as gateway:
         flows = [
             make_flow(peer="192.0.2.1", headers={"X-Api-Key": "a"}),
             make_flow(peer="192.0.2.2", headers={"X-Api-Key": "a"}),
             make_flow(peer="192.0.2.3", headers={"X-Api-Key": "b"}),
             make_flow(peer="192.0.2.3"),
+            # Another address without a key has its own count: had the missing header been
+            # rendered empty, every keyless client would share "key-" and this would be a 429.
+            make_flow(peer="192.0.2.4"),
             make_flow(peer="192.0.2.3"),
+            make_flow(peer="192.0.2.4"),
         ]
-        assert statuses(gateway, flows) == [200, 429, 200, 200, 429]
+        assert statuses(gateway, flows) == [200, 429, 200, 200, 200, 429, 429]
+    fallbacks = [r.getMessage() for r in caplog.records if "has no value" in r.getMessage()]
+    assert fallbacks == [
+        "rateLimitBy key-${req.headers.x-api-key} has no value for a request; "
+        "counting such requests by client IP"
+    ], "one line, the first time only"
 
 
 def test_counters_survive_a_reload_of_an_unchanged_step(gateway_with, tmp_path):

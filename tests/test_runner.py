@@ -9,14 +9,12 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from conftest import one_pipeline
-from harness import BIN, Reply, free_port, listening_pids, send, wait_until
+from harness import BIN, Reply, admin_get, free_port, listening_pids, send, wait_until
 
 
 def check(config: Path) -> subprocess.CompletedProcess[str]:
@@ -84,13 +82,7 @@ def test_workers_share_one_port_and_a_dead_worker_is_replaced(start_gateway, ups
 
 
 def admin_ready(port: int) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as response:
-            return response.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except OSError:
-        return 0
+    return admin_get(port, "/ready")[0]
 
 
 def _send_in_background(port: int, path: str) -> tuple[threading.Thread, list[Reply | BaseException]]:

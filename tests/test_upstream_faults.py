@@ -11,18 +11,17 @@ import http.client
 import json
 import socket
 import struct
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 
 import pytest
 
-from harness import ROOT, free_port, stop, wait_for_port, wait_until
+from harness import admin_get, free_port, stop, wait_until
 from mitmgateway.config import KeyPath
 from mitmgateway.upstream_health import UpstreamPool
 from mitmgateway.upstreams import parse_service_endpoint
-from test_observability import admin_get, metric
+from processes import start_upstream
+from test_observability import metric
 
 PROXY = "- proxy: [{action: {serviceEndpoint: backend, proxyTimeout: 1000}}]"
 
@@ -120,15 +119,6 @@ def test_an_upstream_answer_with_trailer_fields_is_cut_off_cleanly(start_gateway
     assert "has crashed" not in gateway.log()
 
 
-def demo_upstream(name: str, port: int) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts" / "demo_upstream.py"), name, str(port)],
-        stdout=subprocess.DEVNULL,
-    )
-    wait_for_port(port, process)
-    return process
-
-
 def pool_config(urls: list[str], admin_port: int, health: str = "{coolDownMs: 1500}") -> str:
     return (
         "http: {port: {port}, hostname: 127.0.0.1}\n"
@@ -165,7 +155,7 @@ def test_an_unreachable_url_is_skipped_retried_on_the_next_and_comes_back(start_
         >= 1
     )
 
-    revived = demo_upstream("revived", dead_port)
+    revived, _ = start_upstream("revived", dead_port)
     try:
         # After the cool-down, a request tries the url again, finds it and brings it back.
         assert wait_until(lambda: json.loads(gateway.send("/").body)["service"] == "revived", timeout=10)

@@ -9,16 +9,12 @@ import time
 import pytest
 
 from conftest import one_pipeline
-from harness import free_port
+from harness import bearer, free_port
 
 
 @pytest.fixture
 def gateway(start_gateway, walkthrough_config):
     return start_gateway(walkthrough_config)
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def test_request_without_token_is_401(gateway):
