@@ -6,6 +6,8 @@ import shutil
 import threading
 import time
 
+import pytest
+
 from conftest import one_pipeline
 from harness import ROOT, wait_until
 
@@ -82,12 +84,17 @@ def test_invalid_config_at_startup_exits_with_the_reason(tmp_path, confdir):
     )
 
 
-def test_editing_a_package_module_reloads_the_code(start_gateway, upstreams, tmp_path):
+@pytest.mark.parametrize("runner", ["mitmdump", "mitmgateway"])
+def test_editing_a_package_module_reloads_the_code(start_gateway, upstreams, tmp_path, monkeypatch, runner):
     source = tmp_path / "src"
     shutil.copytree(ROOT / "addons", source / "addons", ignore=shutil.ignore_patterns("__pycache__"))
+    # The lean runner loads the gateway.py beside the package it imports: the copy's, first on
+    # the path (the checkout's own is only an editable install's .pth entry).
+    monkeypatch.setenv("PYTHONPATH", str(source / "addons"))
     gateway = start_gateway(
         one_pipeline(upstreams["orders"].url, PROXY, endpoint="host: orders.local"),
         entry=source / "addons" / "gateway.py",
+        runner=runner,
     )
     assert gateway.send("/", host="nowhere.local").text == "Not Found"
 
