@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
+from demo_upstream import make_handler
 from processes import (
     BIN,
     ENTRY,
@@ -269,3 +270,61 @@ class JwksServer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """One request as an upstream's HTTP parser read it."""
+
+    connection: tuple[str, int]
+    """The gateway's end of the connection it came on."""
+    method: str
+    path: str
+    headers: tuple[tuple[str, str], ...]
+
+
+class RecordingUpstream:
+    """The demo upstream (Python's http.server, as lenient as many real servers), in a thread of
+    the test process, logging every request it parses with the connection it came on.
+
+    Like a server that speaks the protocols it is asked to switch to, it answers ``101`` to any
+    request carrying ``Upgrade`` (and to ``/switch...`` whatever it carries), then goes on reading
+    requests on that connection: what an unjudged tunnel would deliver to it."""
+
+    def __init__(self) -> None:
+        self.parsed: list[Parsed] = []
+        upstream = self
+        echo = make_handler("recording")
+
+        class Handler(echo):  # type: ignore[valid-type,misc]
+            def _answer(self) -> None:
+                headers = tuple(self.headers.items())
+                upstream.parsed.append(Parsed(self.client_address, self.command, self.path, headers))
+                if "Upgrade" in self.headers or self.path.startswith("/switch"):
+                    self.send_response(101)
+                    self.send_header("Upgrade", self.headers.get("Upgrade", "h2c"))
+                    self.send_header("Connection", "Upgrade")
+                    self.end_headers()
+                    return
+                super()._answer()
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _answer
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def per_connection(self) -> dict[tuple[str, int], list[Parsed]]:
+        connections: dict[tuple[str, int], list[Parsed]] = {}
+        for request in list(self.parsed):
+            connections.setdefault(request.connection, []).append(request)
+        return connections
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

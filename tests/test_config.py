@@ -98,7 +98,7 @@ def test_valid_config_builds_router_and_pipelines(tmp_path):
             "htp",
             "unknown key (accepted: http, https, admin, apiEndpoints, "
             "serviceEndpoints, policies, pipelines, trustedProxies, accessLog, rateLimitStore, "
-            "consumers, errors, plugins, limits, apiEndpoint, serviceEndpoint, policy, pipeline)",
+            "consumers, errors, plugins, limits, paths, apiEndpoint, serviceEndpoint, policy, pipeline)",
         ),
         (
             ("paths: ['/v1/*']", "paths: ['v1/*']"),

@@ -141,13 +141,37 @@ def test_a_close_either_side_asked_for_stays_visible_to_mitmproxy(
         assert "X-Internal" not in flow.response.headers
 
 
+WEBSOCKET_HANDSHAKE = {
+    "Connection": "Upgrade",
+    "Upgrade": "websocket",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    "Sec-WebSocket-Version": "13",
+}
+
+
 def test_websocket_handshake_keeps_upgrade(gateway_with):
     with gateway_with("serviceEndpoint: backend") as gateway:
-        request = forward(
-            gateway, make_flow(path="/api/ws", headers={"Connection": "Upgrade", "Upgrade": "websocket"})
-        )
+        request = forward(gateway, make_flow(path="/api/ws", headers=WEBSOCKET_HANDSHAKE))
         assert request.headers["Upgrade"] == "websocket"
         assert request.headers["Connection"] == "Upgrade"
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"Upgrade": "h2c"},
+        {"Upgrade": "websocket, h2c"},
+        {"Upgrade": "TLS/1.2"},
+        {"Sec-WebSocket-Version": "8"},
+        {"Sec-WebSocket-Key": "c2hvcnQ="},  # not 16 bytes
+        {"Connection": "keep-alive"},
+    ],
+)
+def test_any_other_upgrade_is_removed_before_forwarding(gateway_with, changed):
+    with gateway_with("serviceEndpoint: backend") as gateway:
+        request = forward(gateway, make_flow(path="/api/ws", headers={**WEBSOCKET_HANDSHAKE, **changed}))
+        assert "Upgrade" not in request.headers
+        assert "Connection" not in request.headers
 
 
 def test_unmatched_path_is_404_and_shows_the_clients_host(gateway_with):

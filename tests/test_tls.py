@@ -7,7 +7,6 @@ import hashlib
 import http.client
 import json
 import os
-import socket
 import ssl
 import threading
 import time
@@ -15,13 +14,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
-import h2.config
-import h2.connection
-import h2.events
 import pytest
 from cryptography.hazmat.primitives import serialization
 
 from certificates import CertificateAuthority
+from h2_client import H2Client, client_context, tls_connect
 from harness import free_port, send, wait_for_port, wait_until
 from mitmgateway.config import ConfigError, load_config
 from mitmgateway.policies import StepState
@@ -78,28 +75,6 @@ def start_tls_gateway(start_gateway, upstreams, pki):
         return gateway
 
     return start
-
-
-def client_context(cafile: Path | None = None, alpn: list[str] | None = None) -> ssl.SSLContext:
-    if cafile is None:
-        # Only looking at which certificate the gateway presents.
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    else:
-        context = ssl.create_default_context(cafile=str(cafile))
-    if alpn:
-        context.set_alpn_protocols(alpn)
-    return context
-
-
-def tls_connect(port: int, server_name: str | None, context: ssl.SSLContext) -> ssl.SSLSocket:
-    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-    try:
-        return context.wrap_socket(raw, server_hostname=server_name)
-    except BaseException:
-        raw.close()
-        raise
 
 
 def presented_certificate(port: int, server_name: str | None) -> bytes:
@@ -168,64 +143,6 @@ def test_plain_http_on_the_https_port_is_answered_400(start_tls_gateway):
     answer = send(gateway.https_port, "/x", host="api.example.test")
     assert answer.status == 400
     assert answer.text == "This port speaks HTTPS."
-
-
-class H2Client:
-    """A minimal HTTP/2 client over a TLS socket (the h2 package mitmproxy itself uses)."""
-
-    def __init__(self, conn: ssl.SSLSocket) -> None:
-        self.conn = conn
-        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-        self.h2.initiate_connection()
-        conn.sendall(self.h2.data_to_send())
-
-    def get(self, authority: str, path: str) -> tuple[dict[bytes, bytes], bytes]:
-        stream = self.h2.get_next_available_stream_id()
-        self.h2.send_headers(
-            stream,
-            [(":method", "GET"), (":path", path), (":scheme", "https"), (":authority", authority)],
-            end_stream=True,
-        )
-        self.conn.sendall(self.h2.data_to_send())
-        return self._response(stream)
-
-    def post(self, authority: str, path: str, body: bytes) -> tuple[dict[bytes, bytes], bytes]:
-        """A POST without Content-Length (as HTTP/2 allows), sent as flow control lets it."""
-        stream = self.h2.get_next_available_stream_id()
-        self.h2.send_headers(
-            stream, [(":method", "POST"), (":path", path), (":scheme", "https"), (":authority", authority)]
-        )
-        sent = 0
-        while sent < len(body):
-            window = min(self.h2.local_flow_control_window(stream), self.h2.max_outbound_frame_size)
-            if window > 0:
-                self.h2.send_data(stream, body[sent : sent + window])
-                sent += window
-            else:
-                self.h2.receive_data(self.conn.recv(65536))  # waiting for a WINDOW_UPDATE
-            self.conn.sendall(self.h2.data_to_send())
-        self.h2.end_stream(stream)
-        self.conn.sendall(self.h2.data_to_send())
-        return self._response(stream)
-
-    def _response(self, stream: int) -> tuple[dict[bytes, bytes], bytes]:
-        headers: dict[bytes, bytes] = {}
-        body = b""
-        while True:
-            data = self.conn.recv(65536)
-            assert data, "the gateway closed the HTTP/2 connection"
-            for event in self.h2.receive_data(data):
-                if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream:
-                    headers = dict(event.headers)
-                elif isinstance(event, h2.events.DataReceived) and event.stream_id == stream:
-                    body += event.data
-                    self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-                elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream:
-                    self.conn.sendall(self.h2.data_to_send())
-                    return headers, body
-                elif isinstance(event, h2.events.StreamReset):
-                    raise AssertionError(f"stream reset: {event.error_code}")
-            self.conn.sendall(self.h2.data_to_send())
 
 
 def test_http2_is_negotiated_by_alpn_with_an_http1_upstream(start_tls_gateway, pki):

@@ -105,23 +105,28 @@ def test_slow_upstream_is_504_and_the_gateway_keeps_serving(start_gateway, upstr
     assert json.loads(fast.body)["path"] == "/fast?delay=0.05"
 
 
-def test_absolute_form_target_cannot_pick_the_upstreams_virtual_host(start_gateway, upstreams):
+def absolute_form(port: int, target: bytes, host: bytes) -> tuple[bytes, bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(b"GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % (target, host))
+        raw = b""
+        while chunk := conn.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return head, body
+
+
+def test_an_absolute_form_target_is_routed_by_its_own_host_and_sent_in_origin_form(start_gateway, upstreams):
     config = one_pipeline(
         upstreams["customers"].url,
         "- proxy: [{action: {serviceEndpoint: backend}}]",
         endpoint="host: customers.local",
     )
     gateway = start_gateway(config)
-    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as conn:
-        conn.sendall(
-            b"GET http://internal-admin.local/secret HTTP/1.1\r\n"
-            b"Host: customers.local\r\nConnection: close\r\n\r\n"
-        )
-        raw = b""
-        while chunk := conn.recv(65536):
-            raw += chunk
-    head, _, body = raw.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200")
+    # RFC 9112 3.2.2: the target's authority is the host, whatever Host says.
+    head, _ = absolute_form(gateway.port, b"http://internal-admin.local/secret", b"customers.local")
+    assert head.startswith(b"HTTP/1.1 404"), head
+    head, body = absolute_form(gateway.port, b"http://customers.local/secret", b"internal-admin.local")
+    assert head.startswith(b"HTTP/1.1 200"), head
     echoed = json.loads(body)
     assert echoed["path"] == "/secret", "the upstream must get an origin-form target"
     assert echoed["headers"]["Host"] == f"127.0.0.1:{upstreams['customers'].port}"

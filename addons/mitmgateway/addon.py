@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import secrets
 import weakref
 from collections.abc import Coroutine
@@ -23,6 +22,7 @@ from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from .access_log import AccessLog, StreamedBytes
 from .admin import AdminServer
 from .answers import (
+    BAD_GATEWAY,
     BAD_REQUEST,
     FORBIDDEN,
     INTERNAL_ERROR,
@@ -34,6 +34,7 @@ from .answers import (
 )
 from .config import ConfigError, GatewayConfig, HttpListener, load_config
 from .config.loader import STREAM_BODIES_OVER, RequestLimits
+from .front_door import Refusal, admit
 from .headers import declared_length, remove_headers
 from .https import CertificateFiles, HttpsListener, refusing_connection
 from .metrics import GatewayMetrics
@@ -43,6 +44,7 @@ from .request_limits import RequestLimitGuards, refusal
 from .routing import hostname_of
 from .tracing import ensure_traceparent
 from .trailers import TrailerFields
+from .upgrades import RefusedSwitches, switch_forwarded
 from .upstream_health import UpstreamTarget
 from .upstream_tls import system_ca_bundle
 
@@ -56,10 +58,9 @@ NO_CONFIG = "The gateway has no valid configuration."
 LIMITS = "limits"
 """What answered a request over `limits`, in flow records, metrics and the access log."""
 PLAIN_HTTP_ON_HTTPS_PORT = "This port speaks HTTPS."
+REQUEST_TRAILERS = "Request trailer fields are not supported"
 REJECTED_MARKER = ":no_entry:"
 ANSWERED_MARKER = ":zap:"
-# "." or ".." as a path segment, also percent-encoded (%2e).
-DOT_SEGMENT = re.compile(r"(?:^|/)(?:\.|%2e){1,2}(?:/|$)", re.IGNORECASE)
 POOL_DIR_ENV = "MITMGATEWAY_POOL_DIR"
 """Set by `mitmgateway run --workers N` in its workers: the pool serves the admin port, and a
 worker tells it that it is ready by a file in this folder."""
@@ -114,6 +115,7 @@ class Gateway:
         self._error_answers = ProxyErrorAnswers()
         self._request_limit_guards = RequestLimitGuards(self._error_answers.render, self._refuse_over_limit)
         self._trailer_fields = TrailerFields(self._error_answers.render)
+        self._refused_switches = RefusedSwitches()
         self._contexts: weakref.WeakKeyDictionary[http.HTTPFlow, RequestContext] = weakref.WeakKeyDictionary()
         # The upstream each client connection is about to connect to, for the server_* hooks,
         # which see connections rather than flows; an entry lasts as long as its request.
@@ -137,6 +139,7 @@ class Gateway:
         self._error_answers.install()
         self._request_limit_guards.install()
         self._trailer_fields.install()
+        self._refused_switches.install()
         loader.add_option(
             "gateway_config",
             str,
@@ -205,6 +208,7 @@ class Gateway:
         self._error_answers.uninstall()
         self._request_limit_guards.uninstall()
         self._trailer_fields.uninstall()
+        self._refused_switches.uninstall()
         # mitmproxy holds the certificates in memory; the next instance writes its own files.
         self._certificate_files.remove_all()
         if self._watcher is not None:
@@ -248,6 +252,9 @@ class Gateway:
             # Choose the upstream per request (lazy), and route by the Host the client sent.
             connection_strategy="lazy",
             keep_host_header=True,
+            # No raw TCP tunnels, whatever an upstream answers (a 101 the gateway did not
+            # forward is refused in responseheaders; this holds should one slip past).
+            rawtcp=False,
         )
         had_https = self._https_mode is not None
         self._https_mode = modes[-1] if https is not None else None
@@ -368,11 +375,13 @@ class Gateway:
         origin = flow.metadata.get("gateway", {}).get("origin")
         if flow.is_replay == "request" and origin:
             # A replayed flow carries the upstream's Host and path: route it as first sent.
-            request.host_header, request.path = origin["host"], origin["path"]
-        host = request.host_header or ""
+            request.host_header, request.data.path = (
+                origin["host"],
+                origin["target"].encode("utf-8", "surrogateescape"),
+            )
         client = config.clients.identify(flow)
         record = flow.metadata["gateway"] = {
-            "origin": {"host": host, "path": request.path},
+            "origin": {"host": request.host_header or "", "target": request.path},
             "client": client.ip,
             "traceparent": ensure_traceparent(request),
         }
@@ -386,13 +395,17 @@ class Gateway:
         if (too_large := refusal(config.limits, request)) is not None:
             self._refuse_over_limit(flow, *too_large)
             return None
-        hostname = hostname_of(host)
-        if DOT_SEGMENT.search(request.path.partition("?")[0]):
-            # /api/../admin matches /api/* here but may mean /admin to an upstream that resolves
-            # it: refused rather than guessed at.
-            flow.response = make_answer(request, 400, BAD_REQUEST)
-            self._record(flow, answered_by="dot-segment in path")
+        try:
+            admitted = admit(request, config.path_rules)
+        except Refusal as e:
+            # Malformed or ambiguous: nothing after it on this connection can be trusted either.
+            flow.response = closing_answer_to(flow, 400, BAD_REQUEST)
+            self._record(flow, answered_by=e.reason)
             return None
+        record["origin"] = {"host": admitted.host, "path": request.path, "target": admitted.raw_target}
+        if admitted.websocket:
+            record["upgrade"] = "websocket"
+        hostname = hostname_of(admitted.host)
         route = config.router.match(hostname, request.path, request.method)
         if route is None:
             flow.response = make_answer(request, 404, NOT_FOUND)
@@ -464,6 +477,9 @@ class Gateway:
         )
         if refused and decision.get("jsonErrors"):
             flow.response = as_json_error(flow.response, self._request_id(flow))  # type: ignore[arg-type]
+        origin = decision.get("origin", {})
+        if "path" in origin and origin["target"] != origin["path"]:
+            where += f"; target {origin['target']!r} read as {origin['path']!r}"
         if answered_by:
             # The request never got an upstream: show it under the host the client asked for
             # rather than reverse mode's placeholder target.
@@ -513,8 +529,17 @@ class Gateway:
         context = self._contexts.get(flow)
         if context is None or flow.response is not None:
             return
-        context.forwarded()
         request = flow.request
+        if request.trailers and not request.stream:
+            # HTTP/2 request trailers: an HTTP/1 upstream cannot take them after a Content-Length
+            # body (and mitmproxy's HTTP/1 sender fails on them), so nothing is forwarded.
+            del self._contexts[flow]
+            context.finished()
+            flow.response = closing_answer_to(flow, 400, REQUEST_TRAILERS)
+            route = context.route
+            self._record(flow, "request trailers", route.api_endpoint_name, route.pipeline.name)
+            return
+        context.forwarded()
         if request.is_http2 and request.raw_content and "content-length" not in request.headers:
             # HTTP/2 frames its body itself; mitmproxy sends it on to an HTTP/1 upstream as is,
             # which could not tell where it ends.
@@ -524,6 +549,12 @@ class Gateway:
         context = self._contexts.get(flow)
         if context is None:
             return
+        response = flow.response
+        if response is not None and response.status_code == 101 and not switch_forwarded(flow):
+            # A switch the gateway did not forward (it removed the Upgrade): taking it would make
+            # the connection a raw tunnel to the upstream that no policy judges.
+            self._refuse_switch(flow, context)
+            return
         if not context.wants_body:
             del self._contexts[flow]
             if flow.response is not None and _response_streams(flow.response):
@@ -531,6 +562,16 @@ class Gateway:
                 flow.response.stream = StreamedBytes(context.record) if self.access_log.enabled else True
         if flow.response is not None:
             context.responded(flow.response)
+
+    def _refuse_switch(self, flow: http.HTTPFlow, context: RequestContext) -> None:
+        assert flow.response is not None
+        logger.warning("upstream %s switched protocols unasked: answered 502", context.record.get("upstream"))
+        del self._contexts[flow]
+        context.finished()
+        self._refused_switches.refuse(flow.response)
+        flow.response = closing_answer_to(flow, 502, BAD_GATEWAY)
+        route = context.route
+        self._record(flow, "upstream switched protocols", route.api_endpoint_name, route.pipeline.name)
 
     def response(self, flow: http.HTTPFlow) -> None:
         context = self._contexts.pop(flow, None)

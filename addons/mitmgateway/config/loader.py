@@ -20,6 +20,7 @@ from urllib.parse import quote
 from ..clients import ClientResolver, parse_trusted_proxies
 from ..conditions import parse_condition
 from ..consumers import Consumers, parse_consumers
+from ..front_door import PathRules
 from ..https import HttpsListener, parse_https
 from ..pipeline import Pipeline, Step
 from ..policies import POLICIES, BuildContext, StepState
@@ -70,6 +71,7 @@ TOP_LEVEL_KEYS = (
     "errors",
     "plugins",
     "limits",
+    "paths",
     *SECTION_ALIASES,
 )
 
@@ -156,6 +158,7 @@ class GatewayConfig:
     consumers: Consumers = Consumers()
     json_errors: bool = False
     limits: RequestLimits = RequestLimits()
+    path_rules: PathRules = PathRules()
     watched_files: tuple[Path, ...] = ()
     """Every file this config was read from: a change to any of them reloads it."""
     https: HttpsListener | None = None
@@ -354,6 +357,10 @@ def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
     with errors.part():
         if sections.get("limits") is not None:
             limits = parse_fields(RequestLimits, sections["limits"], KeyPath("limits"))
+    path_rules = PathRules()
+    with errors.part():
+        if sections.get("paths") is not None:
+            path_rules = parse_fields(PathRules, sections["paths"], KeyPath("paths"))
 
     errors.raise_any()
     assert trusted is not None
@@ -405,6 +412,7 @@ def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
         consumers=consumers,
         json_errors=error_settings.format == "json",
         limits=limits,
+        path_rules=path_rules,
         # Watched even while missing: creating one of them takes effect too.
         watched_files=(
             file,

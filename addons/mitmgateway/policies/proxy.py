@@ -103,13 +103,10 @@ class ProxyPolicy(Policy):
         upstream = self.pool.pick()
         assert upstream is not None  # a serviceEndpoint has at least one url
         original_host, original_path = request.host_header, request.path
-        tokens = strip_hop_by_hop(request)
-        upgrading = b"upgrade" in tokens
+        # The front door kept Upgrade only on a WebSocket handshake.
+        upgrading = ctx.record.get("upgrade") == "websocket"
+        tokens = strip_hop_by_hop(request, upgrading)
         client_closes = closes_connection(request, tokens)
-        if request.data.authority and not request.is_http2:
-            # An absolute-form target (GET http://other/...) is the client's choice of virtual
-            # host, which the Host header just routed differently: send origin-form upstream.
-            request.data.authority = b""
 
         def aim(upstream: Upstream) -> None:
             request.path = self.forwarded_path(ctx, original_path, upstream)
