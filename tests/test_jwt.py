@@ -256,12 +256,24 @@ def test_the_token_cache_holds_at_most_its_bound(gateway_with, rsa_keys, monkeyp
         assert token_status(gateway, tokens[0]) == 200  # evicted, so verified again
 
 
-def test_a_numeric_string_exp_is_remembered_only_until_it_passes(gateway_with, rsa_keys):
-    # pyjwt accepts exp as a numeric string; the cache must read it the same way.
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"exp": str(int(time.time()) + 3600)},  # pyjwt alone accepts a numeric string
+        {"nbf": "0"},
+        {"iat": "1767225600"},
+        {"nbf": False},
+        {"iat": [1]},
+    ],
+    ids=["exp-string", "nbf-string", "iat-string", "nbf-boolean", "iat-list"],
+)
+def test_a_date_claim_that_is_no_json_number_is_refused_with_its_own_reason(gateway_with, rsa_keys, claims):
+    # RFC 7519 2: NumericDate is a JSON number (Express Gateway refuses the others too).
     with gateway_with(f"secretOrPublicKeyFile: {rsa_keys[1]}") as gateway:
-        exp = int(time.time()) + 2
-        token = rs256(rsa_keys, exp=str(exp))
-        assert token_status(gateway, token) == 200
-        while time.time() <= exp:
-            time.sleep(0.1)
-        assert token_status(gateway, token) == 401
+        policy = gateway.config.pipelines["main"].steps[0].policy
+        token = rs256(rsa_keys, **claims)
+        flow = make_flow(headers=bearer(token))
+        assert request_status(gateway, flow) == 401
+        assert flow.metadata["gateway"]["jwtFailure"] == "not_numeric_date"
+        assert token not in policy.verified
+        assert token_status(gateway, rs256(rsa_keys, iat=int(time.time()), nbf=1.5)) == 200

@@ -20,7 +20,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from conftest import one_pipeline
-from harness import JwksServer, b64url, bearer
+from harness import JwksServer, admin_get, b64url, bearer, free_port
 from test_jwks import Signer
 
 
@@ -77,7 +77,12 @@ def guarded(start_gateway, upstreams, signers, tmp_path):
         "forwardClaims: {sub: X-User, role: X-Role}"
     )
     steps = f"- jwt: [{{action: {{{action}}}}}]\n- proxy: [{{action: {{serviceEndpoint: backend}}}}]"
-    return start_gateway(one_pipeline(upstreams["orders"].url, steps))
+    admin_port = free_port()
+    gateway = start_gateway(
+        one_pipeline(upstreams["orders"].url, steps, extra=f"admin: {{port: {admin_port}}}\n")
+    )
+    gateway.admin_port = admin_port
+    return gateway
 
 
 # A verifier confused by `alg: HS256` takes the key material it holds for HMAC's secret: the
@@ -113,6 +118,8 @@ ATTACKS: dict[str, Callable[[Kit], str]] = {
         claims(), k.attacker.private, "RS256", headers={"kid": "attacker", "jwk": k.attacker.jwk}
     ),
     "expired": lambda k: k.genuine.token(aud="orders", exp=int(time.time()) - 60),
+    # RFC 7519: a NumericDate is a JSON number; pyjwt alone takes a numeric string.
+    "exp as a numeric string": lambda k: k.genuine.token(aud="orders", exp=str(int(time.time()) + 600)),
     "another audience": lambda k: k.genuine.token(aud="customers"),
     "no audience": lambda k: k.genuine.token(),
 }
@@ -168,3 +175,10 @@ def test_forwarded_claims_cannot_inject_headers(guarded, signers):
     assert "X-Admin" not in seen
     assert seen["X-User"] == "alice  X-Admin: true"  # one line, the client's own X-User gone
     assert seen["X-Role"] == "user X-Role: admin"
+
+
+def test_a_date_that_is_no_number_is_counted_under_its_own_reason(guarded, kit):
+    token = ATTACKS["exp as a numeric string"](kit)
+    assert guarded.send("/", headers=bearer(token)).status == 401
+    metrics = admin_get(guarded.admin_port, "/metrics")[1]
+    assert 'mitmgateway_jwt_failures_total{pipeline="api",reason="not_numeric_date"} 1.0' in metrics

@@ -134,9 +134,17 @@ class UnknownConsumerError(jwt.InvalidTokenError):
     """checkCredentialExistence: the sub names no active jwt credential of an active consumer."""
 
 
+class NotNumericDateError(jwt.InvalidTokenError):
+    """exp, nbf or iat is not a JSON number (RFC 7519 2: NumericDate), which pyjwt lets pass as a
+    numeric string."""
+
+
+NUMERIC_DATE_CLAIMS = ("exp", "nbf", "iat")
+
 # Most specific first: several of pyjwt's errors derive from others.
 _FAILURE_REASONS: tuple[tuple[type[jwt.InvalidTokenError], str], ...] = (
     (UnknownKeyError, "unknown_key"),
+    (NotNumericDateError, "not_numeric_date"),
     (UnknownConsumerError, "unknown_consumer"),
     (jwt.ExpiredSignatureError, "expired"),
     (jwt.ImmatureSignatureError, "not_yet_valid"),
@@ -225,11 +233,14 @@ class JwtPolicy(Policy):
             leeway=self.action.clock_tolerance,
             options=self.options,  # type: ignore[arg-type]
         )
-        # Remember it until it expires (the same leeway as verification gives), and never long:
-        # pyjwt reads exp with int(), so read it the same way (it may be a numeric string).
+        for claim in NUMERIC_DATE_CLAIMS:
+            value = claims.get(claim)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise NotNumericDateError(f"{claim} is not a number")
+        # Remember it until it expires (the same leeway as verification gives), and never long.
         lifetime = REMEMBER_SECONDS
         if "exp" in claims:
-            lifetime = min(lifetime, int(claims["exp"]) + self.action.clock_tolerance - time.time())
+            lifetime = min(lifetime, claims["exp"] + self.action.clock_tolerance - time.time())
         if lifetime > 0:
             self.verified[token] = (claims, time.monotonic() + lifetime)
         return claims
