@@ -304,3 +304,13 @@ def test_http2_request_trailers_are_refused_cleanly(front):
     outcome = h2_attempt(front, headers, body=b"hello", trailers=[(b"x-checksum", b"1")])
     assert outcome == 400
     watch.check(most=0)
+
+
+def test_http2_request_trailers_after_a_streamed_body_are_refused_cleanly(front):
+    # Over 1 MiB the body streams upstream as it comes, so the trailers arrive after it went.
+    body = b"x" * (3 << 20)
+    headers = H2Client.head("POST", HOST, "/open", (b"content-length", str(len(body)).encode()))
+    outcome = h2_attempt(front, headers, body=body, trailers=[(b"x-checksum", b"1")])
+    assert outcome in (502, "reset"), outcome
+    log = front.gateway.log()
+    assert "has crashed" not in log and "Traceback" not in log, log[-3000:]
