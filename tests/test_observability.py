@@ -94,7 +94,8 @@ def test_access_log_has_one_json_line_per_request(start_gateway, observed_walkth
     gateway = start_gateway(render)
     traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     bearer = {"Authorization": f"Bearer {token}", "traceparent": traceparent}
-    ok = gateway.send("/customers/7?x=1", host="customers.local", headers=bearer)
+    # Logged as matched and forwarded (canonical), and as the client wrote it.
+    ok = gateway.send("//customers/%37?x=1", host="customers.local", headers=bearer)
     assert ok.status == 200
     assert gateway.send(host="customers.local").status == 429
 
@@ -109,6 +110,7 @@ def test_access_log_has_one_json_line_per_request(start_gateway, observed_walkth
         "host": "customers.local",
         "method": "GET",
         "path": "/customers/7?x=1",
+        "target": "//customers/%37?x=1",
         "status": 200,
         "apiEndpoint": "customers",
         "pipeline": "customers",

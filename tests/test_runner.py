@@ -31,9 +31,23 @@ def test_check_summarizes_a_valid_config(tmp_path, walkthrough_config):
     out = result.stdout
     assert f"{config}: OK" in out
     assert "listens on http://127.0.0.1:8080" in out
+    assert "paths: mergeSlashes true, escapedSlashes reject, dotSegments reject, semicolons reject" in out
     assert "customers (host customers.local) → customers: rate-limit → jwt → proxy" in out
     assert "orders (host orders.local) → orders: rate-limit → jwt → proxy" in out
     assert "serviceEndpoints" in out and "customers: http://127.0.0.1:" in out
+
+
+def test_check_shows_the_path_rules_chosen(tmp_path, walkthrough_config):
+    config = tmp_path / "gateway.config.yml"
+    config.write_text(walkthrough_config(8080) + "paths: {escapedSlashes: keep, dotSegments: resolve}\n")
+    result = check(config)
+    assert result.returncode == 0, result.stderr
+    chosen = "paths: mergeSlashes true, escapedSlashes keep, dotSegments resolve, semicolons reject"
+    assert chosen in result.stdout
+    config.write_text(walkthrough_config(8080) + "paths: {escapedSlashes: decode}\n")
+    result = check(config)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"{config}: paths.escapedSlashes: must be one of 'reject', 'keep'")
 
 
 def test_check_reports_every_error_with_file_key_path_and_reason(tmp_path, walkthrough_config):

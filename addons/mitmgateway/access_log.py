@@ -40,9 +40,11 @@ def _redacted(path: str, secret_params: list[str]) -> str:
 def access_record(flow: http.HTTPFlow, record: dict[str, Any]) -> dict[str, Any]:
     request, response = flow.request, flow.response
     origin = record.get("origin", {})
+    # The path as matched and forwarded (canonical), and the target exactly as the client sent it.
     path = origin.get("path", request.path)
+    target = origin.get("target", path)
     if secret_params := record.get("secretQueryParams"):
-        path = _redacted(path, secret_params)
+        path, target = _redacted(path, secret_params), _redacted(target, secret_params)
     end = response.timestamp_end if response is not None else time.time()
     sent = 0 if response is None else record.get("bytesStreamed", len(response.raw_content or b""))
     return {
@@ -52,6 +54,7 @@ def access_record(flow: http.HTTPFlow, record: dict[str, Any]) -> dict[str, Any]
         "host": origin.get("host"),
         "method": request.method,
         "path": path,
+        "target": target,
         "status": response.status_code if response is not None else None,
         "apiEndpoint": record.get("apiEndpoint"),
         "pipeline": record.get("pipeline"),

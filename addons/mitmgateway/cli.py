@@ -98,6 +98,11 @@ def summarize(config: GatewayConfig) -> str:
         https = config.https
         names = ", ".join(https.names)
         lines.append(f"listens on https://{https.hostname or '*'}:{https.port} (certificates: {names})")
+    rules = config.path_rules
+    lines.append(
+        f"paths: mergeSlashes {str(rules.merge_slashes).lower()}, escapedSlashes {rules.escaped_slashes}, "
+        f"dotSegments {rules.dot_segments}, semicolons {rules.semicolons}"
+    )
     lines.append("apiEndpoints → pipeline: policies")
     for name, endpoint, pipeline in config.router.endpoints:
         steps = " → ".join(
