@@ -106,6 +106,22 @@ def test_valid_config_builds_router_and_pipelines(tmp_path):
             "path pattern 'v1/*' must start with '/'",
         ),
         (
+            ("paths: ['/v1/*']", "paths: ['/%76%31/:id']"),
+            "apiEndpoints.api.paths[0]",
+            "path pattern '/%76%31/:id' could never match: requests are matched in canonical form, "
+            "write '/v1/:id'",
+        ),
+        (
+            ("paths: ['/v1/*']", "paths: ['/v1/a%2/*']"),
+            "apiEndpoints.api.paths[0]",
+            "path pattern '/v1/a%2/*' could never match: malformed percent-escape in path",
+        ),
+        (
+            ("http: {port: 8080}\n", "http: {port: 8080}\npaths: {dotSegments: allow}\n"),
+            "paths.dotSegments",
+            "must be one of 'reject', 'resolve', got string 'allow'",
+        ),
+        (
             ("host: api.local,", "hostRegex: '(', host: api.local,"),
             "apiEndpoints.api.hostRegex",
             "invalid regular expression '(': missing ), unterminated subpattern at position 0",

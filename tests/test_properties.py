@@ -328,7 +328,9 @@ def test_only_the_genuine_token_is_accepted(data, genuine, tmp_path_factory):
     with gateway_for(directory, config) as gateway:
         flow = make_flow(headers={"Authorization": f"Bearer {forged}"})
         gateway.requestheaders(flow)
-        assert flow.response is not None and flow.response.status_code == 401
+        # CR, LF or NUL in the header: the front door refuses it before any step.
+        expected = 400 if any(c in forged for c in "\r\n\x00") else 401
+        assert flow.response is not None and flow.response.status_code == expected
         genuine_flow = make_flow(headers={"Authorization": f"Bearer {token}"})
         gateway.requestheaders(genuine_flow)
         assert genuine_flow.response is None

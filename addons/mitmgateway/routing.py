@@ -18,6 +18,7 @@ from typing import Any
 
 from .config.errors import ConfigError, KeyPath
 from .config.schema import check_type, http_methods, option, parse_fields
+from .front_door import PathRules, Refusal, canonical_path
 
 
 def compile_regex(pattern: str, path: KeyPath, flags: int = 0) -> re.Pattern[str]:
@@ -43,6 +44,7 @@ class PathPattern:
     def compile(cls, pattern: str, path: KeyPath) -> PathPattern:
         if not pattern.startswith("/"):
             raise ConfigError(path, f"path pattern {pattern!r} must start with '/'")
+        _check_canonical(pattern, path)
         regex = re.sub(
             r":([A-Za-z_][A-Za-z0-9_]*)|\*|[^:*]+",
             lambda m: "[^/]+?" if m.group(1) else "(?:.*)" if m.group(0) == "*" else re.escape(m.group(0)),
@@ -52,6 +54,34 @@ class PathPattern:
             regex += "/?"
         prefix = re.split(r"[*:]", pattern, maxsplit=1)[0].rstrip("/")
         return cls(pattern, compile_regex(f"{regex}\\Z", path, re.IGNORECASE), prefix)
+
+
+# Requests are matched in canonical form (front_door.py); a pattern is checked against the most
+# permissive rules, since which ones a config chooses is not known while its endpoints are parsed.
+_PATTERN_RULES = PathRules(
+    merge_slashes=False, escaped_slashes="keep", dot_segments="resolve", semicolons="keep"
+)
+
+
+def _check_canonical(pattern: str, path: KeyPath) -> None:
+    parameters: list[str] = []
+
+    def placeholder(match: re.Match[str]) -> str:
+        parameters.append(match.group(0))
+        return f"_p{len(parameters) - 1}_"
+
+    literal = re.sub(r":[A-Za-z_][A-Za-z0-9_]*|\*", placeholder, pattern)
+    try:
+        canonical = canonical_path(literal.encode("utf-8", "surrogateescape"), _PATTERN_RULES).decode()
+    except Refusal as e:
+        raise ConfigError(path, f"path pattern {pattern!r} could never match: {e.reason}") from None
+    if canonical.lower() != literal.lower():
+        suggested = re.sub(r"_p(\d+)_", lambda m: parameters[int(m.group(1))], canonical)
+        raise ConfigError(
+            path,
+            f"path pattern {pattern!r} could never match: requests are matched in canonical form, "
+            f"write {suggested!r}",
+        )
 
 
 def _path_patterns(value: Any, path: KeyPath) -> tuple[PathPattern, ...]:
