@@ -193,3 +193,31 @@ def test_replayed_flow_is_routed_as_first_sent(gateway_with):
         request = forward(gateway, replay)
         assert request.url == "https://backend.internal:8443/base/x"
         assert request.headers["X-Forwarded-Host"] == "api.local"
+
+
+def test_the_canonical_path_is_matched_stripped_and_forwarded_and_the_raw_target_kept(gateway_with):
+    with gateway_with("serviceEndpoint: based, stripPath: true") as gateway:
+        flow = make_flow(path="//%61pi//caf%c3%a9?q=%2f")
+        request = forward(gateway, flow)
+        assert request.url == "https://backend.internal:8443/base/caf%C3%A9?q=%2f"
+        origin = flow.metadata["gateway"]["origin"]
+        assert origin == {
+            "host": "api.local",
+            "path": "/api/caf%C3%A9?q=%2f",
+            "target": "//%61pi//caf%c3%a9?q=%2f",
+        }
+        assert "target '//%61pi//caf%c3%a9?q=%2f' read as '/api/caf%C3%A9?q=%2f'" in flow.comment
+        # A replay is judged from the target as the client sent it.
+        replay = flow.copy()
+        replay.is_replay = "request"
+        replay.live = True
+        assert forward(gateway, replay).url == request.url
+
+
+def test_a_refused_target_is_recorded_with_its_reason(gateway_with):
+    with gateway_with("serviceEndpoint: backend") as gateway:
+        flow = make_flow(path="/api%2F..%2Fadmin")
+        gateway.requestheaders(flow)
+        assert (flow.response.status_code, flow.response.headers["Connection"]) == (400, "close")
+        assert flow.metadata["gateway"]["answeredBy"] == "escaped slash in path"
+        assert flow.comment == "gateway: no apiEndpoint matched; answered 400 by escaped slash in path"
