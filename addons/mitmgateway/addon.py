@@ -375,10 +375,10 @@ class Gateway:
         origin = flow.metadata.get("gateway", {}).get("origin")
         if flow.is_replay == "request" and origin:
             # A replayed flow carries the upstream's Host and path: route it as first sent.
-            request.host_header, request.data.path = (
-                origin["host"],
-                origin["target"].encode("utf-8", "surrogateescape"),
-            )
+            # (Flows recorded before the front door kept only the path.)
+            target = origin.get("target", origin.get("path", request.path))
+            request.host_header = origin["host"]
+            request.data.path = target.encode("utf-8", "surrogateescape")
         client = config.clients.identify(flow)
         record = flow.metadata["gateway"] = {
             "origin": {"host": request.host_header or "", "target": request.path},
