@@ -197,14 +197,15 @@ def _api_endpoint(value: Any, entry_path: KeyPath) -> tuple[ApiEndpoint, ...]:
 
 
 def _declared_policies(raw: Any, path: KeyPath) -> frozenset[str]:
-    names = set()
-    for i, item in enumerate(require_list(raw, path)):
-        name = check_type(str, item, path.index(i))
-        if name not in POLICIES:
-            raise ConfigError(
-                path.index(i), f"unknown policy {name!r} (known: {', '.join(sorted(POLICIES))})"
-            )
-        names.add(name)
+    """The names ``policies`` lists. Express Gateway's generated config lists some this gateway
+    does not have (oauth2...): that is fine until a pipeline uses one (an error there)."""
+    names = {check_type(str, item, path.index(i)) for i, item in enumerate(require_list(raw, path))}
+    if unknown := sorted(names - POLICIES.keys()):
+        logger.warning(
+            "policies lists %s, which this gateway does not have; no pipeline may use %s",
+            ", ".join(unknown),
+            "it" if len(unknown) == 1 else "them",
+        )
     return frozenset(names)
 
 

@@ -106,6 +106,7 @@ def check_type(expected: Any, value: Any, path: KeyPath) -> Any:
         (item,) = typing.get_args(expected)[:1]
         items = [value] if isinstance(value, str) else require_list(value, path)
         return tuple(check_type(item, v, path.index(i)) for i, v in enumerate(items))
+    value = _coerced(expected, value)
     if expected is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
@@ -125,6 +126,33 @@ def check_type(expected: Any, value: Any, path: KeyPath) -> Any:
     raise TypeError(
         f"parse_fields cannot check {expected!r}; give the field a parser"
     )  # a bug, not bad input
+
+
+_NUMBER = re.compile(r"\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*")
+
+
+def _coerced(expected: Any, value: Any) -> Any:
+    """A scalar of another type read as `expected`, as Express Gateway's validator (ajv with
+    ``coerceTypes``) reads it: ``"1"`` is 1, ``"true"`` is true, 1 is ``"1"``; anything else as is.
+    Unlike ajv, null is never coerced: an empty YAML value is a mistake more often than a 0."""
+    if expected in (int, float):
+        if isinstance(value, bool):
+            return int(value)
+        if isinstance(value, str) and _NUMBER.fullmatch(value):
+            number = float(value)
+            if number.is_integer():
+                return int(number)
+            return number if expected is float else value
+    elif expected is bool:
+        if value in ("true", "false"):
+            return value == "true"
+        if type(value) is int and value in (0, 1):
+            return bool(value)
+    elif expected is str and isinstance(value, bool | int | float):
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+    return value
 
 
 def non_negative(value: Any, path: KeyPath) -> int:

@@ -22,17 +22,28 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML keeps the last of two equal keys silently; a gateway config must not."""
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    mapping: dict[Any, Any] = {}
-    for key_node, value_node in node.value:
+    # Two equal keys written in one mapping are an error; a key that overrides one brought in by
+    # a merge key (``<<: *proxy``) is what merging is for, as js-yaml (Express Gateway's) reads it.
+    written: set[Any] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == _MERGE_TAG:
+            continue
         key = loader.construct_object(key_node, deep=True)
-        if key in mapping:
+        if key in written:
             mark = key_node.start_mark
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark
             )
-        mapping[key] = loader.construct_object(value_node, deep=True)
-    return mapping
+        written.add(key)
+    loader.flatten_mapping(node)  # merged keys first, then the mapping's own, which win
+    return {
+        loader.construct_object(key_node, deep=True): loader.construct_object(value_node, deep=True)
+        for key_node, value_node in node.value
+    }
 
 
 _UniqueKeyLoader.add_constructor(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..answers import make_answer
-from ..config.schema import http_status, option, positive
+from ..config.schema import http_status, non_negative, option, positive
 from ..headers import set_headers
 from ..pipeline import RequestContext
 from ..stores import Algorithm, Hit, StoreUnavailable
@@ -31,16 +31,22 @@ STORE_UNAVAILABLE = "Service Unavailable"
 
 @dataclass(frozen=True)
 class RateLimitAction:
-    max: int = option("max", 5, parse=positive)
+    max: int = option("max", 5, parse=non_negative)
+    """0: no limit (Express Gateway's meaning); a delay may still apply."""
     window_ms: int = option("windowMs", 60_000, parse=positive)
     algorithm: Algorithm = option("algorithm", "fixed-window")
     rate_limit_by: Template | None = option("rateLimitBy", None, parse=parse_template)
     message: str = option("message", "Too many requests, please try again later.")
     status_code: int = option("statusCode", 429, parse=http_status)
     headers: bool = option("headers", True)
-    delay_after: int | None = option("delayAfter", None, parse=positive)
-    """Off unless set (Express Gateway delays from the second request by default)."""
-    delay_ms: int = option("delayMs", 1000, parse=positive)
+    delay_after: int | None = option("delayAfter", None, parse=non_negative)
+    """Off unless set (Express Gateway delays from the second request by default); 0 is off."""
+    delay_ms: int = option("delayMs", 1000, parse=non_negative)
+    """0 is off, as Express Gateway users write it to turn its default one-second delay off."""
+
+    @property
+    def delays(self) -> bool:
+        return bool(self.delay_after and self.delay_ms)
 
 
 @register_policy
@@ -73,6 +79,8 @@ class RateLimitPolicy(Policy):
 
     def handle(self, ctx: RequestContext) -> Awaitable[None] | None:
         action = self.action
+        if not action.max and not action.delays:
+            return None  # neither a limit nor a delay: nothing to count
         hit = self.store.hit(
             self.prefix + self.client_key(ctx), action.window_ms, action.algorithm, action.max
         )
@@ -99,7 +107,7 @@ class RateLimitPolicy(Policy):
         limit = action.max
         reset_after = max(0.0, hit.reset_after)
         headers = {}
-        if action.headers:
+        if action.headers and limit:
             remaining = max(0, limit - hit.count)
             headers = {
                 "X-RateLimit-Limit": str(limit),
@@ -110,14 +118,14 @@ class RateLimitPolicy(Policy):
                 "RateLimit-Policy": self.policy_field,
                 "RateLimit": f'"default";r={remaining};t={math.ceil(reset_after)}',
             }
-        if hit.count > limit:
+        if limit and hit.count > limit:
             headers["Retry-After"] = str(max(1, math.ceil(reset_after)))
             ctx.answer(make_answer(ctx.flow.request, action.status_code, action.message, headers))
             return None
         if headers:
             fields = tuple((n.encode(), v.encode()) for n, v in headers.items())
             ctx.on_response(lambda response: set_headers(response, fields))
-        if action.delay_after is not None and hit.count > action.delay_after:
+        if action.delays and hit.count > (action.delay_after or 0):
             # Never past the window: a longer wait would hold the request for nothing.
             delay = (hit.count - action.delay_after) * action.delay_ms / 1000
             return asyncio.sleep(min(delay, action.window_ms / 1000))
