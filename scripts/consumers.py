@@ -125,6 +125,10 @@ def main() -> None:
         if shown:
             print(shown)
     elif args.command == "list":
+        if not args.file.exists():
+            sys.exit(f"consumers.py: no {args.file} here (add a consumer to create it, or give --file)")
+        if not consumers:
+            print(f"{args.file}: no consumers")
         for name, entry in consumers.items():
             state = "active" if entry.get("active", True) else "inactive"
             print(f"{name} ({state}) scopes: {', '.join(entry.get('scopes') or []) or '-'}")

@@ -101,6 +101,11 @@ def make_handler(service: str) -> type[BaseHTTPRequestHandler]:
 
 
 def main() -> None:
+    if sys.argv[1:] in (["-h"], ["--help"]):
+        print(__doc__.strip())
+        return
+    if len(sys.argv) != 3 or not sys.argv[2].isdigit():
+        sys.exit(f"usage: {sys.argv[0]} NAME PORT")
     name, port = sys.argv[1], int(sys.argv[2])
     server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(name))
     print(f"{name} listening on http://127.0.0.1:{port}", flush=True)

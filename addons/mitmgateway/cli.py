@@ -12,6 +12,8 @@ from .config import ConfigError, GatewayConfig, load_config
 from .policies import StepState
 from .routing import ApiEndpoint
 
+CONFIG_HELP = "the gateway's config file, in Express Gateway's format (default: %(default)s)"
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -19,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="serve a gateway config in a lean mitmproxy master")
-    run.add_argument("-c", "--config", type=Path, default=Path("gateway.config.yml"))
+    run.add_argument("-c", "--config", type=Path, default=Path("gateway.config.yml"), help=CONFIG_HELP)
     run.add_argument(
         "--workers", type=int, default=1, help="processes sharing the port (default 1; use one per core)"
     )
@@ -38,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     check = commands.add_parser("check", help="validate a config without serving it")
-    check.add_argument("-c", "--config", type=Path, default=Path("gateway.config.yml"))
+    check.add_argument("-c", "--config", type=Path, default=Path("gateway.config.yml"), help=CONFIG_HELP)
     return parser
 
 
