@@ -105,6 +105,36 @@ def test_editing_a_package_module_reloads_the_code(start_gateway, upstreams, tmp
     assert "gateway code changed, reloading" in gateway.log()
 
 
+@pytest.mark.parametrize("runner,workers", [("mitmdump", 1), ("mitmgateway", 1), ("mitmgateway", 2)])
+def test_code_that_does_not_import_is_not_loaded_and_the_next_good_save_is(
+    start_gateway, upstreams, tmp_path, monkeypatch, runner, workers
+):
+    source = tmp_path / "src"
+    shutil.copytree(ROOT / "addons", source / "addons", ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setenv("PYTHONPATH", str(source / "addons"))
+    gateway = start_gateway(
+        one_pipeline(upstreams["orders"].url, PROXY, endpoint="host: orders.local"),
+        entry=source / "addons" / "gateway.py",
+        runner=runner,
+        workers=workers,
+    )
+    answers = source / "addons" / "mitmgateway" / "answers.py"
+    good = answers.read_text()
+    answers.write_text(good + "\ndef broken(:\n")
+    line = len(good.splitlines()) + 2
+    assert wait_until(lambda: "gateway code change not loaded" in gateway.log(), timeout=20), gateway.log()
+    log = gateway.log()
+    assert f"the previous code still serves: {answers}, line {line}: SyntaxError: invalid syntax" in log
+    # Served throughout by the previous code, and still watched: the fix is picked up.
+    for _ in range(5):
+        assert gateway.send("/", host="orders.local").status == 200
+        assert gateway.send("/", host="nowhere.local").text == "Not Found"
+    answers.write_text(good.replace('NOT_FOUND = "Not Found"', 'NOT_FOUND = "No such API"'))
+    assert wait_until(lambda: gateway.send("/", host="nowhere.local").text == "No such API", timeout=20)
+    assert gateway.send("/", host="orders.local").status == 200
+    assert gateway.log().count("gateway code change not loaded") == workers  # once per process
+
+
 def test_an_edit_that_adds_a_watched_file_reloads_once(start_gateway, upstreams, tmp_path):
     gateway = start_gateway(one_pipeline(upstreams["customers"].url, PROXY))
     (tmp_path / "partners.yml").write_text("consumers: {}\n")
