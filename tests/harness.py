@@ -6,6 +6,7 @@ import base64
 import http.client
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -95,6 +96,11 @@ def exchange(port: int, data: bytes, timeout: float = 5) -> RawReply:
         except ConnectionResetError:
             pass  # a reset is a close too, if not a graceful one
         return RawReply(received, closed=True)
+
+
+def unplaced(message: str) -> str:
+    """A config error without the line and column after its file name."""
+    return re.sub(r"(\.ya?ml|\.json):\d+:\d+: ", r"\1: ", message)
 
 
 def bearer(token: str, **headers: str) -> dict[str, str]:

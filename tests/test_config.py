@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import unplaced
 from mitmgateway.config import ConfigError, load_config
 from mitmgateway.policies import POLICIES, StepState
 
@@ -34,10 +35,16 @@ def load(tmp_path: Path, text: str, name: str = "gateway.config.yml", env: dict[
     return load_config(path, StepState(), env or {})
 
 
-def error(tmp_path: Path, text: str, **kwargs) -> str:
+def placed_error(tmp_path: Path, text: str, **kwargs) -> str:
+    """The error, with its file:line:column."""
     with pytest.raises(ConfigError) as info:
         load(tmp_path, text, **kwargs)
     return str(info.value)
+
+
+def error(tmp_path: Path, text: str, **kwargs) -> str:
+    """The error without its line and column (the tests of places are placed_error's)."""
+    return unplaced(placed_error(tmp_path, text, **kwargs))
 
 
 def test_valid_config_builds_router_and_pipelines(tmp_path):
@@ -80,7 +87,7 @@ def test_valid_config_builds_router_and_pipelines(tmp_path):
         (
             ("- rate-limit:", "- rate-limiter:"),
             "pipelines.main.policies[0].rate-limiter",
-            f"unknown policy 'rate-limiter' (known: {KNOWN_POLICIES})",
+            f"unknown policy 'rate-limiter', did you mean 'rate-limit'? (known: {KNOWN_POLICIES})",
         ),
         (
             ("apiEndpoints: [api]", "apiEndpoints: [web]"),
@@ -91,7 +98,7 @@ def test_valid_config_builds_router_and_pipelines(tmp_path):
         (
             ("http:", "htp:"),
             "htp",
-            "unknown key (accepted: http, https, admin, apiEndpoints, "
+            "unknown key, did you mean 'http'? (accepted: http, https, admin, apiEndpoints, "
             "serviceEndpoints, policies, pipelines, trustedProxies, accessLog, rateLimitStore, "
             "consumers, errors, plugins, limits, paths, apiEndpoint, serviceEndpoint, policy, pipeline)",
         ),
@@ -202,8 +209,13 @@ def test_apiendpoint_served_by_two_pipelines_is_refused(tmp_path):
 
 
 def test_yaml_syntax_error_names_the_line(tmp_path):
-    message = error(tmp_path, VALID.replace("policies: [proxy, rate-limit]", "policies: [proxy, rate-limit"))
-    assert message.startswith(f"{tmp_path / 'gateway.config.yml'}: invalid YAML at line ")
+    message = placed_error(
+        tmp_path, VALID.replace("policies: [proxy, rate-limit]", "policies: [proxy, rate-limit")
+    )
+    assert (
+        message
+        == f"{tmp_path / 'gateway.config.yml'}:6:11: invalid YAML: a '[' without its ']' (or a missing ',')"
+    )
 
 
 def test_duplicate_keys_are_refused(tmp_path):
@@ -228,7 +240,11 @@ def test_json_config(tmp_path):
     assert config.http.port == 8081
     assert len(config.service_endpoints["backend"].upstreams) == 2
     broken = json.dumps(document)[:-1]
-    assert "invalid JSON at line 1" in error(tmp_path, broken, name="gateway.config.json")
+    message = placed_error(tmp_path, broken, name="gateway.config.json")
+    assert (
+        message
+        == f"{tmp_path / 'gateway.config.json'}:1:{len(broken) + 1}: invalid JSON: Expecting ',' delimiter"
+    )
 
 
 def test_environment_substitution(tmp_path):

@@ -137,7 +137,7 @@ def test_a_consumers_file_error_names_that_file(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(config, StepState(), {})
     assert str(info.value) == (
-        f"{tmp_path / 'consumers.yml'}: consumers.alice.credentials[0].keySecretHash: "
+        f"{tmp_path / 'consumers.yml'}:4:36: consumers.alice.credentials[0].keySecretHash: "
         "must be sha256:HEX, never the secret itself"
     )
 

@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from gateway_unit import gateway_for, make_flow, request_status
-from harness import b64url, bearer
+from harness import b64url, bearer, unplaced
 from mitmgateway.config import ConfigError, load_config
 from mitmgateway.policies import StepState
 
@@ -222,7 +222,8 @@ def test_config_errors(tmp_path, rsa_keys, action, path, reason):
     file.write_text(text)
     with pytest.raises(ConfigError) as info:
         load_config(file, StepState(), {})
-    assert str(info.value).startswith(f"{file}: pipelines.main.policies[0].jwt[0].{path}: {reason}")
+    # (Where in the file: tests/test_config.py.)
+    assert unplaced(str(info.value)).startswith(f"{file}: pipelines.main.policies[0].jwt[0].{path}: {reason}")
 
 
 def test_verified_tokens_are_remembered_until_they_expire(gateway_with, rsa_keys):

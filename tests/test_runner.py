@@ -47,7 +47,7 @@ def test_check_shows_the_path_rules_chosen(tmp_path, walkthrough_config):
     config.write_text(walkthrough_config(8080) + "paths: {escapedSlashes: decode}\n")
     result = check(config)
     assert result.returncode == 1
-    assert result.stderr.startswith(f"{config}: paths.escapedSlashes: must be one of 'reject', 'keep'")
+    assert result.stderr.startswith(f"{config}:28:9: paths.escapedSlashes: must be one of 'reject', 'keep'")
 
 
 def test_check_reports_every_error_with_file_key_path_and_reason(tmp_path, walkthrough_config):
@@ -59,9 +59,9 @@ def test_check_reports_every_error_with_file_key_path_and_reason(tmp_path, walkt
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
-        f"{config}: pipelines.customers.policies[0].rate-limit[0].action.max: "
+        f"{config}:19:32: pipelines.customers.policies[0].rate-limit[0].action.max: "
         "must be an integer, got string 'many'",
-        f"{config}: pipelines.orders.policies[2].proxy[0].action.serviceEndpoint: "
+        f"{config}:27:27: pipelines.orders.policies[2].proxy[0].action.serviceEndpoint: "
         "unknown serviceEndpoint 'billing' (declared: customers, orders)",
     ]
 

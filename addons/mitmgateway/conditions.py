@@ -19,6 +19,7 @@ from .config.schema import (
     parse_fields,
     require_list,
     require_mapping,
+    unknown,
 )
 from .expressions import REQUEST_MEMBERS, compile_condition
 from .routing import compile_regex
@@ -174,7 +175,7 @@ def parse_condition(raw: Any, path: KeyPath) -> Condition:
     if name in NOT_YET:
         raise ConfigError(path.key("name"), NOT_YET[name])
     if name not in CONDITIONS:
-        raise ConfigError(path.key("name"), f"unknown condition {name!r} (known: {', '.join(CONDITIONS)})")
+        raise ConfigError(path.key("name"), unknown("condition", name, CONDITIONS))
     params_type, build = CONDITIONS[name]
     params = parse_fields(params_type, {k: v for k, v in raw.items() if k != "name"}, path)
     return build(params, path)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 class KeyPath(str):
@@ -21,22 +21,44 @@ class KeyPath(str):
 ROOT = KeyPath("")
 
 
-class ConfigError(ValueError):
-    """A config file that cannot be served: names the file, the key path and what is wrong."""
+Where = Callable[[str], "tuple[int, int] | None"]
+"""The line and column (1-based) a key path was written at in its file, if known."""
 
-    def __init__(self, path: str, reason: str, file: str | None = None) -> None:
+
+class ConfigError(ValueError):
+    """A config file that cannot be served: names the file, the line and column where the
+    document gives them, the key path and what is wrong."""
+
+    def __init__(
+        self,
+        path: str,
+        reason: str,
+        file: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+    ) -> None:
         self.path = path
         self.reason = reason
         self.file = file
+        self.line = line
+        self.column = column
         super().__init__(self._format())
 
-    def in_file(self, file: str) -> ConfigError:
-        """This error as found in `file`, unless it already names the file it comes from."""
-        return ConfigError(self.path, self.reason, self.file or file)
+    def in_file(self, file: str, where: Where | None = None) -> ConfigError:
+        """This error as found in `file` (at the place `where` gives for its key path), unless it
+        already names the file it comes from."""
+        if self.file is not None:
+            return self
+        place = (self.line, self.column) if self.line is not None else where(self.path) if where else None
+        return ConfigError(self.path, self.reason, file, *(place or (None, None)))
 
     def _format(self) -> str:
-        parts = [p for p in (self.file, self.path) if p]
-        return ": ".join([*parts, self.reason])
+        place = self.file
+        if place is not None and self.line is not None:
+            place += f":{self.line}:{self.column}"
+        elif place is None and self.line is not None:
+            place = f"line {self.line}, column {self.column}"
+        return ": ".join([p for p in (place, self.path) if p] + [self.reason])
 
 
 class ConfigErrors(ConfigError):
@@ -45,10 +67,10 @@ class ConfigErrors(ConfigError):
     def __init__(self, errors: list[ConfigError]) -> None:
         self.errors = errors
         first = errors[0]
-        super().__init__(first.path, first.reason, first.file)
+        super().__init__(first.path, first.reason, first.file, first.line, first.column)
 
-    def in_file(self, file: str) -> ConfigErrors:
-        return ConfigErrors([e.in_file(file) for e in self.errors])
+    def in_file(self, file: str, where: Where | None = None) -> ConfigErrors:
+        return ConfigErrors([e.in_file(file, where) for e in self.errors])
 
     def _format(self) -> str:
         return "\n".join(str(e) for e in self.errors)

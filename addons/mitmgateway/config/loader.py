@@ -39,12 +39,16 @@ from .schema import (
     parse_fields,
     require_list,
     require_mapping,
+    unknown,
 )
 from .source import load_document
 
 logger = logging.getLogger(__name__)
 
 SYSTEM_CONFIG = "system.config.yml"
+EMPTY_FILE = (
+    "the file is empty: a gateway config needs http (or https), apiEndpoints, serviceEndpoints and pipelines"
+)
 AUTH_POLICIES = frozenset({"jwt", "key-auth", "basic-auth"})
 CONSUMERS_FILE = "consumers.yml"
 STREAM_BODIES_OVER = 1 << 20
@@ -261,7 +265,7 @@ class _Builder:
         if policy_name not in POLICIES:
             raise ConfigError(
                 path.key(policy_name),
-                f"unknown policy {policy_name!r} (known: {', '.join(sorted(POLICIES))})",
+                unknown("policy", policy_name, sorted(POLICIES)),
             )
         if policy_name not in self.declared:
             raise ConfigError(
@@ -383,8 +387,7 @@ def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
                 if endpoint_name not in api_endpoints:
                     raise ConfigError(
                         path,
-                        f"unknown apiEndpoint {endpoint_name!r} "
-                        f"(declared: {', '.join(api_endpoints) or 'none'})",
+                        unknown("apiEndpoint", endpoint_name, api_endpoints, "declared"),
                     )
                 if endpoint_name in served_by:
                     raise ConfigError(
@@ -450,9 +453,13 @@ def load_consumers(config_dir: Path, named: Any) -> Consumers:
     else:
         file = config_dir / check_type(str, named, KeyPath("consumers"))
     try:
-        return parse_consumers(load_document(file), file)
+        document = load_document(file)
     except ConfigError as e:
         raise e.in_file(str(file)) from None
+    try:
+        return parse_consumers(document.data, file)
+    except ConfigError as e:
+        raise e.in_file(str(file), document.where) from None
 
 
 def system_config_store(config_dir: Path) -> StoreSettings | None:
@@ -461,7 +468,7 @@ def system_config_store(config_dir: Path) -> StoreSettings | None:
     if not system_file.exists():
         return None
     try:
-        document = load_document(system_file)
+        document = load_document(system_file).data
         db = require_mapping(require_mapping(document, ROOT).get("db"), KeyPath("db"))
         raw = require_mapping(db.get("redis"), KeyPath("db.redis"))
         if not raw or raw.get("emulate"):
@@ -488,6 +495,12 @@ def system_config_store(config_dir: Path) -> StoreSettings | None:
 def load_config(file: Path, state: StepState, env: Mapping[str, str] | None = None) -> GatewayConfig:
     """Load, validate and build the config in `file`; a ConfigError names the file."""
     try:
-        return build_config(load_document(file, env), file, state)
+        document = load_document(file, env)
     except ConfigError as e:
         raise e.in_file(str(file)) from None
+    if document.data is None:
+        raise ConfigError("", EMPTY_FILE, str(file))
+    try:
+        return build_config(document.data, file, state)
+    except ConfigError as e:
+        raise e.in_file(str(file), document.where) from None

@@ -10,6 +10,7 @@ same way and once.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import re
 import types
@@ -58,12 +59,24 @@ def require_list(raw: Any, path: KeyPath) -> list[Any]:
     return raw
 
 
+def _did_you_mean(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.75)
+    return f", did you mean {close[0]!r}?" if close else ""
+
+
+def unknown(kind: str, name: str, choices: typing.Iterable[str], listed: str = "known") -> str:
+    """``unknown KIND 'NAME' (known: ...)``, with a "did you mean" for a near miss."""
+    choices = list(choices)
+    return f"unknown {kind} {name!r}{_did_you_mean(name, choices)} ({listed}: {', '.join(choices) or 'none'})"
+
+
 def check_unknown_keys(raw: Mapping[str, Any], accepted: typing.Iterable[str], path: KeyPath) -> None:
     accepted = list(accepted)
     for key in raw:
         if key not in accepted:
+            hint = _did_you_mean(str(key), accepted)
             choices = ", ".join(accepted) or "none"
-            raise ConfigError(path.key(str(key)), f"unknown key (accepted: {choices})")
+            raise ConfigError(path.key(str(key)), f"unknown key{hint} (accepted: {choices})")
 
 
 # Resolved only for fields without a parser: the others may name types that exist for type

@@ -6,6 +6,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,68 @@ _UniqueKeyLoader.add_constructor(
 )
 
 
-def read_document(path: Path) -> Any:
+# PyYAML's words for the mistakes people make most, in plain ones.
+_PLAIN_YAML = (
+    (
+        "mapping values are not allowed here",
+        "a ':' where a value was expected (quote a value that holds ': ')",
+    ),
+    ("found character '\\t' that cannot start any token", "a tab: YAML indents with spaces"),
+    ("did not find expected key", "this line's indentation does not match the lines above it"),
+    ("expected <block end>, but found", "this line's indentation does not match the lines above it"),
+    ("found undefined alias", "an alias (*name) with no anchor (&name) before it"),
+    ("found unhashable key", "a key that is a list or mapping"),
+    ("expected ',' or '}'", "a '{' without its '}' (or a missing ',')"),
+    ("expected ',' or ']'", "a '[' without its ']' (or a missing ',')"),
+)
+
+
+def _plain(problem: str) -> str:
+    for words, plain in _PLAIN_YAML:
+        if problem.startswith(words):
+            return plain
+    return problem
+
+
+def _marks(node: yaml.Node | None, path: KeyPath, marks: dict[str, tuple[int, int]]) -> None:
+    """Where each key path of the document was written (1-based line and column)."""
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            child = path.key(key_node.value)
+            marks.setdefault(child, (key_node.start_mark.line + 1, key_node.start_mark.column + 1))
+            _marks(value_node, child, marks)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            child = path.index(i)
+            marks[child] = (item.start_mark.line + 1, item.start_mark.column + 1)
+            _marks(item, child, marks)
+
+
+_LAST_STEP = re.compile(r"(?:\.[^.\[\]]*|\[\d+\])\Z")
+
+
+@dataclass(frozen=True)
+class Document:
+    """A parsed config file, and where each of its keys was written."""
+
+    data: Any
+    marks: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+
+    def where(self, path: str) -> tuple[int, int] | None:
+        """The place of `path`, or of the nearest key above it that the file spells out."""
+        while path:
+            if path in self.marks:
+                return self.marks[path]
+            shorter = _LAST_STEP.sub("", path)
+            if shorter == path:
+                return None
+            path = shorter
+        return None
+
+
+def read_document(path: Path) -> Document:
     """Parse the file as JSON (``.json``) or YAML; errors name the line."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -62,17 +124,28 @@ def read_document(path: Path) -> Any:
         raise ConfigError("", f"not UTF-8 text: {e}") from e
     if path.suffix.lower() == ".json":
         try:
-            return json.loads(text)
+            return Document(json.loads(text))
         except json.JSONDecodeError as e:
-            raise ConfigError("", f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
+            raise ConfigError("", f"invalid JSON: {e.msg}", line=e.lineno, column=e.colno) from e
+    loader = _UniqueKeyLoader(text)
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError("", f"invalid YAML{where}: {e.problem or e.context}") from e
+        # An unclosed bracket is found where something else begins: point at the bracket.
+        unclosed = str(e.context or "").startswith("while parsing a flow")
+        mark = (e.context_mark if unclosed else None) or e.problem_mark or e.context_mark
+        problem = _plain(str(e.problem or e.context))
+        if mark is None:
+            raise ConfigError("", f"invalid YAML: {problem}") from e
+        raise ConfigError("", f"invalid YAML: {problem}", line=mark.line + 1, column=mark.column + 1) from e
     except yaml.YAMLError as e:
         raise ConfigError("", f"invalid YAML: {e}") from e
+    finally:
+        loader.dispose()
+    marks: dict[str, tuple[int, int]] = {}
+    _marks(node, ROOT, marks)
+    return Document(data, marks)
 
 
 def substitute_env(value: Any, env: Mapping[str, str], path: KeyPath = ROOT) -> Any:
@@ -113,5 +186,11 @@ def _substitute_string(text: str, env: Mapping[str, str], path: KeyPath) -> Any:
     return substituted
 
 
-def load_document(path: Path, env: Mapping[str, str] | None = None) -> Any:
-    return substitute_env(read_document(path), os.environ if env is None else env)
+def load_document(path: Path, env: Mapping[str, str] | None = None) -> Document:
+    """The file's document, environment references substituted; a ConfigError names the line."""
+    document = read_document(path)
+    try:
+        data = substitute_env(document.data, os.environ if env is None else env)
+    except ConfigError as e:
+        raise e.in_file(str(path), document.where) from None
+    return Document(data, document.marks)

@@ -18,7 +18,7 @@ from mitmproxy import http
 from ..answers import GATEWAY_TIMEOUT
 from ..clients import peer_ip
 from ..config.errors import ConfigError
-from ..config.schema import non_negative, not_supported_yet, option
+from ..config.schema import non_negative, not_supported_yet, option, unknown
 from ..headers import closes_connection, encode, set_headers, strip_hop_by_hop
 from ..injection import answer_as_upstream
 from ..pipeline import RequestContext
@@ -75,10 +75,9 @@ class ProxyPolicy(Policy):
         self.action = action
         service = build.service_endpoints.get(action.service_endpoint)
         if service is None:
-            known = ", ".join(build.service_endpoints) or "none"
             raise ConfigError(
                 build.path.key("serviceEndpoint"),
-                f"unknown serviceEndpoint {action.service_endpoint!r} (declared: {known})",
+                unknown("serviceEndpoint", action.service_endpoint, build.service_endpoints, "declared"),
             )
         # One pool per serviceEndpoint, shared by the steps that use it and kept across reloads
         # that leave it as it is: its urls' health is the service's, not a step's.
