@@ -298,3 +298,55 @@ def test_unchanged_steps_keep_their_counters_across_reloads(tmp_path):
     assert step(load_config(path, state, {})).prefix == first.prefix  # a new max, the same window
     path.write_text(VALID.replace("max: 10", "max: 10, windowMs: 1000"))
     assert step(load_config(path, state, {})).prefix != first.prefix
+
+
+@pytest.mark.parametrize(
+    "change,expected",
+    [
+        (
+            ("- rate-limit:", "- rate-limimt:"),
+            "11:9: pipelines.main.policies[0].rate-limimt: unknown policy 'rate-limimt', "
+            f"did you mean 'rate-limit'? (known: {KNOWN_POLICIES})",
+        ),
+        (
+            ("max: 10", "max: -1"),
+            "11:32: pipelines.main.policies[0].rate-limit[0].action.max: must be 0 or more, got -1",
+        ),
+        (
+            ("  api: {host", "  api: {hots"),
+            "3:9: apiEndpoints.api.hots: unknown key, did you mean 'host'? "
+            "(accepted: host, hostRegex, paths, pathRegex, methods, scopes)",
+        ),
+        (
+            ("serviceEndpoint: backend", "serviceEndpoint: backnd"),
+            "12:27: pipelines.main.policies[1].proxy[0].action.serviceEndpoint: unknown serviceEndpoint "
+            "'backnd', did you mean 'backend'? (declared: backend)",
+        ),
+        (
+            ("    apiEndpoints: [api]", "\tapiEndpoints: [api]"),
+            "9:1: invalid YAML: a tab: YAML indents with spaces",
+        ),
+        (
+            ("http: {port: 8080}", "http: port: 8080"),
+            "1:11: invalid YAML: a ':' where a value was expected (quote values with ': ')",
+        ),
+        (
+            ("http: {port: 8080}", "http: {port: *port}"),
+            "1:14: invalid YAML: an alias (*name) with no anchor (&name) before it",
+        ),
+    ],
+)
+def test_broken_configs_are_reported_word_for_word(tmp_path, change, expected):
+    old, new = change
+    assert old in VALID
+    assert (
+        placed_error(tmp_path, VALID.replace(old, new, 1)) == f"{tmp_path / 'gateway.config.yml'}:{expected}"
+    )
+
+
+@pytest.mark.parametrize("text", ["", "# nothing yet\n", "---\n"])
+def test_an_empty_file_is_called_empty(tmp_path, text):
+    assert placed_error(tmp_path, text) == (
+        f"{tmp_path / 'gateway.config.yml'}: the file is empty: a gateway config needs http (or https), "
+        "apiEndpoints, serviceEndpoints and pipelines"
+    )

@@ -57,7 +57,7 @@ _UniqueKeyLoader.add_constructor(
 _PLAIN_YAML = (
     (
         "mapping values are not allowed here",
-        "a ':' where a value was expected (quote a value that holds ': ')",
+        "a ':' where a value was expected (quote values with ': ')",
     ),
     ("found character '\\t' that cannot start any token", "a tab: YAML indents with spaces"),
     ("did not find expected key", "this line's indentation does not match the lines above it"),
