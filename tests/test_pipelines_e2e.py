@@ -53,10 +53,16 @@ def test_mitmweb_shows_endpoint_pipeline_and_deciding_policy(start_gateway, walk
     with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/flows", timeout=10) as response:
         flows = {f["request"]["pretty_host"]: f for f in json.load(response)}
     rejected = flows["orders.local"]
-    assert rejected["comment"] == "gateway: apiEndpoint orders → pipeline orders; answered 401 by jwt"
+    # The reason too, and (for a proxied flow, listed under its upstream) the client's Host and path.
+    assert (
+        rejected["comment"]
+        == "gateway: apiEndpoint orders → pipeline orders; answered 401 by jwt (token missing)"
+    )
     assert rejected["marked"]
     proxied = flows["127.0.0.1"]
-    assert proxied["comment"].startswith("gateway: apiEndpoint customers → pipeline customers; proxied to ")
+    assert proxied["comment"].startswith(
+        "gateway: apiEndpoint customers → pipeline customers; customers.local/ proxied to 127.0.0.1:"
+    )
     assert not proxied["marked"]
     assert (
         flows["billing.local"]["comment"] == "gateway: no apiEndpoint matched; answered 404 by no apiEndpoint"

@@ -84,6 +84,17 @@ def _response_streams(response: http.Response) -> bool:
     return length is None or length > STREAM_BODIES_OVER
 
 
+def _why(record: dict[str, Any]) -> str | None:
+    """The reason behind a step's answer, for mitmweb's comment (the record holds them all)."""
+    if reason := record.get("jwtFailure"):
+        return f"token {reason}"
+    if missing := record.get("missingScopes"):
+        return f"missing scopes {', '.join(missing)}"
+    if record.get("rateLimitStore") == "unavailable":
+        return "rate-limit store unavailable"
+    return None
+
+
 def _refuse_body_if_answered(flow: http.HTTPFlow) -> None:
     if flow.response is not None:
         # Answered before its body: mitmproxy would still invite an `Expect: 100-continue` client
@@ -158,6 +169,8 @@ class Gateway:
             try:
                 self._load(path)
                 self.config_file = path
+                assert self.config is not None
+                logger.info("serving %s: %s", path, self.config.summary)
             except ConfigError as e:
                 if self.config is not None:
                     # A change of the option at run time is refused and rolled back.
@@ -485,12 +498,17 @@ class Gateway:
             # rather than reverse mode's placeholder target.
             flow.request.data.host = hostname_of(flow.request.host_header or "") or flow.request.host
             status = flow.response.status_code if flow.response else ""
-            flow.comment = f"gateway: {where}; answered {status} by {answered_by}"
+            why = _why(decision)
+            flow.comment = f"gateway: {where}; answered {status} by {answered_by}" + (
+                f" ({why})" if why else ""
+            )
             # Refusals are marked; the gateway's other answers (a cache hit, a CORS preflight) too,
             # differently.
             flow.marked = REJECTED_MARKER if refused else ANSWERED_MARKER
         else:
-            flow.comment = f"gateway: {where}; proxied to {flow.request.host}:{flow.request.port}"
+            # mitmweb lists a proxied flow under its upstream: the comment keeps the client's view.
+            asked = f"{origin.get('host', '')}{origin.get('path', '')}"
+            flow.comment = f"gateway: {where}; {asked} proxied to {flow.request.host}:{flow.request.port}"
 
     @staticmethod
     def _request_id(flow: http.HTTPFlow) -> str:

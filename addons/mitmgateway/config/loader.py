@@ -168,6 +168,18 @@ class GatewayConfig:
     https: HttpsListener | None = None
     upstream_trust: UpstreamTrust = UpstreamTrust({})
 
+    @property
+    def summary(self) -> str:
+        """What this config serves, in one line (the startup log's)."""
+        listeners = [f"http://{self.http.hostname or '*'}:{self.http.port}"] if self.http else []
+        if self.https is not None:
+            listeners.append(f"https://{self.https.hostname or '*'}:{self.https.port}")
+        endpoints = len({name for name, _, _ in self.router.endpoints})
+        return (
+            f"{', '.join(listeners)}; {endpoints} apiEndpoints → {len(self.pipelines)} pipelines "
+            f"({', '.join(self.pipelines)}); serviceEndpoints {', '.join(self.service_endpoints) or 'none'}"
+        )
+
 
 def _sections(document: Any) -> dict[str, Any]:
     document = require_mapping(document, ROOT)
