@@ -36,8 +36,8 @@ def reference(raw: bytes, rules: PathRules) -> bytes | None:
             if rules.escaped_slashes == "reject":
                 return None
             segments[-1].append(b"%%%02X" % value)
-        elif value == ord(";") and not escaped and rules.semicolons == "reject":
-            return None
+        elif value == ord(";") and rules.semicolons == "reject":
+            return None  # literal, or escaped (a second decoding would make it literal)
         elif value in UNRESERVED or (value in SUB_DELIMS_ETC and not escaped):
             segments[-1].append(bytes([value]))
         else:
@@ -47,6 +47,9 @@ def reference(raw: bytes, rules: PathRules) -> bytes | None:
     parts = [b"".join(s) for s in segments[1:]]
     if rules.merge_slashes:
         parts = [p for p in parts if p] + ([b""] if parts and parts[-1] == b"" and any(parts) else [])
+    pieces = (piece for p in parts if re.search(rb"%2F|%5C", p) for piece in re.split(rb"%2F|%5C", p))
+    if rules.escaped_slashes == "keep" and any(piece in (b".", b"..") for piece in pieces):
+        return None  # a dot-segment once the escaped slash is decoded
     if any(p in (b".", b"..") for p in parts):
         if rules.dot_segments == "reject":
             return None
@@ -170,6 +173,7 @@ def test_canonical_forms(raw, expected):
         (b"/a%zz", "malformed percent-escape in path"),
         (b"/a%00", "control character or space in path"),
         (b"/admin;x/secret", "semicolon in path"),
+        (b"/admin%3bx/secret", "semicolon in path"),
         (b"*", "request target is not a path"),
     ],
 )
@@ -183,7 +187,9 @@ def test_the_other_choices():
     resolving = PathRules(
         dot_segments="resolve", escaped_slashes="keep", semicolons="keep", merge_slashes=False
     )
-    assert canonical_path(b"/x/..%2fadmin", resolving) == b"/x/..%2Fadmin"  # one opaque segment
+    assert canonical_path(b"/x/a%2fadmin", resolving) == b"/x/a%2Fadmin"  # one opaque segment
+    with pytest.raises(Refusal):  # ...but not one an upstream that decodes reads as a dot-segment
+        canonical_path(b"/static/..%2Fprivate/x", resolving)
     assert canonical_path(b"/api/../admin/.", resolving) == b"/admin/"
     assert canonical_path(b"/\\admin", resolving) == b"/%5Cadmin"
     assert canonical_path(b"//a;b", resolving) == b"//a;b"

@@ -108,6 +108,16 @@ def test_assignments(context):
         assign(ctx)
         assert ctx.flow.request.path == "/orders?id=7", "a URL with a line break is not taken"
         assert "Injected" not in ctx.flow.request.headers
+    # An assigned url is put in canonical form, and one that form refuses is not taken.
+    (to_files,) = compile_assignments("req.url = '/files/' + req.headers['x-name']", KeyPath("j"))
+    for name, path in [
+        ("%61//b", "/files/a/b"),
+        ("..%2Fadmin", "/orders?id=7"),
+        ("../admin", "/orders?id=7"),
+    ]:
+        ctx = context(**{"X-Name": name})
+        to_files(ctx)
+        assert ctx.flow.request.path == path, name
     for source in ("user.sub = 'x'", "req.method = 'POST'", "req.url == '/'", "del req.url"):
         with pytest.raises(ConfigError):
             compile_assignments(source, KeyPath("jscode"))

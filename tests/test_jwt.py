@@ -278,3 +278,9 @@ def test_a_date_claim_that_is_no_json_number_is_refused_with_its_own_reason(gate
         assert flow.metadata["gateway"]["jwtFailure"] == "not_numeric_date"
         assert token not in policy.verified
         assert token_status(gateway, rs256(rsa_keys, iat=int(time.time()), nbf=1.5)) == 200
+
+
+def test_an_exp_beyond_any_clock_is_accepted_not_a_gateway_error(gateway_with, rsa_keys):
+    # Python reads 10**400 exactly, and no float holds it: remembering the token must not fail.
+    with gateway_with(f"secretOrPublicKeyFile: {rsa_keys[1]}") as gateway:
+        assert token_status(gateway, rs256(rsa_keys, exp=10**400)) == 200

@@ -133,8 +133,8 @@ def test_code_that_does_not_import_is_not_loaded_and_the_next_good_save_is(
     answers.write_text(good.replace('NOT_FOUND = "Not Found"', 'NOT_FOUND = "No such API"'))
     assert wait_until(lambda: gateway.send("/", host="nowhere.local").text == "No such API", timeout=20)
     assert gateway.send("/", host="orders.local").status == 200
-    # Once per process (a save caught half-written may add a line of its own).
-    assert gateway.log().count(f"{answers}, line {line}: SyntaxError") == workers
+    # At most once per process (one may see the fix before its trial of the broken save ends).
+    assert 1 <= gateway.log().count(f"{answers}, line {line}: SyntaxError") <= workers
 
 
 def test_an_edit_that_adds_a_watched_file_reloads_once(start_gateway, upstreams, tmp_path):

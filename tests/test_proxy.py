@@ -156,6 +156,16 @@ def test_websocket_handshake_keeps_upgrade(gateway_with):
         assert request.headers["Connection"] == "Upgrade"
 
 
+def test_a_handshakes_connection_header_names_only_the_upgrade(gateway_with):
+    # Other names in it would have a next hop drop headers the gateway set (X-Forwarded-For).
+    headers = {**WEBSOCKET_HANDSHAKE, "Connection": "Upgrade, X-Forwarded-For, Content-Length"}
+    with gateway_with("serviceEndpoint: backend") as gateway:
+        request = forward(gateway, make_flow(path="/api/ws", headers=headers))
+        assert request.headers.get_all("Connection") == ["Upgrade"]
+        assert request.headers["X-Forwarded-For"] == "192.0.2.10"
+        assert request.headers["content-length"] == "0"
+
+
 @pytest.mark.parametrize(
     "changed",
     [
@@ -221,3 +231,16 @@ def test_a_refused_target_is_recorded_with_its_reason(gateway_with):
         assert (flow.response.status_code, flow.response.headers["Connection"]) == (400, "close")
         assert flow.metadata["gateway"]["answeredBy"] == "escaped slash in path"
         assert flow.comment == "gateway: no apiEndpoint matched; answered 400 by escaped slash in path"
+
+
+def test_strip_path_that_would_leave_a_dot_segment_is_refused(tmp_path):
+    # /api* strips "/api" mid-segment: /api../secret would go upstream as /base/../secret.
+    config = CONFIG.format(action="serviceEndpoint: based, stripPath: true", extra="").replace(
+        "paths: ['/api/*', '/users/:id']", "paths: ['/api*']"
+    )
+    with gateway_for(tmp_path, config) as gateway:
+        flow = make_flow(path="/api../secret")
+        gateway.requestheaders(flow)
+        assert flow.response.status_code == 400
+        assert flow.metadata["gateway"]["refusal"] == "stripPath left a dot-segment"
+        assert forward(gateway, make_flow(path="/api..x/y")).path == "/base/..x/y"

@@ -59,6 +59,7 @@ LIMITS = "limits"
 """What answered a request over `limits`, in flow records, metrics and the access log."""
 PLAIN_HTTP_ON_HTTPS_PORT = "This port speaks HTTPS."
 REQUEST_TRAILERS = "Request trailer fields are not supported"
+SWITCH_REFUSED = "upstream switched protocols"
 REJECTED_MARKER = ":no_entry:"
 ANSWERED_MARKER = ":zap:"
 POOL_DIR_ENV = "MITMGATEWAY_POOL_DIR"
@@ -564,14 +565,15 @@ class Gateway:
             request.headers["content-length"] = str(len(request.raw_content))
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        context = self._contexts.get(flow)
-        if context is None:
-            return
         response = flow.response
         if response is not None and response.status_code == 101 and not switch_forwarded(flow):
             # A switch the gateway did not forward (it removed the Upgrade): taking it would make
-            # the connection a raw tunnel to the upstream that no policy judges.
-            self._refuse_switch(flow, context)
+            # the connection a raw tunnel to the upstream that no policy judges. (Checked for
+            # every flow, also one sent by the code before a reload.)
+            self._refuse_switch(flow)
+            return
+        context = self._contexts.get(flow)
+        if context is None:
             return
         if not context.wants_body:
             del self._contexts[flow]
@@ -581,17 +583,21 @@ class Gateway:
         if flow.response is not None:
             context.responded(flow.response)
 
-    def _refuse_switch(self, flow: http.HTTPFlow, context: RequestContext) -> None:
+    def _refuse_switch(self, flow: http.HTTPFlow) -> None:
         assert flow.response is not None
-        logger.warning("upstream %s switched protocols unasked: answered 502", context.record.get("upstream"))
-        del self._contexts[flow]
-        context.finished()
+        record = flow.metadata.setdefault("gateway", {})
+        logger.warning("upstream %s switched protocols unasked: answered 502", record.get("upstream"))
+        if (context := self._contexts.pop(flow, None)) is not None:
+            context.finished()
         self._refused_switches.refuse(flow.response)
+        record["upstreamSwitchedProtocols"] = True
         flow.response = closing_answer_to(flow, 502, BAD_GATEWAY)
-        route = context.route
-        self._record(flow, "upstream switched protocols", route.api_endpoint_name, route.pipeline.name)
+        self._record(flow, SWITCH_REFUSED, record.get("apiEndpoint"), record.get("pipeline"))
 
     def response(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.get("gateway", {}).get("upstreamSwitchedProtocols"):
+            # mitmproxy went on to read the 101's (empty) body into the answer that replaced it.
+            flow.response = closing_answer_to(flow, 502, BAD_GATEWAY)
         context = self._contexts.pop(flow, None)
         if context is not None and flow.response is not None:
             context.body_ready(flow.response)

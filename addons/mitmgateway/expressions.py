@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .config.errors import ConfigError, KeyPath
+from .front_door import PathRules, Refusal, canonical_target
 from .headers import is_header_name, single_line
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ _COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
     ast.NotIn: lambda a, b: not _in(a, b),
 }
 _PRIMITIVE = str | int | float | bool | type(None)
-_URL_UNSAFE = re.compile(r"[\x00-\x20\x7f]")
+_ASSIGNED_URL_RULES = PathRules()
 
 
 class _Headers:
@@ -247,8 +248,16 @@ class _Compiler:
             def set_url(ctx: RequestContext) -> None:
                 url = value(ctx)
                 # A space or a line break would end the request line and start another.
-                if isinstance(url, str) and url.startswith("/") and not _URL_UNSAFE.search(url):
-                    ctx.flow.request.path = url
+                if not isinstance(url, str):
+                    return
+                # In canonical form, as the front door puts a client's (default rules): a value
+                # made of client input must not reach the upstream as a path it reads otherwise.
+                try:
+                    ctx.flow.request.data.path = canonical_target(
+                        url.encode("utf-8", "surrogateescape"), _ASSIGNED_URL_RULES
+                    )
+                except Refusal:
+                    return
 
             return set_url
         if (

@@ -52,10 +52,11 @@ _DOT_SEGMENT = rb"|/\.\.?(?:/|\Z)"
 _EMPTY_SEGMENT = rb"|//"
 _QUERY_NOT_CANONICAL = re.compile(rb"[^A-Za-z0-9\-._~!$&'()*+,;=:@/?%]")
 _DOUBLE_ESCAPE = re.compile(rb"%25[0-9A-Fa-f]{2}")
+_ESCAPED_SLASH = re.compile(rb"%2F|%5C")
 _FORBIDDEN_IN_FIELDS = re.compile(rb"[\r\n\x00]")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 # RFC 3986 authority without userinfo: a reg-name or IPv4 (escapes allowed), or an IP literal.
-_AUTHORITY = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]{1,5})?\Z")
+_AUTHORITY = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=]+)(?::([0-9]{1,5}))?\Z")
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,8 @@ def _decode_path(raw: bytes, rules: PathRules) -> bytes:
             out.append(value)
         elif byte == 0x25 and value in _SLASHES and not keep_slashes:
             raise Refusal("escaped slash in path")
+        elif byte == 0x25 and value == 0x3B and not keep_semicolons:
+            raise Refusal("semicolon in path")  # one more decoding would make it a literal one
         else:
             out += _escape(value)
     return bytes(out)
@@ -137,6 +140,11 @@ def _segments(path: bytes, rules: PathRules) -> bytes:
         segments = [s for s in segments if s]
         if trailing and segments:
             segments.append(b"")
+    if rules.escaped_slashes == "keep" and any(
+        piece in (b".", b"..") for s in segments if b"%" in s for piece in _ESCAPED_SLASH.split(s)
+    ):
+        # /static/..%2Fprivate is one segment here, and a dot-segment to an upstream that decodes.
+        raise Refusal("dot-segment beside an escaped slash in path")
     if not any(s in (b".", b"..") for s in segments):
         return b"/" + b"/".join(segments) if segments else b"/"
     if rules.dot_segments == "reject":
@@ -166,6 +174,14 @@ def canonical_path(raw: bytes, rules: PathRules) -> bytes:
         # A second decoding (some frameworks and proxies do one) would change it again.
         raise Refusal("escape of an escape in path")
     return path
+
+
+_DOT_SEGMENT_TEXT = re.compile(r"(?:^|/)\.\.?(?:/|\?|$)")
+
+
+def has_dot_segment(path: str) -> bool:
+    """Whether a path (with or without its query) holds a ``.`` or ``..`` segment."""
+    return _DOT_SEGMENT_TEXT.search(path.partition("?")[0]) is not None
 
 
 def canonical_query(raw: bytes) -> bytes:
@@ -209,7 +225,7 @@ def _one_host(request: http.Request) -> bytes | None:
         request.data.authority = b""
         request.headers["Host"] = authority.decode("ascii", "surrogateescape")
         return authority
-    if not hosts and request.http_version == "HTTP/1.1":
+    if not hosts and request.http_version != "HTTP/1.0":
         raise Refusal("HTTP/1.1 request without Host")
     return hosts[0] if hosts else None
 
@@ -262,8 +278,11 @@ def admit(request: http.Request, rules: PathRules) -> Admitted:
     data = request.data
     if not _TOKEN.match(data.method):
         raise Refusal("method is not a token")
+    if data.method.upper() == b"CONNECT":
+        # A tunnel past every policy; mitmproxy's HTTP/1 code reads the method without case.
+        raise Refusal("CONNECT")
     host = _one_host(request)
-    if host is not None and not _AUTHORITY.match(host):
+    if host is not None and ((authority := _AUTHORITY.match(host)) is None or int(authority[1] or 0) > 65535):
         raise Refusal("Host is not a host name or address")
     raw = data.path
     canonical = canonical_target(raw, rules)

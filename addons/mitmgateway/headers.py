@@ -26,8 +26,9 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-# A WebSocket handshake needs these to reach the other side.
-UPGRADE_HEADERS = frozenset({b"connection", b"upgrade"})
+# Never removed because a Connection header names them: mitmproxy has framed the message by them
+# already, and without them the next hop would read the body as another message (smuggling).
+FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})
 
 Fields = tuple[tuple[bytes, bytes], ...]
 
@@ -69,20 +70,23 @@ def _connection_tokens(fields: Fields) -> set[bytes]:
     return tokens
 
 
-def strip_hop_by_hop(message: http.Message, upgrading: bool | None = None) -> set[bytes]:
-    """Remove the hop-by-hop headers, and those the Connection header names.
+def strip_hop_by_hop(message: http.Message, upgrading: bool) -> set[bytes]:
+    """Remove the hop-by-hop headers, and those the Connection header names (never the framing).
 
-    `upgrading`: keep Connection/Upgrade for a protocol upgrade; None decides from this message.
-    Returns the tokens the message's Connection header had (lower-case), which mitmproxy no
-    longer sees once they are gone: the caller must carry on what they meant (close, upgrade).
+    `upgrading`: keep Upgrade, and a Connection that says only ``Upgrade``, for a WebSocket
+    handshake. Returns the tokens the message's Connection header had (lower-case), which
+    mitmproxy no longer sees once they are gone: the caller must carry on what they meant (close).
     """
     fields = message.headers.fields
     tokens = _connection_tokens(fields)
-    if upgrading is None:
-        upgrading = b"upgrade" in tokens
-    drop = (HOP_BY_HOP | tokens) - UPGRADE_HEADERS if upgrading else HOP_BY_HOP | tokens
+    drop = (HOP_BY_HOP | tokens) - FRAMING
+    if upgrading:
+        drop -= {b"upgrade"}
     kept = tuple(field for field in fields if field[0].lower() not in drop)
-    if len(kept) != len(fields):
+    if upgrading:
+        # Only the upgrade: other names in it would have the next hop drop headers the gateway set.
+        kept += ((b"Connection", b"Upgrade"),)
+    if kept != fields:
         message.headers.fields = kept
     return tokens
 

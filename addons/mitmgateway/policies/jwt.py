@@ -140,6 +140,7 @@ class NotNumericDateError(jwt.InvalidTokenError):
 
 
 NUMERIC_DATE_CLAIMS = ("exp", "nbf", "iat")
+FAR_FUTURE = 1e15
 
 # Most specific first: several of pyjwt's errors derive from others.
 _FAILURE_REASONS: tuple[tuple[type[jwt.InvalidTokenError], str], ...] = (
@@ -239,7 +240,8 @@ class JwtPolicy(Policy):
                 raise NotNumericDateError(f"{claim} is not a number")
         # Remember it until it expires (the same leeway as verification gives), and never long.
         lifetime = REMEMBER_SECONDS
-        if "exp" in claims:
+        # (An exp beyond any clock, 10**400 say, is remembered the longest: no float holds it.)
+        if "exp" in claims and claims["exp"] < FAR_FUTURE:
             lifetime = min(lifetime, claims["exp"] + self.action.clock_tolerance - time.time())
         if lifetime > 0:
             self.verified[token] = (claims, time.monotonic() + lifetime)

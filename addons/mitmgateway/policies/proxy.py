@@ -15,10 +15,11 @@ from typing import Literal
 
 from mitmproxy import http
 
-from ..answers import GATEWAY_TIMEOUT
+from ..answers import BAD_REQUEST, GATEWAY_TIMEOUT, make_answer
 from ..clients import peer_ip
 from ..config.errors import ConfigError
 from ..config.schema import non_negative, not_supported_yet, option, unknown
+from ..front_door import has_dot_segment
 from ..headers import closes_connection, encode, set_headers, strip_hop_by_hop
 from ..injection import answer_as_upstream
 from ..pipeline import RequestContext
@@ -102,6 +103,12 @@ class ProxyPolicy(Policy):
         upstream = self.pool.pick()
         assert upstream is not None  # a serviceEndpoint has at least one url
         original_host, original_path = request.host_header, request.path
+        if has_dot_segment(self.forwarded_path(ctx, original_path, upstream)):
+            # stripPath cut mid-segment (pattern /api*, request /api../x): forwarded, that would
+            # be another path than the one matched.
+            ctx.record["refusal"] = "stripPath left a dot-segment"
+            ctx.answer(make_answer(request, 400, BAD_REQUEST))
+            return
         # The front door kept Upgrade only on a WebSocket handshake.
         upgrading = ctx.record.get("upgrade") == "websocket"
         tokens = strip_hop_by_hop(request, upgrading)
@@ -137,7 +144,7 @@ class ProxyPolicy(Policy):
         ctx.record.update(serviceEndpoint=self.action.service_endpoint, requestId=request_id)
 
         def finish_response(response: http.Response) -> None:
-            tokens = strip_hop_by_hop(response, upgrading)
+            tokens = strip_hop_by_hop(response, upgrading and response.status_code == 101)
             # mitmproxy decides from these same headers whether to keep each side's connection
             # open: a close either side asked for must stay visible to it.
             if not upgrading and (client_closes or closes_connection(response, tokens)):
