@@ -85,8 +85,8 @@ def test_invalid_config_at_startup_exits_with_the_reason(tmp_path, confdir):
     )
 
 
-@pytest.mark.parametrize("runner", ["mitmdump", "mitmgateway"])
-def test_editing_a_package_module_reloads_the_code(start_gateway, upstreams, tmp_path, monkeypatch, runner):
+def serve_a_copy(start_gateway, upstreams, tmp_path, monkeypatch, runner, workers=1):  # type: ignore[no-untyped-def]
+    """A gateway running a copy of the code (which a test may break), and the copy's answers.py."""
     source = tmp_path / "src"
     shutil.copytree(ROOT / "addons", source / "addons", ignore=shutil.ignore_patterns("__pycache__"))
     # The lean runner loads the gateway.py beside the package it imports: the copy's, first on
@@ -96,10 +96,16 @@ def test_editing_a_package_module_reloads_the_code(start_gateway, upstreams, tmp
         one_pipeline(upstreams["orders"].url, PROXY, endpoint="host: orders.local"),
         entry=source / "addons" / "gateway.py",
         runner=runner,
+        workers=workers,
     )
+    return gateway, source / "addons" / "mitmgateway" / "answers.py"
+
+
+@pytest.mark.parametrize("runner", ["mitmdump", "mitmgateway"])
+def test_editing_a_package_module_reloads_the_code(start_gateway, upstreams, tmp_path, monkeypatch, runner):
+    gateway, answers = serve_a_copy(start_gateway, upstreams, tmp_path, monkeypatch, runner)
     assert gateway.send("/", host="nowhere.local").text == "Not Found"
 
-    answers = source / "addons" / "mitmgateway" / "answers.py"
     answers.write_text(answers.read_text().replace('NOT_FOUND = "Not Found"', 'NOT_FOUND = "No such API"'))
     assert wait_until(lambda: gateway.send("/", host="nowhere.local").text == "No such API", timeout=10)
     assert gateway.send("/", host="orders.local").status == 200
@@ -110,16 +116,7 @@ def test_editing_a_package_module_reloads_the_code(start_gateway, upstreams, tmp
 def test_code_that_does_not_import_is_not_loaded_and_the_next_good_save_is(
     start_gateway, upstreams, tmp_path, monkeypatch, runner, workers
 ):
-    source = tmp_path / "src"
-    shutil.copytree(ROOT / "addons", source / "addons", ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setenv("PYTHONPATH", str(source / "addons"))
-    gateway = start_gateway(
-        one_pipeline(upstreams["orders"].url, PROXY, endpoint="host: orders.local"),
-        entry=source / "addons" / "gateway.py",
-        runner=runner,
-        workers=workers,
-    )
-    answers = source / "addons" / "mitmgateway" / "answers.py"
+    gateway, answers = serve_a_copy(start_gateway, upstreams, tmp_path, monkeypatch, runner, workers)
     good = answers.read_text()
     answers.write_text(good + "\ndef broken(:\n")
     line = len(good.splitlines()) + 2
