@@ -10,6 +10,7 @@ import pytest
 
 from conftest import one_pipeline
 from harness import ROOT, wait_until
+from processes import wait_for_listeners
 
 PROXY = "- proxy: [{action: {serviceEndpoint: backend}}]"
 
@@ -98,6 +99,8 @@ def serve_a_copy(start_gateway, upstreams, tmp_path, monkeypatch, runner, worker
         runner=runner,
         workers=workers,
     )
+    # Every worker has loaded the code before a test breaks it (each listens once it has).
+    wait_for_listeners(gateway.port, workers, gateway.process)
     return gateway, source / "addons" / "mitmgateway" / "answers.py"
 
 
