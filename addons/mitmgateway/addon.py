@@ -269,6 +269,9 @@ class Gateway:
             # No raw TCP tunnels, whatever an upstream answers (a 101 the gateway did not
             # forward is refused in responseheaders; this holds should one slip past).
             rawtcp=False,
+            # mitmproxy's own smuggling checks (Content-Length/Transfer-Encoding, header names,
+            # HTTP/2's :authority and connection headers), which the front door builds on.
+            validate_inbound_headers=True,
         )
         had_https = self._https_mode is not None
         self._https_mode = modes[-1] if https is not None else None
@@ -416,7 +419,7 @@ class Gateway:
             flow.response = closing_answer_to(flow, 400, BAD_REQUEST)
             self._record(flow, answered_by=e.reason)
             return None
-        record["origin"] = {"host": admitted.host, "path": request.path, "target": admitted.raw_target}
+        record["origin"].update(host=admitted.host, path=request.path, target=admitted.raw_target)
         if admitted.websocket:
             record["upgrade"] = "websocket"
         hostname = hostname_of(admitted.host)

@@ -94,12 +94,9 @@ def _describe_endpoint(endpoint: ApiEndpoint) -> str:
 def summarize(config: GatewayConfig) -> str:
     """What a valid config sets up, on one screen: endpoints → pipelines → policies, upstreams."""
     lines = [f"{config.file}: OK"]
-    if config.http is not None:
-        lines.append(f"listens on http://{config.http.hostname or '*'}:{config.http.port}")
-    if config.https is not None:
-        https = config.https
-        names = ", ".join(https.names)
-        lines.append(f"listens on https://{https.hostname or '*'}:{https.port} (certificates: {names})")
+    for url in config.listeners:
+        https = config.https if url.startswith("https:") else None
+        lines.append(f"listens on {url}" + (f" (certificates: {', '.join(https.names)})" if https else ""))
     rules = config.path_rules
     lines.append(
         f"paths: mergeSlashes {str(rules.merge_slashes).lower()}, escapedSlashes {rules.escaped_slashes}, "

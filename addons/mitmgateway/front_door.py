@@ -7,9 +7,9 @@ counts, and an HTTP/2 field may carry the CR LF that ends an HTTP/1 line. So bef
 `admit`:
 
 - refuses (400) a field name or value with CR, LF or NUL, in HTTP/1 and HTTP/2 alike;
-- refuses an HTTP/1.1 request without exactly one Host, an HTTP/2 one whose ``host`` disagrees
-  with ``:authority``, and a Host that is not an authority; an absolute-form target wins over
-  Host (RFC 9112 §3.2.2), and the Host sent upstream is the target's;
+- refuses an HTTP/1 request (1.0 aside) without exactly one Host, and a Host that is not an
+  authority; an absolute-form target wins over Host (RFC 9112 §3.2.2), and the Host sent upstream
+  is the target's;
 - rewrites the request target to its canonical form (`canonical_target`), which routing,
   conditions, expressions, rate-limit and cache keys see and which the proxy step forwards;
 - keeps ``Upgrade`` only on an RFC 6455 WebSocket handshake: any other upgrade is removed before
@@ -37,6 +37,7 @@ from typing import Literal
 from mitmproxy import http
 
 from .config.schema import option
+from .headers import connection_tokens, remove_headers
 
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 # RFC 3986 pchar without "%", and "/": what a canonical path holds literally.
@@ -208,17 +209,17 @@ def _fields(request: http.Request) -> bytes:
     return b"\t".join(b"".join(field) for field in request.headers.fields)
 
 
-def _one_host(request: http.Request) -> bytes | None:
-    """The request's authority (absolute-form target, ``:authority``, or its one Host)."""
-    hosts = [value for name, value in request.headers.fields if name.lower() == b"host"]
+def _one_host(request: http.Request, hosts: list[bytes]) -> bytes | None:
+    """The request's authority (absolute-form target, ``:authority``, or its one Host).
+
+    HTTP/2's own rules (``:authority`` or ``host``, and the two agreeing) mitmproxy's h2 layer
+    enforces, since the gateway keeps its ``validate_inbound_headers`` on."""
     if len(hosts) > 1:
         raise Refusal("more than one Host header")
     authority = request.data.authority
-    if request.is_http2 or request.is_http3:
-        if authority and hosts and hosts[0].lower() != authority.lower():
-            raise Refusal("Host header disagrees with :authority")
-        if not (authority or hosts):
-            raise Refusal("HTTP/2 request without :authority or Host")
+    if request.is_http2:
+        if not (authority or hosts):  # not over HTTP/2, then: an HTTP/1 line saying HTTP/2.0
+            raise Refusal("request without a host")
         return authority or hosts[0]
     if authority:
         # An absolute-form target: its authority is the host, whatever Host says (RFC 9112 §3.2.2).
@@ -242,20 +243,12 @@ def is_websocket_handshake(request: http.Request) -> bool:
         return False
     if headers.get_all("sec-websocket-version") != ["13"]:
         return False
-    tokens = {t.strip().lower() for value in headers.get_all("connection") for t in value.split(",")}
-    if "upgrade" not in tokens:
+    if b"upgrade" not in connection_tokens(headers.fields):
         return False
     try:
         return len(base64.b64decode(keys[0].strip(), validate=True)) == 16
     except binascii.Error:
         return False
-
-
-def _remove_upgrade(request: http.Request) -> None:
-    fields = request.headers.fields
-    kept = tuple(field for field in fields if field[0].lower() != b"upgrade")
-    if len(kept) != len(fields):
-        request.headers.fields = kept
 
 
 @dataclass(frozen=True)
@@ -281,18 +274,26 @@ def admit(request: http.Request, rules: PathRules) -> Admitted:
     if data.method.upper() == b"CONNECT":
         # A tunnel past every policy; mitmproxy's HTTP/1 code reads the method without case.
         raise Refusal("CONNECT")
-    host = _one_host(request)
+    hosts: list[bytes] = []
+    upgrade = False
+    for name, value in request.headers.fields:  # one pass for what the checks below need
+        lower = name.lower()
+        if lower == b"host":
+            hosts.append(value)
+        elif lower == b"upgrade":
+            upgrade = True
+    host = _one_host(request, hosts)
     if host is not None and ((authority := _AUTHORITY.match(host)) is None or int(authority[1] or 0) > 65535):
         raise Refusal("Host is not a host name or address")
     raw = data.path
     canonical = canonical_target(raw, rules)
     if canonical != raw:
         data.path = canonical
-    websocket = is_websocket_handshake(request)
-    if not websocket:
+    websocket = upgrade and is_websocket_handshake(request)
+    if upgrade and not websocket:
         # The one upgrade the gateway forwards: any other would become a raw tunnel that no
         # policy sees once the upstream answers 101.
-        _remove_upgrade(request)
+        remove_headers(request, {b"upgrade"})
     return Admitted(
         host.decode("ascii", "surrogateescape") if host else "",
         raw.decode("utf-8", "surrogateescape"),

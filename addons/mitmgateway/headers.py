@@ -61,7 +61,8 @@ def encode(value: str) -> bytes:
     return value.encode("utf-8", "surrogateescape")
 
 
-def _connection_tokens(fields: Fields) -> set[bytes]:
+def connection_tokens(fields: Fields) -> set[bytes]:
+    """The options the Connection headers name (lower case)."""
     tokens = set()
     for name, value in fields:
         if name.lower() == b"connection":
@@ -78,7 +79,7 @@ def strip_hop_by_hop(message: http.Message, upgrading: bool) -> set[bytes]:
     mitmproxy no longer sees once they are gone: the caller must carry on what they meant (close).
     """
     fields = message.headers.fields
-    tokens = _connection_tokens(fields)
+    tokens = connection_tokens(fields)
     drop = (HOP_BY_HOP | tokens) - FRAMING
     if upgrading:
         drop -= {b"upgrade"}

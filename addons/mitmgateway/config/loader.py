@@ -169,11 +169,17 @@ class GatewayConfig:
     upstream_trust: UpstreamTrust = UpstreamTrust({})
 
     @property
-    def summary(self) -> str:
-        """What this config serves, in one line (the startup log's)."""
+    def listeners(self) -> list[str]:
+        """Where it listens, as URLs (``*`` for every interface)."""
         listeners = [f"http://{self.http.hostname or '*'}:{self.http.port}"] if self.http else []
         if self.https is not None:
             listeners.append(f"https://{self.https.hostname or '*'}:{self.https.port}")
+        return listeners
+
+    @property
+    def summary(self) -> str:
+        """What this config serves, in one line (the startup log's)."""
+        listeners = self.listeners
         endpoints = len({name for name, _, _ in self.router.endpoints})
         return (
             f"{', '.join(listeners)}; {endpoints} apiEndpoints → {len(self.pipelines)} pipelines "
