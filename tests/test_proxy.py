@@ -244,3 +244,30 @@ def test_strip_path_that_would_leave_a_dot_segment_is_refused(tmp_path):
         assert flow.response.status_code == 400
         assert flow.metadata["gateway"]["refusal"] == "stripPath left a dot-segment"
         assert forward(gateway, make_flow(path="/api..x/y")).path == "/base/..x/y"
+
+
+CANONICAL_EVERYWHERE = """\
+http: {port: 8080}
+apiEndpoints: {api: {host: api.local, paths: ['/api/*']}}
+serviceEndpoints: {backend: {url: 'http://127.0.0.1:9001'}}
+policies: [terminate, rate-limit, proxy]
+pipelines:
+  main:
+    apiEndpoints: [api]
+    policies:
+      - terminate: [{condition: {name: pathExact, path: /api/x}, action: {statusCode: 418}}]
+      - rate-limit: [{action: {max: 1, rateLimitBy: '${req.path}'}}]
+      - proxy: [{action: {serviceEndpoint: backend}}]
+"""
+
+
+def test_conditions_and_templates_see_the_canonical_path(tmp_path):
+    with gateway_for(tmp_path, CANONICAL_EVERYWHERE) as gateway:
+        flow = make_flow(path="//%61pi/x")
+        gateway.requestheaders(flow)
+        assert flow.response.status_code == 418, "pathExact saw another spelling than routing"
+        # One rate-limit key (a template of req.path) for every spelling of one path.
+        assert forward(gateway, make_flow(path="/api/%79")).path == "/api/y"
+        limited = make_flow(path="/api//y")
+        gateway.requestheaders(limited)
+        assert limited.response.status_code == 429
