@@ -39,7 +39,9 @@ def make_flow(
     peer: str = "192.0.2.10",
 ) -> http.HTTPFlow:
     """A flow as reverse mode hands it to the hooks: addressed to the placeholder target."""
-    request = tutils.treq(host="unrouted.invalid", port=80, path=path.encode(), method=method.encode())
+    request = tutils.treq(
+        host="routed-by-pipelines.invalid", port=80, path=path.encode(), method=method.encode()
+    )
     request.headers.clear()
     request.headers["Host"] = host
     for name, value in (headers or {}).items():

@@ -36,7 +36,7 @@ def write(tmp_path, policies: str, steps: str, name: str = "gateway.config.yml")
 def test_sets_reverse_mode_on_the_configured_listener(tmp_path):
     path = write(tmp_path, "proxy", "      - proxy: [{action: {serviceEndpoint: backend}}]")
     with running_gateway(path):
-        assert ctx.options.mode == ["reverse:http://unrouted.invalid@8080"]
+        assert ctx.options.mode == ["reverse:http://routed-by-pipelines.invalid@8080"]
         assert ctx.options.connection_strategy == "lazy"
         assert ctx.options.keep_host_header is True
 

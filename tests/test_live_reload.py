@@ -66,26 +66,6 @@ def test_invalid_edits_are_refused_and_the_last_good_config_serves(start_gateway
     assert gateway.send("/", host="only.local").status == 200
 
 
-def test_invalid_config_at_startup_exits_with_the_reason(tmp_path, confdir):
-    import subprocess
-
-    from processes import gateway_command
-
-    config = tmp_path / "gateway.config.yml"
-    config.write_text("http: {port: 0}\n")
-    result = subprocess.run(
-        gateway_command("mitmdump", config, confdir),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 1
-    assert (
-        f"invalid gateway config: {config}:1:8: http.port: must be a TCP port (1-65535), got 0"
-        in result.stdout
-    )
-
-
 def serve_a_copy(start_gateway, upstreams, tmp_path, monkeypatch, runner, workers=1):  # type: ignore[no-untyped-def]
     """A gateway running a copy of the code (which a test may break), and the copy's answers.py."""
     source = tmp_path / "src"

@@ -37,6 +37,7 @@ from .config.loader import STREAM_BODIES_OVER, RequestLimits
 from .front_door import Refusal, admit
 from .headers import declared_length, remove_headers
 from .https import CertificateFiles, HttpsListener, refusing_connection
+from .listener_lines import ListenerLines, reverse_mode
 from .metrics import GatewayMetrics
 from .pipeline import RequestContext
 from .policies import StepState
@@ -51,9 +52,6 @@ from .upstream_tls import system_ca_bundle
 logger = logging.getLogger("mitmgateway")
 
 CONFIG_POLL_SECONDS = 0.2
-# Reverse mode needs a target, but every request is routed by a proxy step or answered by the
-# gateway itself; the reserved .invalid name makes sure nothing could ever reach a default.
-UNROUTED_TARGET = "http://unrouted.invalid"
 NO_CONFIG = "The gateway has no valid configuration."
 LIMITS = "limits"
 """What answered a request over `limits`, in flow records, metrics and the access log."""
@@ -103,10 +101,6 @@ def _refuse_body_if_answered(flow: http.HTTPFlow) -> None:
         flow.request.headers.pop("expect", None)
 
 
-def _reverse_mode(hostname: str | None, port: int) -> str:
-    return f"reverse:{UNROUTED_TARGET}@{hostname}:{port}" if hostname else f"reverse:{UNROUTED_TARGET}@{port}"
-
-
 def _file_signature(path: Path) -> tuple[int, int, int] | None:
     try:
         st = os.stat(path)
@@ -128,6 +122,7 @@ class Gateway:
         self._request_limit_guards = RequestLimitGuards(self._error_answers.render, self._refuse_over_limit)
         self._trailer_fields = TrailerFields(self._error_answers.render)
         self._refused_switches = RefusedSwitches()
+        self._listener_lines = ListenerLines()
         self._contexts: weakref.WeakKeyDictionary[http.HTTPFlow, RequestContext] = weakref.WeakKeyDictionary()
         # The upstream each client connection is about to connect to, for the server_* hooks,
         # which see connections rather than flows; an entry lasts as long as its request.
@@ -152,6 +147,7 @@ class Gateway:
         self._request_limit_guards.install()
         self._trailer_fields.install()
         self._refused_switches.install()
+        self._listener_lines.install()
         loader.add_option(
             "gateway_config",
             str,
@@ -176,11 +172,13 @@ class Gateway:
                 if self.config is not None:
                     # A change of the option at run time is refused and rolled back.
                     raise exceptions.OptionsError(f"invalid gateway config: {e}") from None
-                # At startup one clear line is enough: mitmproxy exits on errors logged then,
-                # and until it does every request is answered 503 (see requestheaders). A host
-                # that keeps running (no error check) serves once the file is fixed.
+                # At startup one clear line is enough: mitmproxy exits on errors logged then.
+                # Nothing listens meanwhile (mitmproxy would otherwise open its default proxy
+                # port and say so just before exiting); a host that keeps running (no error
+                # check) listens once the file is fixed.
                 logger.error("invalid gateway config: %s", e)
                 self.config_file = path
+                ctx.options.update(mode=[])
 
     def _load(self, path: Path) -> None:
         """Load `path` and swap it in (a ConfigError leaves the config in service as it is)."""
@@ -223,6 +221,7 @@ class Gateway:
         self._request_limit_guards.uninstall()
         self._trailer_fields.uninstall()
         self._refused_switches.uninstall()
+        self._listener_lines.uninstall()
         # mitmproxy holds the certificates in memory; the next instance writes its own files.
         self._certificate_files.remove_all()
         if self._watcher is not None:
@@ -260,7 +259,7 @@ class Gateway:
     def _listen(self, listener: HttpListener | None, https: HttpsListener | None) -> None:
         # Both listeners are the same reverse mode: mitmproxy terminates TLS wherever a client
         # starts with a ClientHello, and tls_start_client refuses it on the http port.
-        modes = [_reverse_mode(x.hostname, x.port) for x in (listener, https) if x is not None]
+        modes = [reverse_mode(x.hostname, x.port) for x in (listener, https) if x is not None]
         ctx.options.update(
             mode=modes,
             # Choose the upstream per request (lazy), and route by the Host the client sent.

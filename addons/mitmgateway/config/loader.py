@@ -182,9 +182,14 @@ class GatewayConfig:
         listeners = self.listeners
         endpoints = len({name for name, _, _ in self.router.endpoints})
         return (
-            f"{', '.join(listeners)}; {endpoints} apiEndpoints → {len(self.pipelines)} pipelines "
+            f"{', '.join(listeners)}; {_count(endpoints, 'apiEndpoint')} → "
+            f"{_count(len(self.pipelines), 'pipeline')} "
             f"({', '.join(self.pipelines)}); serviceEndpoints {', '.join(self.service_endpoints) or 'none'}"
         )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _sections(document: Any) -> dict[str, Any]:
