@@ -179,6 +179,9 @@ def test_consumers_script_round_trip_on_a_running_gateway(start_gateway, upstrea
     assert wait_until(
         lambda: gw.send(headers={"Authorization": f"apiKey {api_key}"}).status == 200, timeout=5
     )
+    # The reload names the file that changed: consumers.yml, not gateway.config.yml.
+    assert f"config reloaded: {tmp_path / 'consumers.yml'} changed" in gw.log()
+    assert "gateway.config.yml changed" not in gw.log()
 
 
 def test_malformed_credentials_are_401_not_errors(tmp_path, rsa_keys):

@@ -335,6 +335,7 @@ class Gateway:
             signature = self._signature(self.config_file)
             if signature[0] is None or signature == self._config_signature:
                 continue
+            changed = self._changed_files(signature)
             try:
                 self._load(self.config_file)
             except ConfigError as e:
@@ -342,7 +343,15 @@ class Gateway:
                 logger.error("config change refused, still serving the last good config: %s", e)
                 continue
             self.metrics.config_reloaded(True)
-            logger.info("config reloaded from %s", self.config_file)
+            logger.info("config reloaded: %s changed", ", ".join(map(str, changed)))
+
+    def _changed_files(self, signature: tuple[object, ...]) -> list[Path]:
+        """The files whose change `signature` shows (config file first), for the reload's log line."""
+        assert self.config_file is not None
+        files = (self.config_file, *(self.config.watched_files[1:] if self.config is not None else ()))
+        before = self._config_signature or ()
+        changed = [f for i, f in enumerate(files) if i >= len(before) or before[i] != signature[i]]
+        return changed or [self.config_file]
 
     def client_connected(self, client: connection.Client) -> None:
         self._request_limit_guards.client_connected(client)
