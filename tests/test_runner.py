@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -93,6 +94,18 @@ def test_workers_share_one_port_and_a_dead_worker_is_replaced(start_gateway, ups
     assert all(gateway.send(f"/{i}").status == 200 for i in range(10))
     assert gateway.stop() == 0
     assert not listening_pids(gateway.port)
+
+    # One format for the pool and its workers, each line saying who speaks.
+    stamp = r"\[\d\d:\d\d:\d\d\.\d{3}\] "
+    log = gateway.log()
+    for slot in (1, 2):
+        assert re.search(rf"^{stamp}worker {slot}: serving {re.escape(str(gateway.config))}: ", log, re.M)
+    died = re.search(
+        rf"^{stamp}pool: worker ([12]) \(pid {victim}\) was killed by SIGKILL; starting a new one$", log, re.M
+    )
+    assert died, log
+    # The replacement speaks for the same slot: three workers said they serve, two of them slot N.
+    assert len(re.findall(rf"^{stamp}worker {died[1]}: serving ", log, re.M)) == 2
 
 
 def admin_ready(port: int) -> int:

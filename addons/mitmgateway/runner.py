@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mitmproxy import addonmanager, exceptions, flow, hooks, master, options
+from mitmproxy import addonmanager, exceptions, flow, hooks, log, master, options
 from mitmproxy.addons import (
     core,
     disable_h2c,
@@ -36,6 +36,7 @@ from mitmproxy.addons import (
     termlog,
     tlsconfig,
 )
+from mitmproxy.utils import vt_codes
 from prometheus_client.multiprocess import mark_process_dead
 
 from .addon import POOL_DIR_ENV
@@ -47,6 +48,8 @@ logger = logging.getLogger("mitmgateway")
 # The entry mitmproxy loads under mitmdump: beside the package in a source checkout (the layout
 # users edit live). An installed wheel has no such file and gets the addons without code reload.
 ENTRY_SCRIPT = Path(__file__).resolve().parent.parent / "gateway.py"
+WORKER_ENV = "MITMGATEWAY_WORKER"
+"""Set by the pool in each worker: its slot (1..N), which starts its log lines."""
 RESTART_SECONDS = 1.0
 """The pool replaces a worker in the same slot at most this often."""
 _PR_SET_PDEATHSIG = 1
@@ -111,6 +114,20 @@ def _is_our_entry_script(path: Path) -> bool:
         return False
 
 
+class LabelledFormatter(log.MitmFormatter):
+    """mitmproxy's log format (``[12:00:00.000] message``) with who speaks after the time: the
+    pool and its workers write to one terminal."""
+
+    def __init__(self, colorize: bool, label: str) -> None:
+        super().__init__(colorize)
+        self.label = label
+
+    def format(self, record: logging.LogRecord) -> str:
+        labelled = logging.makeLogRecord(record.__dict__)
+        labelled.msg, labelled.args = f"{self.label}: {record.getMessage()}", None
+        return super().format(labelled)
+
+
 class GatewayMaster(master.Master):
     def __init__(self, opts: options.Options, gateway: Sequence[Any] = ()) -> None:
         """`gateway`: the gateway's addons when they are not loaded as a script."""
@@ -118,6 +135,9 @@ class GatewayMaster(master.Master):
         opts.changed.disconnect(self.addons._configure_all)
         self.addons = DispatchTable(self)
         self._termlog_addon = termlog.TermLog()
+        if slot := os.environ.get(WORKER_ENV):
+            handler = self._termlog_addon.logger
+            handler.setFormatter(LabelledFormatter(handler.has_vt_codes, f"worker {slot}"))
         self.addons.add(
             self._termlog_addon,
             core.Core(),
@@ -226,8 +246,8 @@ class WorkerPool:
             MULTIPROCESS_DIR_ENV: str(self.directory),
         }
 
-    def _start_one(self) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(self.command, env=self.env)
+    def _start_one(self, slot: int) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(self.command, env={**self.env, WORKER_ENV: str(slot + 1)})
         if self.stopping:  # SIGTERM came while it was starting
             self.signalled.add(process.pid)
             process.send_signal(signal.SIGTERM)
@@ -250,13 +270,16 @@ class WorkerPool:
         )
 
     def run(self) -> int:
-        logging.basicConfig(level=logging.INFO, format="[%(asctime)s] pool: %(message)s")
+        # On standard output in the workers' format, as mitmproxy's own log is.
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(LabelledFormatter(vt_codes.ensure_supported(sys.stdout), "pool"))
+        logging.basicConfig(level=logging.INFO, handlers=[handler])
         signal.signal(signal.SIGTERM, self._stop_all)
         signal.signal(signal.SIGINT, self._stop_all)
         admin = AdminServer(ready=self.ready, metrics=lambda: collect_multiprocess(str(self.directory)))
         try:
-            for _ in range(self.size):
-                self.processes.append(self._start_one())
+            for slot in range(self.size):
+                self.processes.append(self._start_one(slot))
             admin.configure(self.admin_address)
             code = self._supervise()
         finally:
@@ -279,15 +302,16 @@ class WorkerPool:
                 self._ready_file(process).unlink(missing_ok=True)  # a worker killed hard leaves it
                 # Its gauges (upstream_up, livemin) would otherwise count in /metrics for ever.
                 mark_process_dead(process.pid, str(self.directory))
+                who = f"worker {i + 1} (pid {process.pid})"
                 if process.pid not in self.served:
-                    logger.error("worker %d exited with %d before serving; stopping", process.pid, code)
+                    logger.error("%s %s before serving; stopping", who, _how_it_ended(code))
                     return _exit_status(code) or 1
                 wait = last_restart[i] + RESTART_SECONDS - time.monotonic()
-                logger.error("worker %d exited with %d; starting a new one", process.pid, code)
+                logger.error("%s %s; starting a new one", who, _how_it_ended(code))
                 if wait > 0:
                     time.sleep(wait)  # a worker that keeps dying must not spin the CPU
                 last_restart[i] = time.monotonic()
-                self.processes[i] = self._start_one()
+                self.processes[i] = self._start_one(i)
         return 0
 
     def _wait_all(self) -> int:
@@ -295,6 +319,15 @@ class WorkerPool:
         for process in self.processes:
             worst = max(worst, _exit_status(process.wait()))
         return worst
+
+
+def _how_it_ended(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
 
 
 def _exit_status(code: int) -> int:
