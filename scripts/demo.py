@@ -9,7 +9,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +30,53 @@ SERVICES = {
 }
 
 
-def wait_listening(port: int, process: subprocess.Popen[bytes], what: str) -> None:
+class Relay:
+    """The children's output, each line labelled with who wrote it (`gateway │ ...`), held back
+    while the walkthrough prints so that its lines stay together."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: list[str] | None = None
+        self._width = max(len(name) for name in [*SERVICES, "gateway"])
+
+    def start(self, name: str, command: list[str]) -> subprocess.Popen[str]:
+        child = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        threading.Thread(target=self._follow, args=(name, child), daemon=True).start()
+        return child
+
+    def _follow(self, name: str, child: subprocess.Popen[str]) -> None:
+        assert child.stdout is not None
+        for line in child.stdout:
+            self._say(f"{name:>{self._width}} │ {line.rstrip()}")
+
+    def _say(self, line: str) -> None:
+        with self._lock:
+            if self._held is None:
+                print(line, flush=True)
+            else:
+                self._held.append(line)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with self._lock:
+            self._held = []
+        try:
+            yield
+        finally:
+            with self._lock:
+                held, self._held = self._held or [], None
+            if held:
+                print("\nMeanwhile, in the logs:", flush=True)
+                print("\n".join(held), flush=True)
+
+
+def wait_listening(port: int, process: subprocess.Popen[str], what: str) -> None:
     try:
         wait_for_port(port, process)
     except (RuntimeError, TimeoutError):
@@ -64,8 +113,10 @@ def main() -> None:
     args = parser.parse_args()
 
     os.chdir(ROOT)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # beside the relayed lines
     private_key, _ = generate(ROOT / "keys")
-    children: list[subprocess.Popen[bytes]] = []
+    children: list[subprocess.Popen[str]] = []
+    relay = Relay()
 
     def cleanup(*_: object) -> None:
         # stop() falls back to SIGKILL, so one stuck child neither hangs the demo nor keeps
@@ -79,32 +130,33 @@ def main() -> None:
             if listening(port):
                 print(f"{name}: something already listens on 127.0.0.1:{port}; using it")
                 continue
-            child = subprocess.Popen([sys.executable, "scripts/demo_upstream.py", name, str(port)])
+            child = relay.start(name, [sys.executable, "scripts/demo_upstream.py", name, str(port)])
             children.append(child)
             wait_listening(port, child, name)
         if listening(GATEWAY_PORT):
             sys.exit(f"port {GATEWAY_PORT} is taken: set GATEWAY_PORT to a free one")
         runner = "mitmweb" if args.web else "mitmdump"
-        gateway = subprocess.Popen([str(BIN / runner), "-s", "addons/gateway.py"])
+        gateway = relay.start("gateway", [str(BIN / runner), "-s", "addons/gateway.py"])
         children.append(gateway)
         wait_listening(GATEWAY_PORT, gateway, "the gateway")
 
         token = mint(private_key, "demo-user")
         time.sleep(1.1)  # start the walkthrough on a fresh rate-limit window
-        print("\nExpress Gateway's walkthrough through the gateway:")
-        ok = walkthrough(token)
+        with relay.held():
+            print("\nExpress Gateway's walkthrough through the gateway:", flush=True)
+            ok = walkthrough(token)
         print("\nTry it yourself (the token is RS256, valid for one hour):")
         print(f"  TOKEN={token}")
         print(f"  curl -i -H 'Host: customers.local' http://127.0.0.1:{GATEWAY_PORT}/")
         print(
             f"  curl -i -H 'Host: orders.local' -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:{GATEWAY_PORT}/"
         )
-        print("  (python scripts/mint_token.py prints a fresh token; edit gateway.config.yml live)")
+        print("  (.venv/bin/python scripts/mint_token.py prints a fresh token; edit gateway.config.yml live)")
         if args.check:
             sys.exit(0 if ok else 1)
         if args.web:
             print("\nmitmweb shows every flow at http://127.0.0.1:8081")
-        print("\nServing until Ctrl-C.")
+        print("\nServing until Ctrl-C; the gateway's log follows.", flush=True)
         gateway.wait()
     except KeyboardInterrupt:
         pass
