@@ -182,3 +182,30 @@ def test_steps_after_a_waiting_step_run_in_order(
     assert flow.metadata["gateway"]["waited"] == waited
     assert flow.metadata["gateway"]["answeredBy"] == answered_by
     assert (flow.request.host == "127.0.0.1") == (status is None)  # proxied only when not answered
+
+
+def test_the_gateway_content_view_shows_the_decision_as_the_client_saw_it(tmp_path):
+    from mitmproxy import contentviews
+
+    path = write(tmp_path, "proxy", "      - proxy: [{action: {serviceEndpoint: backend}}]")
+    with running_gateway(path) as gateway:
+        flow = make_flow(host="shop.local", path="/a//b/%7Eme")
+        gateway.requestheaders(flow)
+        view = contentviews.get("Gateway")
+        description, lines = view(b"", flow=flow, http_message=flow.request)
+        assert description == "gateway decision"
+        assert ["".join(text for _, text in line) for line in lines] == [
+            "client asked: GET shop.local/a/b/~me",
+            "target as sent: '/a//b/%7Eme'",
+            "client: 192.0.2.10",
+            "apiEndpoint: api",
+            "pipeline: main",
+            "proxied to: 127.0.0.1:9001",
+            f"request id: {flow.metadata['gateway']['requestId']}",
+            f"traceparent: {flow.metadata['gateway']['traceparent']}",
+        ]
+        # Proxied: the client's and the upstream's messages keep their usual views.
+        assert view.render_priority(b"", flow=flow, http_message=flow.request) == 0
+        gateway.done()
+        # done removes it; a code reload then adds the new code's.
+        assert contentviews.get("Gateway") is None

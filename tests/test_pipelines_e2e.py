@@ -67,3 +67,35 @@ def test_mitmweb_shows_endpoint_pipeline_and_deciding_policy(start_gateway, walk
     assert (
         flows["billing.local"]["comment"] == "gateway: no apiEndpoint matched; answered 404 by no apiEndpoint"
     )
+
+    def content_view(flow: dict, message: str, view: str) -> dict:
+        url = f"http://127.0.0.1:{web_port}/flows/{flow['id']}/{message}/content/{view}.json"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return json.load(response)
+
+    def text(view: dict) -> list[str]:
+        return ["".join(part for _, part in line) for line in view["lines"]]
+
+    # The Gateway content view: mitmweb's default for the gateway's own answer, with its body.
+    refused = content_view(rejected, "response", "auto")
+    assert refused["description"] == "gateway decision"
+    client = "client: 127.0.0.1"
+    assert text(refused)[:5] == [
+        "client asked: GET orders.local/",
+        client,
+        "apiEndpoint: orders",
+        "pipeline: orders",
+        "answered by: jwt → 401 (token missing)",
+    ]
+    assert text(refused)[-1] == "Unauthorized"
+    # In the view menu of a proxied flow, whose list entry names the upstream.
+    upstream = proxied["request"]["host"]
+    assert text(content_view(proxied, "request", "gateway"))[:5] == [
+        "client asked: GET customers.local/",
+        client,
+        "apiEndpoint: customers",
+        "pipeline: customers",
+        f"proxied to: {upstream}:{proxied['request']['port']}",
+    ]
+    # The upstream's own answer keeps its usual view.
+    assert content_view(proxied, "response", "auto")["description"] != "gateway decision"

@@ -34,6 +34,7 @@ from .answers import (
 )
 from .config import ConfigError, GatewayConfig, HttpListener, load_config
 from .config.loader import STREAM_BODIES_OVER, RequestLimits
+from .decision_view import DecisionView, why
 from .front_door import Refusal, admit
 from .headers import declared_length, remove_headers
 from .https import CertificateFiles, HttpsListener, refusing_connection
@@ -83,17 +84,6 @@ def _response_streams(response: http.Response) -> bool:
     return length is None or length > STREAM_BODIES_OVER
 
 
-def _why(record: dict[str, Any]) -> str | None:
-    """The reason behind a step's answer, for mitmweb's comment (the record holds them all)."""
-    if reason := record.get("jwtFailure"):
-        return f"token {reason}"
-    if missing := record.get("missingScopes"):
-        return f"missing scopes {', '.join(missing)}"
-    if record.get("rateLimitStore") == "unavailable":
-        return "rate-limit store unavailable"
-    return None
-
-
 def _refuse_body_if_answered(flow: http.HTTPFlow) -> None:
     if flow.response is not None:
         # Answered before its body: mitmproxy would still invite an `Expect: 100-continue` client
@@ -123,6 +113,7 @@ class Gateway:
         self._trailer_fields = TrailerFields(self._error_answers.render)
         self._refused_switches = RefusedSwitches()
         self._listener_lines = ListenerLines()
+        self._decision_view = DecisionView()
         self._contexts: weakref.WeakKeyDictionary[http.HTTPFlow, RequestContext] = weakref.WeakKeyDictionary()
         # The upstream each client connection is about to connect to, for the server_* hooks,
         # which see connections rather than flows; an entry lasts as long as its request.
@@ -148,6 +139,7 @@ class Gateway:
         self._trailer_fields.install()
         self._refused_switches.install()
         self._listener_lines.install()
+        self._decision_view.install()
         loader.add_option(
             "gateway_config",
             str,
@@ -222,6 +214,7 @@ class Gateway:
         self._trailer_fields.uninstall()
         self._refused_switches.uninstall()
         self._listener_lines.uninstall()
+        self._decision_view.uninstall()
         # mitmproxy holds the certificates in memory; the next instance writes its own files.
         self._certificate_files.remove_all()
         if self._watcher is not None:
@@ -510,9 +503,9 @@ class Gateway:
             # rather than reverse mode's placeholder target.
             flow.request.data.host = hostname_of(flow.request.host_header or "") or flow.request.host
             status = flow.response.status_code if flow.response else ""
-            why = _why(decision)
+            reason = why(decision)
             flow.comment = f"gateway: {where}; answered {status} by {answered_by}" + (
-                f" ({why})" if why else ""
+                f" ({reason})" if reason else ""
             )
             # Refusals are marked; the gateway's other answers (a cache hit, a CORS preflight) too,
             # differently.
