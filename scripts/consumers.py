@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -57,7 +58,10 @@ def write(file: Path, header: str, document: dict[str, Any]) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        os.chmod(temporary, 0o640)
+        # mkstemp's 0600 for a new file (it holds credential hashes); an existing file keeps
+        # the mode its owner gave it (say 0640 for a gateway running as another user of a group).
+        if file.exists():
+            os.chmod(temporary, stat.S_IMODE(file.stat().st_mode))
         os.replace(temporary, file)
     except BaseException:
         os.unlink(temporary)
