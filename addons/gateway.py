@@ -14,8 +14,7 @@ if _SOURCE_ROOT not in sys.path:
 for _name in [m for m in sys.modules if m == "mitmgateway" or m.startswith("mitmgateway.")]:
     del sys.modules[_name]
 
-from mitmgateway.addon import Gateway  # noqa: E402
-from mitmgateway.reloader import PackageReloader  # noqa: E402
-from mitmgateway.shutdown import GracefulShutdown  # noqa: E402
+from mitmgateway.hooks import gateway_addons  # noqa: E402
+from mitmgateway.hooks.reloader import PackageReloader  # noqa: E402
 
-addons = [Gateway(), GracefulShutdown(), PackageReloader(Path(__file__))]
+addons = [*gateway_addons(), PackageReloader(Path(__file__))]

@@ -3,22 +3,61 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 from mitmproxy import http
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.test import taddons, tflow, tutils
 
-from mitmgateway.addon import Gateway
+from mitmgateway.config import GatewayConfig
+from mitmgateway.hooks import gateway_addons
+from mitmgateway.hooks.config_service import ConfigService
+from mitmgateway.hooks.gate import RequestGate
+
+
+class Gateway:
+    """The gateway's addons (`gateway_addons()`), as mitmproxy's test context runs them: the
+    hooks a unit test calls go to every addon that has them, in their order."""
+
+    def __init__(self) -> None:
+        self.addons = gateway_addons()
+        self.config_service = next(a for a in self.addons if isinstance(a, ConfigService))
+        self.gate = next(a for a in self.addons if isinstance(a, RequestGate))
+
+    @property
+    def config(self) -> GatewayConfig | None:
+        return self.config_service.current.config
+
+    def requestheaders(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        """The gate's hook: what it returns when a step waits (the test then awaits it)."""
+        return self.gate.requestheaders(flow)
+
+    def _each(self, hook: str, *args: Any) -> None:
+        for addon in self.addons:
+            if (handler := getattr(addon, hook, None)) is not None:
+                handler(*args)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        self._each("responseheaders", flow)
+
+    def done(self) -> None:
+        self._each("done")
+
+
+@contextlib.contextmanager
+def gateway_context() -> Iterator[tuple[Gateway, taddons.context]]:
+    gateway = Gateway()
+    # Proxyserver declares the options the gateway sets (mode, connection_strategy...).
+    with taddons.context(Proxyserver(), *gateway.addons) as tctx:
+        yield gateway, tctx
 
 
 @contextlib.contextmanager
 def running_gateway(config_file: Path) -> Iterator[Gateway]:
-    gateway = Gateway()
-    # Proxyserver declares the options the gateway sets (mode, connection_strategy...).
-    with taddons.context(Proxyserver(), gateway) as tctx:
-        tctx.configure(gateway, gateway_config=str(config_file))
+    with gateway_context() as (gateway, tctx):
+        tctx.options.update(gateway_config=str(config_file))
         assert gateway.config is not None, "the test config did not load"
         yield gateway
 

@@ -7,11 +7,8 @@ from dataclasses import dataclass
 
 import pytest
 from mitmproxy import ctx, exceptions, http
-from mitmproxy.addons.proxyserver import Proxyserver
-from mitmproxy.test import taddons
 
-from gateway_unit import make_flow, running_gateway
-from mitmgateway.addon import Gateway
+from gateway_unit import gateway_context, make_flow, running_gateway
 from mitmgateway.policies import POLICIES, Policy, register_policy
 
 CONFIG = """\
@@ -55,9 +52,8 @@ def test_invalid_config_set_at_run_time_is_refused_and_the_old_one_kept(tmp_path
 
 def test_without_a_valid_config_every_request_is_refused(tmp_path, caplog):
     bad = write(tmp_path, "proxy", "      - proxy: [{action: {serviceEndpoint: nope}}]")
-    gateway = Gateway()
-    with taddons.context(Proxyserver(), gateway) as tctx:
-        tctx.configure(gateway, gateway_config=str(bad))
+    with gateway_context() as (gateway, tctx):
+        tctx.options.update(gateway_config=str(bad))
         assert any(r.levelname == "ERROR" and "invalid gateway config" in r.message for r in caplog.records)
         flow = make_flow()
         gateway.requestheaders(flow)

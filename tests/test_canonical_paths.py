@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mitmproxy.test import tutils
 
-from mitmgateway.front_door import PathRules, Refusal, admit, canonical_path, canonical_query
+from mitmgateway.front_door import admit
+from mitmgateway.paths import PathRules, Refusal, canonical_path, canonical_query
 
 UNRESERVED = frozenset((string.ascii_letters + string.digits + "-._~").encode())
 SUB_DELIMS_ETC = frozenset(b"!$&'()*+,;=:@")

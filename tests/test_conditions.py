@@ -8,7 +8,7 @@ from gateway_unit import make_flow
 from mitmgateway.clients import ClientIdentification
 from mitmgateway.conditions import parse_condition
 from mitmgateway.config.errors import KeyPath
-from mitmgateway.pipeline import RequestContext
+from mitmgateway.context import RequestContext
 from mitmgateway.routing import hostname_of
 
 

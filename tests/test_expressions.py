@@ -10,8 +10,8 @@ from conftest import one_pipeline
 from gateway_unit import gateway_for, make_flow
 from mitmgateway.config import ConfigError
 from mitmgateway.config.errors import KeyPath
+from mitmgateway.context import RequestContext
 from mitmgateway.expressions import compile_assignments, compile_expression
-from mitmgateway.pipeline import RequestContext
 
 PROXY = "- proxy: [{action: {serviceEndpoint: backend}}]"
 

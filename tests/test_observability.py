@@ -14,8 +14,8 @@ from conftest import one_pipeline
 from consumers_fixture import write_consumers
 from harness import admin_get, free_port, send, wait_until
 from mint_token import mint
-from mitmgateway.admin import AdminServer
-from mitmgateway.tracing import is_valid_traceparent
+from mitmgateway.observe.admin import AdminServer
+from mitmgateway.observe.tracing import is_valid_traceparent
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -238,7 +238,7 @@ def test_a_pool_serves_the_sum_of_its_workers_metrics(start_gateway, upstreams):
 def test_a_query_string_credential_is_redacted_in_the_access_log():
     from mitmproxy.test import tflow
 
-    from mitmgateway.access_log import access_record
+    from mitmgateway.observe.access_log import access_record
 
     flow = tflow.tflow(resp=True)
     record = {

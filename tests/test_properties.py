@@ -19,8 +19,8 @@ from mitmgateway.clients import ClientIdentification
 from mitmgateway.config import ConfigError
 from mitmgateway.config.errors import KeyPath
 from mitmgateway.config.loader import build_config
+from mitmgateway.context import RequestContext
 from mitmgateway.expressions import compile_expression
-from mitmgateway.pipeline import RequestContext
 from mitmgateway.policies import StepState
 from mitmgateway.routing import Router, hostname_of, parse_api_endpoint
 from mitmgateway.templates import parse_template

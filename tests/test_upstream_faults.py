@@ -18,8 +18,8 @@ import pytest
 
 from harness import admin_get, free_port, stop, wait_until
 from mitmgateway.config import KeyPath
-from mitmgateway.upstream_health import UpstreamPool
-from mitmgateway.upstreams import parse_service_endpoint
+from mitmgateway.upstreams.endpoints import parse_service_endpoint
+from mitmgateway.upstreams.health import UpstreamPool
 from processes import start_upstream
 from test_observability import metric
 

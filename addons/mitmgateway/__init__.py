@@ -21,7 +21,7 @@ _API = {
     "option": "mitmgateway.config.schema",
     "ConfigError": "mitmgateway.config.errors",
     "KeyPath": "mitmgateway.config.errors",
-    "RequestContext": "mitmgateway.pipeline",
+    "RequestContext": "mitmgateway.context",
     "make_answer": "mitmgateway.answers",
 }
 __all__ = sorted(_API)

@@ -67,7 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mitmgateway: invalid gateway config: {e}", file=sys.stderr)
         return 1
     admin = (config.admin.address, config.admin.port) if config.admin else None
-    return runner.WorkerPool(config_path, args.settings, args.workers, admin).run()
+    from .pool import WorkerPool
+
+    return WorkerPool(config_path, args.settings, args.workers, admin).run()
 
 
 def check(config_path: Path) -> int:

@@ -25,7 +25,7 @@ from .expressions import REQUEST_MEMBERS, compile_condition
 from .routing import compile_regex
 
 if TYPE_CHECKING:
-    from .pipeline import RequestContext
+    from .context import RequestContext
 
 Condition = Callable[["RequestContext"], bool]
 

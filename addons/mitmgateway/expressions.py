@@ -27,11 +27,11 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .config.errors import ConfigError, KeyPath
-from .front_door import PathRules, Refusal, canonical_target
 from .headers import is_header_name, single_line
+from .paths import PathRules, Refusal, canonical_target
 
 if TYPE_CHECKING:
-    from .pipeline import RequestContext
+    from .context import RequestContext
 
 Evaluator = Callable[["RequestContext"], Any]
 Assignment = Callable[["RequestContext"], None]

@@ -1,156 +1,17 @@
-"""Running a pipeline: its steps in order, each with an optional condition; the first answer ends it.
-
-The request context a policy sees lives here too. Per-request state stays on the context (and, for
-what mitmweb should show, in ``flow.metadata``), never in globals.
-"""
+"""Running a pipeline: its steps in order, each with an optional condition; the first answer ends it."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mitmproxy import http
-
-from .answers import FORBIDDEN, make_answer
+from .context import RequestContext
 
 if TYPE_CHECKING:
-    from .clients import ClientIdentification
     from .conditions import Condition
-    from .consumers import Authenticated
     from .policies.base import Policy
-    from .routing import RouteMatch
-    from .upstream_health import UpstreamTarget
-
-ResponseCallback = Callable[[http.Response], None]
-Callback = Callable[[], None]
-
-
-class RequestContext:
-    """What policies and conditions know about one request while its pipeline runs."""
-
-    __slots__ = (
-        "_body_callbacks",
-        "_finish_callbacks",
-        "_forward_callbacks",
-        "_response_callbacks",
-        "client",
-        "flow",
-        "hostname",
-        "record",
-        "route",
-        "routed",
-        "target",
-        "user",
-        "wants_request_body",
-    )
-
-    def __init__(
-        self,
-        flow: http.HTTPFlow,
-        route: RouteMatch,
-        hostname: str,
-        client: ClientIdentification,
-        record: dict[str, Any] | None = None,
-    ) -> None:
-        self.flow = flow
-        self.record: dict[str, Any] = {} if record is None else record
-        """What the gateway decided, as mitmweb, the metrics and the access log see it
-        (``flow.metadata["gateway"]``): policies add their findings here."""
-        self.route = route
-        self.hostname = hostname
-        """The Host header's name, lower-cased, without the port."""
-        self.client = client
-        self.user: Mapping[str, Any] | None = None
-        """The verified identity (JWT claims) once an authentication policy has accepted one."""
-        self.routed = False
-        """Set by the proxy policy once the request has an upstream."""
-        self.target: UpstreamTarget | None = None
-        """The proxy policy's choice of upstream, which the gateway may change before connecting."""
-        self._forward_callbacks: list[Callback] = []
-        self._response_callbacks: list[ResponseCallback] = []
-        self._finish_callbacks: list[Callback] = []
-        self._body_callbacks: list[ResponseCallback] = []
-        self.wants_request_body = False
-
-    @property
-    def client_ip(self) -> str:
-        return self.client.ip
-
-    def authenticate(self, who: Authenticated, claims: Mapping[str, Any] | None = None) -> bool:
-        """Record the consumer a credential proved; False, answered 403, when it lacks a scope
-        the apiEndpoint requires (all of them are required)."""
-        self.user = who.as_user(claims)
-        self.record["consumer"] = who.consumer.id
-        required = self.route.api_endpoint.scopes
-        if required and not who.scopes.issuperset(required):
-            self.record["missingScopes"] = sorted(set(required) - who.scopes)
-            self.answer(make_answer(self.flow.request, 403, FORBIDDEN))
-            return False
-        return True
-
-    def query_credential(self, name: str) -> str | None:
-        """A credential from the query string; the access log then writes the parameter out
-        redacted."""
-        self.record.setdefault("secretQueryParams", []).append(name)
-        return self.flow.request.query.get(name)
-
-    def answer(self, response: http.Response) -> None:
-        """End the pipeline with the gateway's own response (a refusal when it is a 4xx/5xx)."""
-        self.flow.response = response
-
-    def serve(self, response: http.Response) -> None:
-        """End the pipeline with content the gateway holds for the client (a cache hit): never
-        reshaped or marked as a refusal, whatever its status."""
-        self.record["served"] = True
-        self.flow.response = response
-
-    def on_forward(self, callback: Callback) -> None:
-        """Run `callback` once the whole request has arrived and goes upstream."""
-        self._forward_callbacks.append(callback)
-
-    def on_response(self, callback: ResponseCallback) -> None:
-        """Run `callback` on the response before it goes to the client (upstream's or ours)."""
-        self._response_callbacks.append(callback)
-
-    def on_request_body(self, callback: Callback) -> None:
-        """Like `on_forward`, for a step that reads or changes the request body: the gateway then
-        holds a large request until it is complete instead of streaming it upstream."""
-        self.wants_request_body = True
-        self._forward_callbacks.append(callback)
-
-    def on_response_body(self, callback: ResponseCallback) -> None:
-        """Run `callback` on the whole response (body read) before it goes to the client.
-
-        Only for steps that must read or change the body: the response is then held until it is
-        complete (mitmproxy buffers bodies unless told to stream them anyway)."""
-        self._body_callbacks.append(callback)
-
-    @property
-    def wants_body(self) -> bool:
-        return bool(self._body_callbacks)
-
-    def body_ready(self, response: http.Response) -> None:
-        for callback in self._body_callbacks:
-            callback(response)
-
-    def on_finish(self, callback: Callback) -> None:
-        """Run `callback` when the exchange ends, with a response or with an error."""
-        self._finish_callbacks.append(callback)
-
-    def forwarded(self) -> None:
-        for callback in self._forward_callbacks:
-            callback()
-
-    def responded(self, response: http.Response) -> None:
-        for callback in self._response_callbacks:
-            callback(response)
-        self.finished()
-
-    def finished(self) -> None:
-        for callback in self._finish_callbacks:
-            callback()
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 from .config.errors import ConfigError, KeyPath
 from .config.schema import check_type, http_methods, option, parse_fields
-from .front_door import PathRules, Refusal, canonical_path
+from .paths import PathRules, Refusal, canonical_path
 
 
 def compile_regex(pattern: str, path: KeyPath, flags: int = 0) -> re.Pattern[str]:

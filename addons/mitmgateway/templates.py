@@ -16,7 +16,7 @@ from .config.schema import check_type
 from .expressions import REQUEST_MEMBERS
 
 if TYPE_CHECKING:
-    from .pipeline import RequestContext
+    from .context import RequestContext
 
 Getter = Callable[["RequestContext"], Any]
 REFERENCE = re.compile(r"\$\{([^}]*)\}")

@@ -20,15 +20,15 @@ from urllib.parse import quote
 from ..clients import ClientResolver, parse_trusted_proxies
 from ..conditions import parse_condition
 from ..consumers import Consumers, parse_consumers
-from ..front_door import PathRules
 from ..https import HttpsListener, parse_https
+from ..paths import PathRules
 from ..pipeline import Pipeline, Step
 from ..policies import POLICIES, BuildContext, StepState
 from ..routing import ApiEndpoint, Router, parse_api_endpoint
 from ..stores import RateLimitStore, StoreSettings, open_store
 from ..stores.base import parse_store_settings
-from ..upstream_tls import UpstreamTrust, build_upstream_trust
-from ..upstreams import ServiceEndpoint, parse_service_endpoint
+from ..upstreams.endpoints import ServiceEndpoint, build_upstream_trust, parse_service_endpoint
+from ..upstreams.tls import UpstreamTrust
 from .errors import ROOT, ConfigError, ErrorCollector, KeyPath
 from .schema import (
     byte_size,

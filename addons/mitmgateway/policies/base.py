@@ -12,9 +12,9 @@ from ..config.errors import KeyPath
 
 if TYPE_CHECKING:
     from ..consumers import Consumers
-    from ..pipeline import RequestContext
+    from ..context import RequestContext
     from ..stores import RateLimitStore
-    from ..upstreams import ServiceEndpoint
+    from ..upstreams.endpoints import ServiceEndpoint
 
 S = TypeVar("S")
 

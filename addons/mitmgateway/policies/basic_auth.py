@@ -29,8 +29,8 @@ from cachetools import TTLCache
 from ..answers import UNAUTHORIZED, make_answer
 from ..config.schema import option
 from ..consumers import Authenticated
+from ..context import RequestContext
 from ..headers import scheme_credential
-from ..pipeline import RequestContext
 from .base import BuildContext, Policy, register_policy
 
 REMEMBER_SECONDS = 300

@@ -22,7 +22,7 @@ from cachetools import TLRUCache
 from mitmproxy import http
 
 from ..config.schema import option, positive
-from ..pipeline import RequestContext
+from ..context import RequestContext
 from .base import BuildContext, Policy, register_policy
 
 CACHEABLE_STATUSES = frozenset({200, 203, 204, 301, 404, 410})

@@ -17,8 +17,8 @@ from mitmproxy import http
 
 from ..config.errors import ConfigError, KeyPath
 from ..config.schema import check_type, http_methods, http_status, non_negative, option
+from ..context import RequestContext
 from ..headers import set_headers
-from ..pipeline import RequestContext
 from ..routing import compile_regex
 from .base import BuildContext, Policy, register_policy
 

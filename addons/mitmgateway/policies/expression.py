@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config.schema import option
+from ..context import RequestContext
 from ..expressions import Assignment, compile_assignments
-from ..pipeline import RequestContext
 from .base import BuildContext, Policy, register_policy
 
 

@@ -12,9 +12,9 @@ from typing import Any
 
 from ..config.errors import KeyPath
 from ..config.schema import header_name, option, require_mapping
+from ..context import RequestContext
 from ..expressions import Evaluator, compile_expression
 from ..headers import set_values
-from ..pipeline import RequestContext
 from .base import BuildContext, Policy, register_policy
 
 

@@ -28,9 +28,9 @@ from cryptography.hazmat.primitives import serialization
 from ..answers import make_answer
 from ..config.errors import ConfigError, KeyPath
 from ..config.schema import header_name, non_negative, option, positive, require_mapping
+from ..context import RequestContext
 from ..headers import scheme_credential, set_values
 from ..jwks import KeySet, RemoteKeySet, VerificationKey, algorithms_for, parse_jwks
-from ..pipeline import RequestContext
 from .base import BuildContext, Policy, register_policy
 
 logger = logging.getLogger(__name__)

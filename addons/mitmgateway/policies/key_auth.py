@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from ..answers import UNAUTHORIZED, make_answer
 from ..config.schema import option
 from ..consumers import api_key_secret_matches, hash_api_key_secret
+from ..context import RequestContext
 from ..headers import scheme_credential
-from ..pipeline import RequestContext
 from .base import BuildContext, Policy, register_policy
 
 # Compared against when the key id is unknown, so that both cases take the same time.

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 
 from ..config.schema import option
-from ..pipeline import RequestContext
+from ..context import RequestContext
 from ..templates import Template, parse_template
 from .base import BuildContext, Policy, register_policy
 

@@ -19,12 +19,12 @@ from ..answers import BAD_REQUEST, GATEWAY_TIMEOUT, make_answer
 from ..clients import peer_ip
 from ..config.errors import ConfigError
 from ..config.schema import non_negative, not_supported_yet, option, unknown
-from ..front_door import has_dot_segment
+from ..context import RequestContext
 from ..headers import closes_connection, encode, set_headers, strip_hop_by_hop
-from ..injection import answer_as_upstream
-from ..pipeline import RequestContext
-from ..upstream_health import UpstreamPool, UpstreamTarget
-from ..upstreams import Upstream
+from ..mitm.injection import answer_as_upstream
+from ..paths import has_dot_segment
+from ..upstreams.endpoints import Upstream
+from ..upstreams.health import UpstreamPool, UpstreamTarget
 from .base import BuildContext, Policy, register_policy
 
 logger = logging.getLogger(__name__)

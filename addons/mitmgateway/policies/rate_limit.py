@@ -18,8 +18,8 @@ from typing import Any
 
 from ..answers import make_answer
 from ..config.schema import http_status, non_negative, option, positive
+from ..context import RequestContext
 from ..headers import set_headers
-from ..pipeline import RequestContext
 from ..stores import Algorithm, Hit, StoreUnavailable
 from ..templates import Template, parse_template
 from .base import BuildContext, Policy, register_policy

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..answers import make_answer
 from ..config.schema import http_status, option
-from ..pipeline import RequestContext
+from ..context import RequestContext
 from .base import BuildContext, Policy, register_policy
 
 

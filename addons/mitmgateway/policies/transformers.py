@@ -17,9 +17,9 @@ from mitmproxy import http
 
 from ..config.errors import KeyPath
 from ..config.schema import header_name, option, parse_fields, require_mapping
+from ..context import RequestContext
 from ..expressions import Evaluator, compile_expression
 from ..headers import single_line
-from ..pipeline import RequestContext
 from .base import BuildContext, Policy, register_policy
 
 

@@ -102,13 +102,3 @@ def parse_store_settings(raw: Any, path: KeyPath) -> StoreSettings:
             path.key("url"), f"must be a redis://, rediss:// or unix:// URL, got {settings.url!r}"
         )
     return settings
-
-
-def open_store(settings: StoreSettings) -> RateLimitStore:
-    if settings.type == "redis":
-        from .redis_store import RedisStore  # the redis client is only imported when used
-
-        return RedisStore(settings)
-    from .memory import MemoryStore
-
-    return MemoryStore(settings.max_keys)

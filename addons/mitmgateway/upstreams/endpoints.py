@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .config.errors import ConfigError, KeyPath
-from .config.schema import check_type, option, parse_fields, positive
-from .upstream_tls import ProxyOptions, parse_proxy_options
+from OpenSSL import SSL
+
+from ..config.errors import ConfigError, KeyPath
+from ..config.schema import check_type, option, parse_fields, positive
+from .tls import ProxyOptions, UpstreamTrust, parse_proxy_options, trust_context
 
 
 @dataclass(frozen=True)
@@ -91,3 +95,31 @@ def parse_service_endpoint(name: str, raw: Any, path: KeyPath) -> ServiceEndpoin
         raise ConfigError(path, "give either url or urls")
     upstreams = (fields.url,) if fields.url else fields.urls or ()
     return ServiceEndpoint(name, upstreams, fields.health_check, fields.proxy_options.ca_file)
+
+
+def build_upstream_trust(
+    services: Mapping[str, ServiceEndpoint], config_dir: Path, services_path: KeyPath
+) -> UpstreamTrust:
+    contexts: dict[tuple[str, int], SSL.Context] = {}
+    owners: dict[tuple[str, int], tuple[str, Path]] = {}
+    files = []
+    for name, service in services.items():
+        if service.ca_file is None:
+            continue
+        path = services_path.key(name).key("proxyOptions").key("target").key("caFile")
+        file = config_dir / service.ca_file
+        https = [(u.host, u.port) for u in service.upstreams if u.scheme == "https"]
+        if not https:
+            raise ConfigError(path, "applies to https:// upstreams, and this serviceEndpoint has none")
+        context = trust_context(file, path)
+        files.append(file)
+        for address in https:
+            owner = owners.setdefault(address, (name, file))
+            if owner[1] != file:
+                raise ConfigError(
+                    path,
+                    f"{address[0]}:{address[1]} is also an upstream of serviceEndpoint {owner[0]!r}, "
+                    f"with caFile {owner[1]}: one upstream, one caFile",
+                )
+            contexts[address] = context
+    return UpstreamTrust(contexts, tuple(files))

@@ -23,16 +23,13 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography import x509
 from OpenSSL import SSL
 
-from .config.errors import ConfigError, KeyPath
-from .config.schema import check_type, check_unknown_keys, require_mapping
-
-if TYPE_CHECKING:
-    from .upstreams import ServiceEndpoint
+from ..config.errors import ConfigError, KeyPath
+from ..config.schema import check_type, check_unknown_keys, require_mapping
 
 
 @dataclass(frozen=True)
@@ -72,7 +69,7 @@ class UpstreamTrust:
         return self.contexts.get(address) if address is not None and self.contexts else None
 
 
-def _trust_context(file: Path, path: KeyPath) -> SSL.Context:
+def trust_context(file: Path, path: KeyPath) -> SSL.Context:
     try:
         pem = file.read_bytes()
     except OSError as e:
@@ -82,37 +79,9 @@ def _trust_context(file: Path, path: KeyPath) -> SSL.Context:
     except ValueError as e:
         raise ConfigError(path, f"{file} holds no PEM certificate ({e})") from None
     context = SSL.Context(SSL.TLS_CLIENT_METHOD)
-    # Read here, once: the connection only borrows the store (see Gateway.tls_start_server).
+    # Read here, once: the connection only borrows the store (see Listeners.tls_start_server).
     context.load_verify_locations(str(file))
     return context
-
-
-def build_upstream_trust(
-    services: Mapping[str, ServiceEndpoint], config_dir: Path, services_path: KeyPath
-) -> UpstreamTrust:
-    contexts: dict[tuple[str, int], SSL.Context] = {}
-    owners: dict[tuple[str, int], tuple[str, Path]] = {}
-    files = []
-    for name, service in services.items():
-        if service.ca_file is None:
-            continue
-        path = services_path.key(name).key("proxyOptions").key("target").key("caFile")
-        file = config_dir / service.ca_file
-        https = [(u.host, u.port) for u in service.upstreams if u.scheme == "https"]
-        if not https:
-            raise ConfigError(path, "applies to https:// upstreams, and this serviceEndpoint has none")
-        context = _trust_context(file, path)
-        files.append(file)
-        for address in https:
-            owner = owners.setdefault(address, (name, file))
-            if owner[1] != file:
-                raise ConfigError(
-                    path,
-                    f"{address[0]}:{address[1]} is also an upstream of serviceEndpoint {owner[0]!r}, "
-                    f"with caFile {owner[1]}: one upstream, one caFile",
-                )
-            contexts[address] = context
-    return UpstreamTrust(contexts, tuple(files))
 
 
 def system_ca_bundle() -> str | None:

@@ -1,5 +1,9 @@
 """Acting on a client connection from outside its protocol layers.
 
+Written against mitmproxy 11.0: events handed to a ConnectionHandler's ``server_event`` (how its
+own ``inject`` commands work) and its ``on_timeout``; ``events.DataReceived`` and
+``ConnectionClosed`` as its layers expect them.
+
 mitmproxy has no API to answer a request it has already forwarded (an upstream that takes too
 long): the gateway hands mitmproxy an event for the connection as if it had come from the
 network, through the same event injection its own ``inject`` commands use. Closing a connection
@@ -13,21 +17,16 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
-from mitmproxy import connection, ctx, http
+from mitmproxy import connection, http
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import events
 
-from .answers import closing_answer_to
+from ..answers import closing_answer_to
+from .proxyserver import connection_handler
 
 logger = logging.getLogger(__name__)
 
 _injections: set[asyncio.Future[None]] = set()
-
-
-def _handler(client: connection.Client) -> Any:
-    """mitmproxy's ConnectionHandler for `client`, or None once the connection is gone."""
-    proxyserver = ctx.master.addons.get("proxyserver")
-    return getattr(proxyserver, "connections", {}).get(client.id)
 
 
 def _run(coroutine: Coroutine[Any, Any, None]) -> None:
@@ -38,7 +37,7 @@ def _run(coroutine: Coroutine[Any, Any, None]) -> None:
 
 def inject(client: connection.Client, event: events.Event) -> bool:
     """Feed `event` to the protocol layers of `client`'s connection; False if it is gone."""
-    handler = _handler(client)
+    handler = connection_handler(client)
     if handler is None:
         return False
     _run(handler.server_event(event))
@@ -47,7 +46,7 @@ def inject(client: connection.Client, event: events.Event) -> bool:
 
 def close_client(client: connection.Client) -> None:
     """Close `client`'s connection as mitmproxy closes an idle one (its inactivity timeout)."""
-    handler = _handler(client)
+    handler = connection_handler(client)
     if handler is not None:
         _run(handler.on_timeout())
 

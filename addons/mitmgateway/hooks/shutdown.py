@@ -15,8 +15,11 @@ import contextlib
 import logging
 import signal
 import weakref
+from collections.abc import Callable
 
 from mitmproxy import ctx, http
+
+from ..mitm.proxyserver import close_all_connections, open_connections, stop_listening
 
 logger = logging.getLogger("mitmgateway")
 
@@ -24,7 +27,9 @@ DRAIN_POLL_SECONDS = 0.05
 
 
 class GracefulShutdown:
-    def __init__(self) -> None:
+    def __init__(self, on_drain: Callable[[], None] = lambda: None) -> None:
+        """`on_drain`: called as the drain begins (readiness goes to 503)."""
+        self.on_drain = on_drain
         self.in_flight: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
         self.draining = False
         self._drain: asyncio.Task[None] | None = None
@@ -79,10 +84,8 @@ class GracefulShutdown:
         )
         # server=False too, so that a config or code reload during the drain cannot listen again.
         ctx.options.update(server=False)
-        if gateway := ctx.master.addons.get("gateway"):
-            gateway.stop_accepting()
-        proxyserver = ctx.master.addons.get("proxyserver")
-        await proxyserver.servers.update([])
+        self.on_drain()
+        await stop_listening()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self.in_flight and loop.time() < deadline:
@@ -92,8 +95,7 @@ class GracefulShutdown:
         # The last responses may still be on their way out: give them a moment, then close the
         # keep-alive connections that are left idle.
         await asyncio.sleep(DRAIN_POLL_SECONDS)
-        for handler in list(proxyserver.connections.values()):
-            handler.close_connection(handler.client)
-        while proxyserver.connections and loop.time() < deadline + 1:
+        close_all_connections()
+        while open_connections() and loop.time() < deadline + 1:
             await asyncio.sleep(DRAIN_POLL_SECONDS)
         ctx.master.shutdown()

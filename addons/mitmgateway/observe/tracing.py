@@ -12,7 +12,7 @@ import secrets
 
 from mitmproxy import http
 
-from .headers import set_headers
+from ..headers import set_headers
 
 TRACEPARENT = "traceparent"
 # version-traceid-parentid-flags; versions after 00 may append fields, "ff" is forbidden.

@@ -24,7 +24,7 @@ from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.proxy.layers.http._base import ReceiveHttp
 from mitmproxy.proxy.layers.http._events import RequestTrailers, ResponseProtocolError
 
-from .clients import peer_host
+from ..clients import peer_host
 from .patches import Patches, method_guard
 
 logger = logging.getLogger(__name__)

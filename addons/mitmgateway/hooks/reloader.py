@@ -19,16 +19,15 @@ import re
 import sys
 from pathlib import Path
 
-from mitmproxy import ctx
-from mitmproxy.addons import script
+from ..mitm.scripts import loaded_script, reload_script
 
 logger = logging.getLogger("mitmgateway")
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 POLL_SECONDS = 1.0
 TRIAL_TIMEOUT_SECONDS = 60
 # What gateway.py imports; importing it imports every module the gateway uses.
-TRIAL = "import mitmgateway.addon, mitmgateway.reloader, mitmgateway.shutdown, mitmgateway.runner"
+TRIAL = "import mitmgateway.hooks, mitmgateway.runner, mitmgateway.pool"
 _TRACEBACK_PLACE = re.compile(r'File "([^"]+)", line (\d+)')
 
 
@@ -84,14 +83,6 @@ class PackageReloader:
             self._task.cancel()
             self._task = None
 
-    def _entry_script_addon(self) -> script.Script | None:
-        for addon in ctx.master.addons.chain:
-            if isinstance(addon, script.ScriptLoader):
-                for loaded in addon.addons:
-                    if Path(loaded.fullpath).resolve() == self.entry_script:
-                        return loaded
-        return None
-
     async def _watch(self) -> None:
         before = self._loaded_mtimes
         refused: str | None = None
@@ -107,11 +98,11 @@ class PackageReloader:
                     logger.error("gateway code change not loaded, the previous code still serves: %s", error)
                 refused = error
                 continue
-            loaded = self._entry_script_addon()
+            loaded = loaded_script(self.entry_script)
             if loaded is None:
                 logger.warning("package code changed, but %s was not loaded as a script", self.entry_script)
                 continue
             logger.info("gateway code changed, reloading")
             self._task = None  # reloading replaces this addon; the new one watches from here
-            loaded.loadscript()
+            reload_script(loaded)
             return

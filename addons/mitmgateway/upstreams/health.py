@@ -19,7 +19,7 @@ from typing import Any
 
 from mitmproxy import connection
 
-from .upstreams import ServiceEndpoint, Upstream
+from .endpoints import ServiceEndpoint, Upstream
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,52 @@
+"""The gateway's addons, composed in one place as mitmproxy's ``default_addons()`` composes its
+own; `addons/gateway.py` (under mitmdump and mitmweb) and the lean runner both load this list.
+
+In mitmproxy's calling order:
+
+- `ConfigService`: gateway.config.yml loaded, watched and swapped whole (`CurrentConfig`);
+- `Listeners`: reverse mode on the config's ports, its certificates, the ``tls_*`` hooks;
+- `RequestGate`: each request admitted or refused, routed, run through its pipeline;
+- `UpstreamConnections`: the connection to each request's upstream, checked against its health;
+- `ResponseSide`: what the steps asked of the response; a 101 nobody asked for refused;
+- `Observation`: metrics, the access log, the admin port, mitmweb's Gateway view;
+- `GracefulShutdown`: SIGTERM drains the requests in flight.
+
+They share the config in service and the flow, and nothing else but the few services handed to
+them here.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from ..observe.access_log import AccessLog
+from ..observe.metrics import GatewayMetrics
+from .config_service import ConfigService, CurrentConfig
+from .exchanges import Exchanges, ResponseSide
+from .gate import RequestGate
+from .listeners import Listeners
+from .observation import Observation
+from .shutdown import GracefulShutdown
+from .upstream_connections import UpstreamConnections
+
+
+def gateway_addons() -> list[Any]:
+    current = CurrentConfig()
+    metrics = GatewayMetrics()
+    access_log = AccessLog()
+    exchanges: Exchanges = weakref.WeakKeyDictionary()
+    upstreams = UpstreamConnections()
+    config_service = ConfigService(current, metrics)
+    listeners = Listeners(current)
+    gate = RequestGate(current, exchanges, upstreams)
+    observation = Observation(current, metrics, access_log)
+    return [
+        config_service,
+        listeners,
+        gate,
+        upstreams,
+        ResponseSide(exchanges, access_log),
+        observation,
+        GracefulShutdown(on_drain=observation.stop_accepting),
+    ]

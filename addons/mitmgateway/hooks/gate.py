@@ -1,0 +1,236 @@
+"""The request gate: each request admitted (or refused), routed, and run through its pipeline.
+
+What a request must be before anything judges it is the front door's (front_door.py); what each
+step does is its policy's. The gate decides in this order: a config in service, the https port
+spoken to in TLS, the request limits, the front door, an apiEndpoint, the pipeline; the first
+refusal answers (`refuse`) and is recorded as the decision.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from mitmproxy import connection, http
+
+from ..answers import BAD_REQUEST, FORBIDDEN, INTERNAL_ERROR, NOT_FOUND, closing_answer_to, make_answer
+from ..config import GatewayConfig
+from ..config.loader import RequestLimits
+from ..context import RequestContext
+from ..decisions import record_decision
+from ..front_door import Refusal, admit
+from ..headers import declared_length, remove_headers
+from ..mitm.error_pages import ProxyErrorAnswers
+from ..mitm.http1_limits import RequestLimitGuards
+from ..mitm.trailers import TrailerFields
+from ..observe.tracing import ensure_traceparent
+from ..request_limits import refusal
+from ..routing import hostname_of
+from .config_service import CurrentConfig
+from .exchanges import Exchanges
+from .listeners import on_https_port
+from .upstream_connections import UpstreamConnections
+
+logger = logging.getLogger("mitmgateway")
+
+NO_CONFIG = "The gateway has no valid configuration."
+LIMITS = "limits"
+"""What answered a request over `limits`, in flow records, metrics and the access log."""
+PLAIN_HTTP_ON_HTTPS_PORT = "This port speaks HTTPS."
+REQUEST_TRAILERS = "Request trailer fields are not supported"
+
+
+def refuse(flow: http.HTTPFlow, status: int, message: str, by: str, *, closing: bool = False) -> None:
+    """Answer `flow` with the gateway's refusal, recorded as decided `by` what; `closing`: the
+    connection closes after it (nothing after such a request on it can be trusted)."""
+    flow.response = (
+        closing_answer_to(flow, status, message) if closing else make_answer(flow.request, status, message)
+    )
+    record = flow.metadata.get("gateway", {})
+    record_decision(flow, by, record.get("apiEndpoint"), record.get("pipeline"))
+
+
+def _request_streams(request: http.Request, limits: RequestLimits) -> bool:
+    """Whether a request body passes through as it comes rather than being held in memory
+    (unless a step needs the whole body): a large one, or a chunked one."""
+    length = declared_length(request)
+    if length is not None:
+        return length > limits.stream_bodies_over
+    # With a body size limit, a chunked body is measured by holding it (up to the held limit).
+    # An HTTP/2 body without Content-Length is held too: mitmproxy would stream it to an HTTP/1
+    # upstream with no framing at all (see `request`).
+    return "chunked" in request.headers.get("transfer-encoding", "").lower() and not limits.max_body_bytes
+
+
+def _refuse_body_if_answered(flow: http.HTTPFlow) -> None:
+    if flow.response is not None:
+        # Answered before its body: mitmproxy would still invite an `Expect: 100-continue` client
+        # to send it (and then drop it, see mitm/http1_limits.py), so the expectation goes.
+        flow.request.headers.pop("expect", None)
+
+
+def _replayed_as_first_sent(flow: http.HTTPFlow) -> None:
+    origin = flow.metadata.get("gateway", {}).get("origin")
+    if flow.is_replay == "request" and origin:
+        # A replayed flow carries the upstream's Host and path: route it as first sent.
+        # (Flows recorded before the front door kept only the path.)
+        target = origin.get("target", origin.get("path", flow.request.path))
+        flow.request.host_header = origin["host"]
+        flow.request.data.path = target.encode("utf-8", "surrogateescape")
+
+
+class RequestGate:
+    def __init__(self, current: CurrentConfig, exchanges: Exchanges, upstreams: UpstreamConnections) -> None:
+        self.current = current
+        current.follow(self.apply)
+        self.exchanges = exchanges
+        self.upstreams = upstreams
+        self._error_answers = ProxyErrorAnswers()
+        self._request_limit_guards = RequestLimitGuards(self._error_answers.render, self._refuse_over_limit)
+        self._trailer_fields = TrailerFields(self._error_answers.render)
+
+    def load(self, loader) -> None:
+        self._error_answers.install()
+        self._request_limit_guards.install()
+        self._trailer_fields.install()
+
+    def done(self) -> None:
+        self._error_answers.uninstall()
+        self._request_limit_guards.uninstall()
+        self._trailer_fields.uninstall()
+
+    def apply(self, config: GatewayConfig, previous: GatewayConfig | None) -> None:
+        self._error_answers.json_errors = config.json_errors
+        self._request_limit_guards.limits = config.limits
+
+    def client_connected(self, client: connection.Client) -> None:
+        self._request_limit_guards.client_connected(client)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self._request_limit_guards.request_started(client.id)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        if flow.response or flow.error or not flow.live:
+            return None
+        self._request_limit_guards.request_started(flow.client_conn.id)
+        config = self.current.config
+        if config is None:
+            refuse(flow, 503, NO_CONFIG, "no config")
+            return None
+        try:
+            pending = self._handle(flow, config)
+        except Exception:
+            self._fail_closed(flow)
+            pending = None
+        if pending is not None:
+            # Only a step that waits (a shared rate-limit store) makes mitmproxy await this hook.
+            return self._finish_later(flow, pending)
+        _refuse_body_if_answered(flow)
+        return None
+
+    def _refuse_over_limit(self, flow: http.HTTPFlow, status: int, message: str) -> None:
+        """Answer a request over `limits` (its head here, or its body as it comes) and close."""
+        refuse(flow, status, message, LIMITS, closing=True)
+
+    def _fail_closed(self, flow: http.HTTPFlow) -> None:
+        # A request the gateway could not judge never reaches an upstream.
+        # Without the query string: it may carry a credential.
+        request = flow.request
+        logger.exception(
+            "gateway error on %s %s%s", request.method, request.host_header, request.path.partition("?")[0]
+        )
+        refuse(flow, 500, INTERNAL_ERROR, "gateway error")
+
+    def _handle(self, flow: http.HTTPFlow, config: GatewayConfig) -> Coroutine[Any, Any, None] | None:
+        _replayed_as_first_sent(flow)
+        request = flow.request
+        client = config.clients.identify(flow)
+        record = flow.metadata["gateway"] = {
+            "origin": {"host": request.host_header or "", "target": request.path},
+            "client": client.ip,
+            "traceparent": ensure_traceparent(request),
+        }
+        if config.json_errors:
+            record["jsonErrors"] = True
+        if not flow.client_conn.tls and on_https_port(flow.client_conn, config.https):
+            # A plain HTTP request on the https port: answered, not served (nginx does the same).
+            refuse(flow, 400, PLAIN_HTTP_ON_HTTPS_PORT, "plain HTTP on the https port", closing=True)
+            return None
+        if (too_large := refusal(config.limits, request)) is not None:
+            self._refuse_over_limit(flow, *too_large)
+            return None
+        try:
+            admitted = admit(request, config.path_rules)
+        except Refusal as e:
+            # Malformed or ambiguous: nothing after it on this connection can be trusted either.
+            refuse(flow, 400, BAD_REQUEST, e.reason, closing=True)
+            return None
+        record["origin"].update(host=admitted.host, path=request.path, target=admitted.raw_target)
+        if admitted.websocket:
+            record["upgrade"] = "websocket"
+        hostname = hostname_of(admitted.host)
+        route = config.router.match(hostname, request.path, request.method)
+        if route is None:
+            refuse(flow, 404, NOT_FOUND, "no apiEndpoint")
+            return None
+        context = RequestContext(flow, route, hostname, client, record)
+        if route.pipeline.identity_headers:
+            remove_headers(request, route.pipeline.identity_headers)
+        answered_by = route.pipeline.run(context)
+        if answered_by is not None and not isinstance(answered_by, str):
+            return self._conclude_when_run(context, answered_by, config.limits)
+        self._conclude(context, answered_by, config.limits)
+        return None
+
+    async def _conclude_when_run(
+        self, context: RequestContext, running: Coroutine[Any, Any, str | None], limits: RequestLimits
+    ) -> None:
+        self._conclude(context, await running, limits)
+
+    async def _finish_later(self, flow: http.HTTPFlow, pending: Coroutine[Any, Any, None]) -> None:
+        try:
+            await pending
+        except Exception:
+            self._fail_closed(flow)
+        _refuse_body_if_answered(flow)
+
+    def _conclude(self, context: RequestContext, answered_by: str | None, limits: RequestLimits) -> None:
+        flow, route = context.flow, context.route
+        if answered_by is None and not context.routed:
+            # Like Express Gateway, a pipeline that neither answers nor proxies falls through to 404.
+            context.answer(make_answer(flow.request, 404, NOT_FOUND))
+            answered_by = "no proxy step"
+        elif (
+            route.api_endpoint.scopes
+            and "consumer" not in context.record
+            and (answered_by is None or context.record.get("served"))
+        ):
+            # Scopes need a consumer: a step that was skipped or let anonymous requests through
+            # must not open a scoped endpoint.
+            context.answer(make_answer(flow.request, 403, FORBIDDEN))
+            answered_by = "scopes without a consumer"
+        self.exchanges[flow] = context
+        if context.target is not None and answered_by is None:
+            self.upstreams.expect(flow.client_conn.id, context.target)
+        if answered_by is None and not context.wants_request_body and _request_streams(flow.request, limits):
+            flow.request.stream = True
+        record_decision(flow, answered_by, route.api_endpoint_name, route.pipeline.name, context.user)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        context = self.exchanges.get(flow)
+        if context is None or flow.response is not None:
+            return
+        request = flow.request
+        if request.trailers and not request.stream:
+            # HTTP/2 request trailers: an HTTP/1 upstream cannot take them after a Content-Length
+            # body (and mitmproxy's HTTP/1 sender fails on them), so nothing is forwarded.
+            del self.exchanges[flow]
+            context.finished()
+            refuse(flow, 400, REQUEST_TRAILERS, "request trailers", closing=True)
+            return
+        context.forwarded()
+        if request.is_http2 and request.raw_content and "content-length" not in request.headers:
+            # HTTP/2 frames its body itself; mitmproxy sends it on to an HTTP/1 upstream as is,
+            # which could not tell where it ends.
+            request.headers["content-length"] = str(len(request.raw_content))

@@ -1,0 +1,70 @@
+"""The lean runner's event dispatch: mitmproxy's addon manager without its per-event walk.
+
+Written against mitmproxy 11.0's ``addonmanager.AddonManager``: it overrides
+``invoke_addon_sync``, ``trigger_event`` and ``handle_lifecycle`` and uses its private
+``_iter_hooks`` (how the manager finds an addon's handler for an event) to build its table.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from mitmproxy import addonmanager, exceptions, flow, hooks, master
+
+logger = logging.getLogger("mitmgateway")
+
+_ADDON_SET_EVENTS = frozenset({"load", "configure", "running", "done"})
+
+
+class DispatchTable(addonmanager.AddonManager):
+    """mitmproxy's addon manager, minus the work it repeats for every event of every flow.
+
+    The stock manager walks every addon (and their children) with getattr for each event, then
+    triggers an `update` event after each lifecycle event. Here the handlers of each flow event
+    are looked up once and remembered; any load, configure, running or done event (which is what
+    a script load or reload, or an option change, goes through) drops the table. `update` is
+    skipped when no addon handles it.
+    """
+
+    def __init__(self, gateway_master: master.Master) -> None:
+        super().__init__(gateway_master)
+        self._handlers: dict[str, list[Callable[..., Any]]] = {}
+
+    def _handlers_for(self, event: hooks.Hook) -> list[Callable[..., Any]]:
+        handlers = self._handlers.get(event.name)
+        if handlers is None:
+            handlers = [func for addon in self.chain for _, func in self._iter_hooks(addon, event)]
+            self._handlers[event.name] = handlers
+        return handlers
+
+    def invoke_addon_sync(self, addon: Any, event: hooks.Hook) -> None:
+        if event.name in _ADDON_SET_EVENTS:
+            self._handlers.clear()
+        super().invoke_addon_sync(addon, event)
+
+    async def trigger_event(self, event: hooks.Hook) -> None:
+        if event.name in _ADDON_SET_EVENTS:
+            self._handlers.clear()
+            await super().trigger_event(event)
+            return
+        args = event.args()
+        for func in self._handlers_for(event):
+            try:
+                result = func(*args)
+                if result is not None and inspect.isawaitable(result):
+                    await result
+            except exceptions.AddonHalt:
+                return
+            except exceptions.OptionsError:
+                raise
+            except Exception as e:
+                logger.error("Addon error: %s", e, exc_info=True)
+
+    async def handle_lifecycle(self, event: hooks.Hook) -> None:
+        await self.trigger_event(event)
+        message = event.args()[0]
+        if isinstance(message, flow.Flow) and self._handlers_for(hooks.UpdateHook([])):
+            await self.trigger_event(hooks.UpdateHook([message]))

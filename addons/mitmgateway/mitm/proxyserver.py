@@ -1,0 +1,36 @@
+"""mitmproxy's proxy server addon, from outside: its connection handlers and its listeners.
+
+Written against mitmproxy 11.0's ``addons/proxyserver.py``: ``Proxyserver.connections`` (the
+handler of each client connection, by client id), ``Proxyserver.servers.update`` (the
+listeners), and the handlers' ``server_event``, ``on_timeout`` and ``close_connection``. It
+has no public API for any of them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mitmproxy import connection, ctx
+
+
+def _proxyserver() -> Any:
+    return ctx.master.addons.get("proxyserver")
+
+
+def connection_handler(client: connection.Client) -> Any:
+    """mitmproxy's ConnectionHandler for `client`, or None once the connection is gone."""
+    return getattr(_proxyserver(), "connections", {}).get(client.id)
+
+
+async def stop_listening() -> None:
+    """Close every listening socket (connections already open stay)."""
+    await _proxyserver().servers.update([])
+
+
+def open_connections() -> int:
+    return len(_proxyserver().connections)
+
+
+def close_all_connections() -> None:
+    for handler in list(_proxyserver().connections.values()):
+        handler.close_connection(handler.client)
