@@ -84,6 +84,10 @@ def checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Checkout]:
         if source.is_file():
             (path / os.fsdecode(name)).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, path / os.fsdecode(name))
+    # The copy shares this checkout's .venv. What the commands install into it (scripts/setup,
+    # scripts/bench's chart library) is installed from this checkout first: the copy's own
+    # scripts/setup then finds it done, and never points the venv's editable install at the copy.
+    subprocess.run([str(ROOT / "scripts" / "setup"), "bench"], check=True, capture_output=True, timeout=600)
     (path / ".venv").symlink_to(ROOT / ".venv")
     # A home of its own: mitmproxy's CA and options (mitmweb on a free port, no browser) go there.
     home = tmp_path_factory.mktemp("home")
