@@ -45,6 +45,12 @@ class Gateway:
     def done(self) -> None:
         self._each("done")
 
+    def reload(self) -> None:
+        """Load the config file again, as the config service does when it changes."""
+        service = self.config_service
+        assert service.config_file is not None
+        service._load(service.config_file)
+
 
 @contextlib.contextmanager
 def gateway_context() -> Iterator[tuple[Gateway, taddons.context]]:

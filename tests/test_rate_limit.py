@@ -10,7 +10,6 @@ import time
 import pytest
 
 from gateway_unit import gateway_for, make_flow, request_status, upstream_response
-from mitmgateway.config import load_config
 
 CONFIG = """\
 http: {{port: 8080}}
@@ -126,5 +125,5 @@ def test_counters_survive_a_reload_of_an_unchanged_step(gateway_with, tmp_path):
         assert statuses(gateway, [make_flow()]) == [200]
         path = tmp_path / "gateway.config.yml"
         path.write_text(path.read_text() + "# edited\n")
-        gateway._swap(load_config(path, gateway.state))
+        gateway.reload()
         assert statuses(gateway, [make_flow()]) == [429]
