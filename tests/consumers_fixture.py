@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mitmgateway.consumers import hash_api_key_secret
+from mitmgateway.policies.key_auth import hash_api_key_secret
 
 
 def write_consumers(directory: Path) -> None:

@@ -11,7 +11,7 @@ from mitmproxy import http
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.test import taddons, tflow, tutils
 
-from mitmgateway.config import GatewayConfig
+from mitmgateway.config.model import GatewayConfig
 from mitmgateway.hooks import gateway_addons
 from mitmgateway.hooks.config_service import ConfigService
 from mitmgateway.hooks.gate import RequestGate

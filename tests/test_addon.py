@@ -131,8 +131,8 @@ class _WaitingPolicy(Policy):
     def handle(self, ctx):
         async def wait() -> None:
             await asyncio.sleep(0)
-            ctx.record.setdefault("waited", 0)
-            ctx.record["waited"] += 1
+            ctx.decision.data.setdefault("waited", 0)
+            ctx.decision.data["waited"] += 1
             if self.answer:
                 ctx.answer(http.Response.make(418))
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from harness import unplaced
-from mitmgateway.config import ConfigError, load_config
+from mitmgateway.config.assemble import load_config
+from mitmgateway.config.errors import ConfigError
 from mitmgateway.policies import POLICIES, StepState
 
 KNOWN_POLICIES = ", ".join(sorted(POLICIES))

@@ -16,9 +16,10 @@ from conftest import one_pipeline
 from gateway_unit import gateway_for, make_flow, request_status, status_of
 from harness import ROOT, bearer, wait_until
 from mint_token import mint
-from mitmgateway.config import ConfigError, load_config
-from mitmgateway.consumers import hash_api_key_secret
+from mitmgateway.config.assemble import load_config
+from mitmgateway.config.errors import ConfigError
 from mitmgateway.policies import StepState
+from mitmgateway.policies.key_auth import hash_api_key_secret
 
 PROXY = "- proxy: [{action: {serviceEndpoint: backend}}]"
 PASSWORD_HASH = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4)).decode()

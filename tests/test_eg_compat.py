@@ -9,7 +9,8 @@ import json
 import pytest
 
 from gateway_unit import gateway_for, make_flow
-from mitmgateway.config import ConfigError, load_config
+from mitmgateway.config.assemble import load_config
+from mitmgateway.config.errors import ConfigError
 from mitmgateway.policies import StepState
 
 # The walkthrough as Express Gateway's docs suggest shortening it: one anchor per action, merged

@@ -24,7 +24,7 @@ def context(tmp_path):
         def make(path: str = "/orders?id=7", method: str = "GET", **headers: str) -> RequestContext:
             flow = make_flow(path=path, method=method, headers={"X-Tier": "gold", **headers})
             route = gateway.config.router.match("api.local", flow.request.path, method)
-            ctx = RequestContext(flow, route, "api.local", gateway.config.clients.identify(flow), {})
+            ctx = RequestContext(flow, route, "api.local", gateway.config.clients.identify(flow))
             ctx.user = {"sub": "alice", "roles": ["admin"], "tier": 2}
             return ctx
 

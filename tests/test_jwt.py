@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives import serialization
 
 from gateway_unit import gateway_for, make_flow, request_status
 from harness import b64url, bearer, unplaced
-from mitmgateway.config import ConfigError, load_config
+from mitmgateway.config.assemble import load_config
+from mitmgateway.config.errors import ConfigError
 from mitmgateway.policies import StepState
 
 CONFIG = """\

@@ -19,7 +19,8 @@ import pytest
 
 from conftest import one_pipeline
 from harness import exchange, rss_bytes, send, wait_until
-from mitmgateway.config import ConfigError, load_config
+from mitmgateway.config.assemble import load_config
+from mitmgateway.config.errors import ConfigError
 from mitmgateway.policies import StepState
 
 PROXY = "- proxy: [{action: {serviceEndpoint: backend}}]"

@@ -158,7 +158,8 @@ def test_cache_serves_repeats_within_the_ttl_and_never_across_clients(start_gate
 
 
 def test_configs_that_would_leak_are_refused(tmp_path):
-    from mitmgateway.config import ConfigError, load_config
+    from mitmgateway.config.assemble import load_config
+    from mitmgateway.config.errors import ConfigError
     from mitmgateway.policies import StepState
 
     file = tmp_path / "gateway.config.yml"

@@ -238,11 +238,11 @@ def test_a_pool_serves_the_sum_of_its_workers_metrics(start_gateway, upstreams):
 def test_a_query_string_credential_is_redacted_in_the_access_log():
     from mitmproxy.test import tflow
 
+    from mitmgateway.decision import Decision
     from mitmgateway.observe.access_log import access_record
 
     flow = tflow.tflow(resp=True)
-    record = {
-        "origin": {"host": "api.local", "path": "/items?access_token=eyJsecret&page=2"},
-        "secretQueryParams": ["access_token"],
-    }
-    assert access_record(flow, record)["path"] == "/items?access_token=REDACTED&page=2"
+    decision = Decision()
+    decision.host, decision.path = "api.local", "/items?access_token=eyJsecret&page=2"
+    decision.add_secret_query_param("access_token")
+    assert access_record(flow, decision)["path"] == "/items?access_token=REDACTED&page=2"

@@ -17,8 +17,8 @@ from gateway_unit import gateway_for, make_flow
 from harness import b64url
 from mitmgateway.clients import ClientIdentification
 from mitmgateway.config import ConfigError
+from mitmgateway.config.assemble import build_config
 from mitmgateway.config.errors import KeyPath
-from mitmgateway.config.loader import build_config
 from mitmgateway.context import RequestContext
 from mitmgateway.expressions import compile_expression
 from mitmgateway.policies import StepState
@@ -253,7 +253,7 @@ def test_any_template_compiles_or_is_refused_and_never_fails_on_a_request(text, 
         "api.local", "/", "GET"
     )
     assert route is not None
-    ctx = RequestContext(flow, route, "api.local", ClientIdentification("192.0.2.10", None), {})
+    ctx = RequestContext(flow, route, "api.local", ClientIdentification("192.0.2.10", None))
     ctx.user = user
     rendered = template.render(ctx)
     assert rendered is None or isinstance(rendered, str)
@@ -278,7 +278,7 @@ def test_any_expression_compiles_or_is_refused_and_never_fails_on_a_request(sour
     with gateway_for(directory, config) as gateway:
         flow = make_flow(headers={"X-A": "1", "X-Tier": "gold"})
         route = gateway.config.router.match("api.local", "/", "GET")
-        ctx = RequestContext(flow, route, "api.local", gateway.config.clients.identify(flow), {})
+        ctx = RequestContext(flow, route, "api.local", gateway.config.clients.identify(flow))
         ctx.user = {"sub": "alice", "n": 3, "roles": ["a"]}
         evaluate(ctx)
 

@@ -203,7 +203,7 @@ def test_a_hung_redis_costs_at_most_timeout_ms(start_gateway, upstreams, redis_s
 
 
 def test_express_gateway_system_config_selects_redis(tmp_path, redis_server):
-    from mitmgateway.config import load_config
+    from mitmgateway.config.assemble import load_config
     from mitmgateway.policies import StepState
     from mitmgateway.stores.redis_store import RedisStore
 

@@ -163,7 +163,7 @@ def echo_service(checkout: Checkout, command: str, log: Path) -> None:
         process.wait(timeout=30)
 
 
-CONSUMERS = ".venv/bin/python scripts/consumers.py"
+CONSUMERS = ".venv/bin/mitmgateway consumers"
 JUDGES: dict[str, Callable[[Checkout, str, Path], None] | None] = {
     "scripts/demo": demo_serves,
     THIS_SUITE: None,
@@ -183,6 +183,7 @@ JUDGES: dict[str, Callable[[Checkout, str, Path], None] | None] = {
     f"{CONSUMERS} credential partner-acme jwt --sub acme-service@idp.example.com": succeeds(),
     f"{CONSUMERS} list": succeeds("partner-acme (active) scopes: orders:read"),
     f"{CONSUMERS} deactivate partner-acme [--credential KEYID]": succeeds(),
+    ".venv/bin/python scripts/consumers.py activate partner-acme": succeeds("activated partner-acme"),
     ".venv/bin/python scripts/gen_keys.py": succeeds("private key: keys/privKey.pem"),
     ".venv/bin/python scripts/mint_token.py --sub demo-user": succeeds("eyJ"),
     ".venv/bin/python scripts/demo_upstream.py orders 9002": echo_service,

@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives import serialization
 from certificates import CertificateAuthority
 from h2_client import H2Client, client_context, tls_connect
 from harness import free_port, send, wait_for_port, wait_until
-from mitmgateway.config import ConfigError, load_config
+from mitmgateway.config.assemble import load_config
+from mitmgateway.config.errors import ConfigError
 from mitmgateway.policies import StepState
 
 PROXY_ONLY = """\

@@ -18,6 +18,7 @@ import pytest
 
 from harness import admin_get, free_port, stop, wait_until
 from mitmgateway.config import KeyPath
+from mitmgateway.decision import Decision
 from mitmgateway.upstreams.endpoints import parse_service_endpoint
 from mitmgateway.upstreams.health import UpstreamPool
 from processes import start_upstream
@@ -198,11 +199,11 @@ def test_the_rotation_skips_urls_cooling_down_and_tries_one_when_all_are():
     pool = UpstreamPool(service)
     a, b, c = service.upstreams
     assert [pool.pick() for _ in range(4)] == [a, b, c, a]
-    record: dict = {}
+    record = Decision()
     pool.failed(b, "connect failed", record)
-    assert "upstreamDown" not in record and pool.pick() is b  # one failure of two allowed
+    assert record.upstream_down is None and pool.pick() is b  # one failure of two allowed
     pool.failed(b, "connect failed", record)
-    assert record["upstreamDown"] == "http://b:2"
+    assert record.upstream_down == "http://b:2"
     assert [pool.pick() for _ in range(4)] == [c, a, c, a]
     assert pool.pick(instead_of=a) is c
     for upstream in (a, c):
@@ -210,7 +211,7 @@ def test_the_rotation_skips_urls_cooling_down_and_tries_one_when_all_are():
         pool.failed(upstream, "connect failed", record)
     assert pool.pick() is not None  # every url cooling down: one is tried anyway
     pool.succeeded(b, record)
-    assert record["upstreamUp"] == "http://b:2"
+    assert record.upstream_up == "http://b:2"
     assert [pool.pick() for _ in range(3)] == [b] * 3
     # A retry keeps the scheme: the upstream connection's TLS (or not) is already decided.
     mixed = parse_service_endpoint(

@@ -6,8 +6,9 @@ which registers what it defines; see examples/plugins/acme_policies.py):
 - `Policy`, `register_policy`, `BuildContext`: a policy class with an ``Action`` dataclass
 - `register_condition`: a condition, with its parameters dataclass and a builder
 - `option`: declares an action's or a condition's parameter (name in the config, default, parser)
-- `RequestContext`: what a policy or condition sees of a request; `make_answer`: the gateway's
-  own answer (text, or JSON for clients asking for it)
+- `RequestContext`: what a policy or condition sees of a request (``ctx.decision``, a `Decision`,
+  is what the gateway decides about it); `make_answer`: the gateway's own answer (text, or JSON
+  for clients asking for it)
 - `ConfigError`, `KeyPath`: refuse a bad parameter with its key path
 """
 
@@ -22,6 +23,7 @@ _API = {
     "ConfigError": "mitmgateway.config.errors",
     "KeyPath": "mitmgateway.config.errors",
     "RequestContext": "mitmgateway.context",
+    "Decision": "mitmgateway.decision",
     "make_answer": "mitmgateway.answers",
 }
 __all__ = sorted(_API)

@@ -12,6 +12,8 @@ from http import HTTPStatus
 
 from mitmproxy import http
 
+from .decision import Decision
+
 NOT_FOUND = "Not Found"
 BAD_REQUEST = "Bad Request"
 UNAUTHORIZED = "Unauthorized"
@@ -75,13 +77,13 @@ def closing_answer(
 
 def closing_answer_to(flow: http.HTTPFlow, status: int, message: str) -> http.Response:
     """`closing_answer` for a flow the gateway has a decision record for."""
-    record = flow.metadata.get("gateway", {})
+    decision = Decision.of(flow)
     return closing_answer(
         status,
         message,
         request=flow.request,
-        json_errors=bool(record.get("jsonErrors")),
-        request_id=record.get("requestId"),
+        json_errors=decision.json_errors,
+        request_id=decision.request_id,
     )
 
 

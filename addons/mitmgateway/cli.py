@@ -8,7 +8,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import ConfigError, GatewayConfig, load_config
+from .config.assemble import load_config
+from .config.errors import ConfigError
+from .config.model import GatewayConfig
 from .policies import StepState
 from .routing import ApiEndpoint
 
@@ -41,11 +43,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     check = commands.add_parser("check", help="validate a config without serving it")
     check.add_argument("-c", "--config", type=Path, default=Path("gateway.config.yml"), help=CONFIG_HELP)
+    commands.add_parser(
+        "consumers", help="manage consumers.yml (mitmgateway consumers --help)", add_help=False
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["consumers"]:
+        from . import consumers_tool
+
+        consumers_tool.main(argv[1:])
+        return 0
     args = _parser().parse_args(argv)
     config_path = args.config.expanduser().absolute()
     if args.command == "check":

@@ -20,9 +20,6 @@ reloaded with it. ``scripts/consumers.py`` writes it.
 from __future__ import annotations
 
 import functools
-import hashlib
-import hmac
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,12 +27,7 @@ from typing import Any
 
 from .config.errors import ROOT, ConfigError, KeyPath
 from .config.schema import check_type, check_unknown_keys, require_list, require_mapping
-
-CREDENTIAL_TYPES = ("jwt", "key-auth", "basic-auth")
-_SHA256 = re.compile(r"sha256:[0-9a-f]{64}\Z")
-# What names a credential of each type, and where its hashed secret is kept.
-_ID_KEYS = {"jwt": "sub", "key-auth": "keyId", "basic-auth": "username"}
-_SECRET_KEYS = {"key-auth": "keySecretHash", "basic-auth": "passwordHash"}
+from .credentials import CREDENTIAL_TYPES
 
 
 @dataclass(frozen=True)
@@ -89,16 +81,6 @@ class Consumers:
         return found
 
 
-def hash_api_key_secret(secret: str) -> str:
-    # surrogateescape: a key from a URL may hold bytes that are not UTF-8.
-    return "sha256:" + hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def api_key_secret_matches(secret: str, stored: str) -> bool:
-    # Constant time: how much of a guess matched must not show in how long the answer takes.
-    return hmac.compare_digest(hash_api_key_secret(secret).encode(), stored.encode())
-
-
 def _scopes(raw: Any, path: KeyPath) -> frozenset[str]:
     return frozenset(check_type(tuple[str, ...], raw, path)) if raw is not None else frozenset()
 
@@ -106,25 +88,20 @@ def _scopes(raw: Any, path: KeyPath) -> frozenset[str]:
 def _credential(raw: Any, path: KeyPath) -> Credential:
     raw = require_mapping(raw, path)
     kind = check_type(str, raw.get("type"), path.key("type"))
-    if kind not in CREDENTIAL_TYPES:
+    credential_type = CREDENTIAL_TYPES.get(kind)
+    if credential_type is None:
         raise ConfigError(path.key("type"), f"must be one of {', '.join(CREDENTIAL_TYPES)}, got {kind!r}")
-    id_key, secret_key = _ID_KEYS[kind], _SECRET_KEYS.get(kind)
+    id_key, secret_key = credential_type.id_key, credential_type.secret_key
     check_unknown_keys(raw, ["type", id_key, *([secret_key] if secret_key else []), "active", "scopes"], path)
     if id_key not in raw:
         raise ConfigError(path.key(id_key), f"is required for a {kind} credential")
     secret_hash = None
     if secret_key is not None:
         secret_hash = check_type(str, raw.get(secret_key), path.key(secret_key))
-        valid = (
-            _SHA256.match(secret_hash) is not None
-            if kind == "key-auth"
-            else secret_hash.startswith(("$2a$", "$2b$", "$2y$", "$argon2"))
-        )
-        if not valid:
-            expected = (
-                "sha256:HEX" if kind == "key-auth" else "a bcrypt ($2b$...) or argon2 ($argon2id$...) hash"
+        if not credential_type.is_stored_form(secret_hash):
+            raise ConfigError(
+                path.key(secret_key), f"must be {credential_type.stored_form}, never the secret itself"
             )
-            raise ConfigError(path.key(secret_key), f"must be {expected}, never the secret itself")
     return Credential(
         kind,
         check_type(str, raw[id_key], path.key(id_key)),

@@ -6,12 +6,14 @@ never in globals.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from mitmproxy import http
 
 from .answers import FORBIDDEN, make_answer
+from .decision import Decision
 
 if TYPE_CHECKING:
     from .clients import ClientIdentification
@@ -32,9 +34,9 @@ class RequestContext:
         "_forward_callbacks",
         "_response_callbacks",
         "client",
+        "decision",
         "flow",
         "hostname",
-        "record",
         "route",
         "routed",
         "target",
@@ -48,12 +50,11 @@ class RequestContext:
         route: RouteMatch,
         hostname: str,
         client: ClientIdentification,
-        record: dict[str, Any] | None = None,
+        decision: Decision | None = None,
     ) -> None:
         self.flow = flow
-        self.record: dict[str, Any] = {} if record is None else record
-        """What the gateway decided, as mitmweb, the metrics and the access log see it
-        (``flow.metadata["gateway"]``): policies add their findings here."""
+        self.decision = Decision.of(flow) if decision is None else decision
+        """What the gateway decides about this request: policies add their findings to it."""
         self.route = route
         self.hostname = hostname
         """The Host header's name, lower-cased, without the port."""
@@ -78,10 +79,10 @@ class RequestContext:
         """Record the consumer a credential proved; False, answered 403, when it lacks a scope
         the apiEndpoint requires (all of them are required)."""
         self.user = who.as_user(claims)
-        self.record["consumer"] = who.consumer.id
+        self.decision.consumer = who.consumer.id
         required = self.route.api_endpoint.scopes
         if required and not who.scopes.issuperset(required):
-            self.record["missingScopes"] = sorted(set(required) - who.scopes)
+            self.decision.missing_scopes = sorted(set(required) - who.scopes)
             self.answer(make_answer(self.flow.request, 403, FORBIDDEN))
             return False
         return True
@@ -89,7 +90,7 @@ class RequestContext:
     def query_credential(self, name: str) -> str | None:
         """A credential from the query string; the access log then writes the parameter out
         redacted."""
-        self.record.setdefault("secretQueryParams", []).append(name)
+        self.decision.add_secret_query_param(name)
         return self.flow.request.query.get(name)
 
     def answer(self, response: http.Response) -> None:
@@ -99,7 +100,7 @@ class RequestContext:
     def serve(self, response: http.Response) -> None:
         """End the pipeline with content the gateway holds for the client (a cache hit): never
         reshaped or marked as a refusal, whatever its status."""
-        self.record["served"] = True
+        self.decision.served = True
         self.flow.response = response
 
     def on_forward(self, callback: Callback) -> None:
@@ -147,3 +148,7 @@ class RequestContext:
     def finished(self) -> None:
         for callback in self._finish_callbacks:
             callback()
+
+
+Exchanges = weakref.WeakKeyDictionary[http.HTTPFlow, RequestContext]
+"""The context of each flow the gate let through, from its pipeline's end to its response."""

@@ -99,7 +99,7 @@ REQUEST_MEMBERS: dict[str, Evaluator] = {
     "method": lambda ctx: ctx.flow.request.method,
     "url": lambda ctx: ctx.flow.request.path,
     "path": lambda ctx: ctx.flow.request.path.partition("?")[0],
-    "originalUrl": lambda ctx: ctx.record.get("origin", {}).get("path", ctx.flow.request.path),
+    "originalUrl": lambda ctx: ctx.decision.path or ctx.flow.request.path,
     "headers": lambda ctx: _Headers(ctx.flow.request.headers),
     "query": lambda ctx: dict(ctx.flow.request.query),
     "ip": lambda ctx: ctx.client_ip,
@@ -140,7 +140,7 @@ _NAMES: dict[str, Evaluator] = {
     "req": _Request,
     "user": lambda ctx: ctx.user,
     "consumer": lambda ctx: ctx.user,
-    "requestID": lambda ctx: ctx.flow.request.headers.get("X-Request-Id") or ctx.record.get("requestId"),
+    "requestID": lambda ctx: ctx.flow.request.headers.get("X-Request-Id") or ctx.decision.request_id,
     "apiEndpoint": lambda ctx: {"name": ctx.route.api_endpoint_name},
 }
 

@@ -29,7 +29,7 @@ from mitmproxy import certs
 from OpenSSL import SSL
 
 from .config.errors import ConfigError, KeyPath
-from .config.schema import check_type, check_unknown_keys, require_mapping
+from .config.schema import check_type, check_unknown_keys, require_mapping, tcp_port
 
 logger = logging.getLogger("mitmgateway")
 
@@ -137,12 +137,12 @@ def parse_certificate(name: str, raw: Any, path: KeyPath, config_dir: Path) -> S
     return ServedCertificate(name, pem, frozenset(names), (key_file, cert_file))
 
 
-def parse_https(raw: Any, path: KeyPath, config_dir: Path, port_parser: Any) -> HttpsListener:
+def parse_https(raw: Any, path: KeyPath, config_dir: Path) -> HttpsListener:
     raw = require_mapping(raw, path)
     check_unknown_keys(raw, ("port", "hostname", "tls"), path)
     if "port" not in raw:
         raise ConfigError(path.key("port"), "is required: the port the gateway serves HTTPS on")
-    port = port_parser(raw["port"], path.key("port"))
+    port = tcp_port(raw["port"], path.key("port"))
     hostname = check_type(str | None, raw.get("hostname"), path.key("hostname"))
     tls_path = path.key("tls")
     tls = require_mapping(raw.get("tls"), tls_path)

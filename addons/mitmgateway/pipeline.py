@@ -35,23 +35,30 @@ class Pipeline:
         """Run the steps in order (from `start`); the name of the policy that answered, if one did.
 
         Steps run synchronously until one returns an awaitable (a policy waiting on I/O, such as
-        a shared rate-limit store); the rest then runs in the coroutine returned instead.
+        a shared rate-limit store); the rest then runs in the coroutine returned instead. Each
+        step's outcome goes into the decision.
         """
-        flow = ctx.flow
+        flow, decision = ctx.flow, ctx.decision
         for index in range(start, len(self.steps)):
             step = self.steps[index]
             if step.condition is not None and not step.condition(ctx):
+                decision.add_step(step.policy_name, "skipped")
                 continue
             pending = step.policy.handle(ctx)
             if pending is not None:
                 return self._run_after(ctx, index, pending)
             if flow.response is not None:
+                decision.add_step(step.policy_name, "answered")
                 return step.policy_name
+            decision.add_step(step.policy_name, "passed")
         return None
 
     async def _run_after(self, ctx: RequestContext, index: int, pending: Awaitable[None]) -> str | None:
         await pending
+        name = self.steps[index].policy_name
         if ctx.flow.response is not None:
-            return self.steps[index].policy_name
+            ctx.decision.add_step(name, "answered")
+            return name
+        ctx.decision.add_step(name, "passed")
         rest = self.run(ctx, index + 1)
         return rest if rest is None or isinstance(rest, str) else await rest

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from .config.loader import RequestLimits
+from .config.model import RequestLimits
 from .headers import declared_length
 
 HEADERS_TOO_LARGE = "Request Header Fields Too Large"

@@ -1,17 +1,11 @@
-"""The gateway's configuration: Express Gateway's gateway.config.yml, loaded and validated once."""
+"""The gateway's configuration: Express Gateway's gateway.config.yml, loaded and validated once.
 
-from typing import Any
+The schema toolkit (``errors``: `ConfigError` with file, line and key path; ``schema``: typed
+options; ``source``: YAML/JSON with line numbers and ``${VAR}``), the model (``model``: every
+section's frozen dataclass and `GatewayConfig`), and the assembly of a document into the model
+(``assemble``: `load_config`; ``pipelines``: the pipelines' steps).
+"""
 
 from .errors import ConfigError, KeyPath
 
-__all__ = ["AdminListener", "ConfigError", "GatewayConfig", "HttpListener", "KeyPath", "load_config"]
-
-
-def __getattr__(name: str) -> Any:
-    # The loader imports every policy, and policies import config.errors/schema: importing it
-    # lazily lets any module use the schema helpers without an import cycle.
-    if name in ("AdminListener", "GatewayConfig", "HttpListener", "load_config"):
-        from . import loader
-
-        return getattr(loader, name)
-    raise AttributeError(name)
+__all__ = ["ConfigError", "KeyPath"]

@@ -229,3 +229,10 @@ def not_supported_yet(what: str) -> Parser:
         raise ConfigError(path, f"{what} is not supported yet")
 
     return refuse
+
+
+def tcp_port(value: Any, path: KeyPath) -> int:
+    port = check_type(int, value, path)
+    if not 0 < port < 65536:
+        raise ConfigError(path, f"must be a TCP port (1-65535), got {port}")
+    return port

@@ -3,8 +3,9 @@ own; `addons/gateway.py` (under mitmdump and mitmweb) and the lean runner both l
 
 In mitmproxy's calling order:
 
+- `Listeners`: reverse mode on the config's ports, its certificates, the ``tls_*`` hooks (first:
+  it refuses options that would weaken TLS before any config is served);
 - `ConfigService`: gateway.config.yml loaded, watched and swapped whole (`CurrentConfig`);
-- `Listeners`: reverse mode on the config's ports, its certificates, the ``tls_*`` hooks;
 - `RequestGate`: each request admitted or refused, routed, run through its pipeline;
 - `UpstreamConnections`: the connection to each request's upstream, checked against its health;
 - `ResponseSide`: what the steps asked of the response; a 101 nobody asked for refused;
@@ -20,10 +21,11 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
+from ..context import Exchanges
 from ..observe.access_log import AccessLog
 from ..observe.metrics import GatewayMetrics
 from .config_service import ConfigService, CurrentConfig
-from .exchanges import Exchanges, ResponseSide
+from .exchanges import ResponseSide
 from .gate import RequestGate
 from .listeners import Listeners
 from .observation import Observation
@@ -42,8 +44,8 @@ def gateway_addons() -> list[Any]:
     gate = RequestGate(current, exchanges, upstreams)
     observation = Observation(current, metrics, access_log)
     return [
-        config_service,
         listeners,
+        config_service,
         gate,
         upstreams,
         ResponseSide(exchanges, access_log),

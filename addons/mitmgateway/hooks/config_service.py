@@ -16,7 +16,9 @@ from pathlib import Path
 
 from mitmproxy import ctx, exceptions
 
-from ..config import ConfigError, GatewayConfig, load_config
+from ..config.assemble import load_config
+from ..config.errors import ConfigError
+from ..config.model import GatewayConfig
 from ..observe.metrics import GatewayMetrics
 from ..policies import StepState
 

@@ -1,6 +1,6 @@
 """The response side: what the steps asked for once the upstream (or the gateway) answers.
 
-`Exchanges` holds the request context of each flow the gate let through, from its pipeline's
+`Exchanges` (context.py) holds the request context of each flow the gate let through, from its pipeline's
 end to its response's: the steps' callbacks live there (rate-limit headers, the hop-by-hop
 strip, response transformers, the cache). A 101 the gateway did not forward is refused here.
 """
@@ -8,22 +8,33 @@ strip, response transformers, the cache). A 101 the gateway did not forward is r
 from __future__ import annotations
 
 import logging
-import weakref
 
 from mitmproxy import http
 
 from ..answers import BAD_GATEWAY, closing_answer_to
-from ..config.loader import STREAM_BODIES_OVER
-from ..context import RequestContext
-from ..decisions import record_decision
+from ..config.model import STREAM_BODIES_OVER
+from ..context import Exchanges
+from ..decision import Decision
 from ..headers import declared_length
-from ..mitm.upgrades import RefusedSwitches, switch_forwarded
+from ..mitm.upgrades import RefusedSwitches
 from ..observe.access_log import AccessLog, StreamedBytes
+from .gate import refuse
 
 logger = logging.getLogger("mitmgateway")
 
 SWITCH_REFUSED = "upstream switched protocols"
-Exchanges = weakref.WeakKeyDictionary[http.HTTPFlow, RequestContext]
+
+
+def switch_forwarded(flow: http.HTTPFlow) -> bool:
+    """Whether a 101 answers, with a WebSocket, the WebSocket handshake the gateway forwarded."""
+    response = flow.response
+    decision = Decision.recorded(flow)
+    return (
+        decision is not None
+        and decision.upgrade == "websocket"
+        and response is not None
+        and response.headers.get("upgrade", "").strip().lower() == "websocket"
+    )
 
 
 def _response_streams(response: http.Response) -> bool:
@@ -59,23 +70,22 @@ class ResponseSide:
             del self.exchanges[flow]
             if flow.response is not None and _response_streams(flow.response):
                 # A streamed body is never kept: the access log counts its bytes as they pass.
-                flow.response.stream = StreamedBytes(context.record) if self.access_log.enabled else True
+                flow.response.stream = StreamedBytes(context.decision) if self.access_log.enabled else True
         if flow.response is not None:
             context.responded(flow.response)
 
     def _refuse_switch(self, flow: http.HTTPFlow) -> None:
         assert flow.response is not None
-        record = flow.metadata.setdefault("gateway", {})
-        logger.warning("upstream %s switched protocols unasked: answered 502", record.get("upstream"))
+        decision = Decision.of(flow)
+        logger.warning("upstream %s switched protocols unasked: answered 502", decision.upstream)
         if (context := self.exchanges.pop(flow, None)) is not None:
             context.finished()
         self._refused_switches.refuse(flow.response)
-        record["upstreamSwitchedProtocols"] = True
-        flow.response = closing_answer_to(flow, 502, BAD_GATEWAY)
-        record_decision(flow, SWITCH_REFUSED, record.get("apiEndpoint"), record.get("pipeline"))
+        decision.upstream_switched_protocols = True
+        refuse(flow, 502, BAD_GATEWAY, SWITCH_REFUSED, closing=True)
 
     def response(self, flow: http.HTTPFlow) -> None:
-        if flow.metadata.get("gateway", {}).get("upstreamSwitchedProtocols"):
+        if (decision := Decision.recorded(flow)) is not None and decision.upstream_switched_protocols:
             # mitmproxy went on to read the 101's (empty) body into the answer that replaced it.
             flow.response = closing_answer_to(flow, 502, BAD_GATEWAY)
         context = self.exchanges.pop(flow, None)

@@ -9,26 +9,34 @@ refusal answers (`refuse`) and is recorded as the decision.
 from __future__ import annotations
 
 import logging
-from collections.abc import Coroutine
+import secrets
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from mitmproxy import connection, http
 
-from ..answers import BAD_REQUEST, FORBIDDEN, INTERNAL_ERROR, NOT_FOUND, closing_answer_to, make_answer
-from ..config import GatewayConfig
-from ..config.loader import RequestLimits
-from ..context import RequestContext
-from ..decisions import record_decision
+from ..answers import (
+    BAD_REQUEST,
+    FORBIDDEN,
+    INTERNAL_ERROR,
+    NOT_FOUND,
+    as_json_error,
+    closing_answer_to,
+    make_answer,
+)
+from ..config.model import GatewayConfig, RequestLimits
+from ..context import Exchanges, RequestContext
+from ..decision import Decision
 from ..front_door import Refusal, admit
 from ..headers import declared_length, remove_headers
 from ..mitm.error_pages import ProxyErrorAnswers
 from ..mitm.http1_limits import RequestLimitGuards
 from ..mitm.trailers import TrailerFields
+from ..observe.decision_view import show_in_mitmweb
 from ..observe.tracing import ensure_traceparent
 from ..request_limits import refusal
 from ..routing import hostname_of
 from .config_service import CurrentConfig
-from .exchanges import Exchanges
 from .listeners import on_https_port
 from .upstream_connections import UpstreamConnections
 
@@ -41,14 +49,42 @@ PLAIN_HTTP_ON_HTTPS_PORT = "This port speaks HTTPS."
 REQUEST_TRAILERS = "Request trailer fields are not supported"
 
 
-def refuse(flow: http.HTTPFlow, status: int, message: str, by: str, *, closing: bool = False) -> None:
-    """Answer `flow` with the gateway's refusal, recorded as decided `by` what; `closing`: the
-    connection closes after it (nothing after such a request on it can be trusted)."""
-    flow.response = (
-        closing_answer_to(flow, status, message) if closing else make_answer(flow.request, status, message)
+def decide(
+    flow: http.HTTPFlow,
+    answered_by: str | None,
+    api_endpoint: str | None = None,
+    pipeline: str | None = None,
+    user: Mapping[str, Any] | None = None,
+) -> None:
+    """Record the decision (`answered_by`: what answered, None when proxied), shaped as the
+    config's errors are when it is a refusal, and shown in mitmweb."""
+    decision = Decision.of(flow)
+    decision.api_endpoint, decision.pipeline, decision.answered_by = api_endpoint, pipeline, answered_by
+    if user is not None:
+        decision.user = dict(user)
+    # A refusal the gateway made itself (content it served, a cached 404, is not one).
+    refused = (
+        answered_by is not None
+        and not decision.served
+        and flow.response is not None
+        and flow.response.status_code >= 400
     )
-    record = flow.metadata.get("gateway", {})
-    record_decision(flow, by, record.get("apiEndpoint"), record.get("pipeline"))
+    if refused and decision.json_errors:
+        if decision.request_id is None:
+            decision.request_id = secrets.token_hex(16)
+        flow.response = as_json_error(flow.response, decision.request_id)  # type: ignore[arg-type]
+    show_in_mitmweb(flow, decision, refused)
+
+
+def refuse(flow: http.HTTPFlow, status: int, message: str, by: str, *, closing: bool = False) -> None:
+    """Answer `flow` with the gateway's refusal, decided `by` what; `closing`: the connection
+    closes after it (nothing after such a request on it can be trusted)."""
+    if closing:
+        flow.response = closing_answer_to(flow, status, message)
+    else:
+        flow.response = make_answer(flow.request, status, message)
+    decision = Decision.of(flow)
+    decide(flow, by, decision.api_endpoint, decision.pipeline)
 
 
 def _request_streams(request: http.Request, limits: RequestLimits) -> bool:
@@ -71,12 +107,12 @@ def _refuse_body_if_answered(flow: http.HTTPFlow) -> None:
 
 
 def _replayed_as_first_sent(flow: http.HTTPFlow) -> None:
-    origin = flow.metadata.get("gateway", {}).get("origin")
-    if flow.is_replay == "request" and origin:
+    recorded = Decision.recorded(flow)
+    if flow.is_replay == "request" and recorded is not None and recorded.host:
         # A replayed flow carries the upstream's Host and path: route it as first sent.
         # (Flows recorded before the front door kept only the path.)
-        target = origin.get("target", origin.get("path", flow.request.path))
-        flow.request.host_header = origin["host"]
+        target = recorded.target or recorded.path or flow.request.path
+        flow.request.host_header = recorded.host
         flow.request.data.path = target.encode("utf-8", "surrogateescape")
 
 
@@ -146,13 +182,11 @@ class RequestGate:
         _replayed_as_first_sent(flow)
         request = flow.request
         client = config.clients.identify(flow)
-        record = flow.metadata["gateway"] = {
-            "origin": {"host": request.host_header or "", "target": request.path},
-            "client": client.ip,
-            "traceparent": ensure_traceparent(request),
-        }
+        decision = Decision.begin(flow)
+        decision.host, decision.target = request.host_header or "", request.path
+        decision.client, decision.traceparent = client.ip, ensure_traceparent(request)
         if config.json_errors:
-            record["jsonErrors"] = True
+            decision.json_errors = True
         if not flow.client_conn.tls and on_https_port(flow.client_conn, config.https):
             # A plain HTTP request on the https port: answered, not served (nginx does the same).
             refuse(flow, 400, PLAIN_HTTP_ON_HTTPS_PORT, "plain HTTP on the https port", closing=True)
@@ -166,15 +200,15 @@ class RequestGate:
             # Malformed or ambiguous: nothing after it on this connection can be trusted either.
             refuse(flow, 400, BAD_REQUEST, e.reason, closing=True)
             return None
-        record["origin"].update(host=admitted.host, path=request.path, target=admitted.raw_target)
+        decision.host, decision.path, decision.target = admitted.host, request.path, admitted.raw_target
         if admitted.websocket:
-            record["upgrade"] = "websocket"
+            decision.upgrade = "websocket"
         hostname = hostname_of(admitted.host)
         route = config.router.match(hostname, request.path, request.method)
         if route is None:
             refuse(flow, 404, NOT_FOUND, "no apiEndpoint")
             return None
-        context = RequestContext(flow, route, hostname, client, record)
+        context = RequestContext(flow, route, hostname, client, decision)
         if route.pipeline.identity_headers:
             remove_headers(request, route.pipeline.identity_headers)
         answered_by = route.pipeline.run(context)
@@ -203,8 +237,8 @@ class RequestGate:
             answered_by = "no proxy step"
         elif (
             route.api_endpoint.scopes
-            and "consumer" not in context.record
-            and (answered_by is None or context.record.get("served"))
+            and context.decision.consumer is None
+            and (answered_by is None or context.decision.served)
         ):
             # Scopes need a consumer: a step that was skipped or let anonymous requests through
             # must not open a scoped endpoint.
@@ -215,7 +249,7 @@ class RequestGate:
             self.upstreams.expect(flow.client_conn.id, context.target)
         if answered_by is None and not context.wants_request_body and _request_streams(flow.request, limits):
             flow.request.stream = True
-        record_decision(flow, answered_by, route.api_endpoint_name, route.pipeline.name, context.user)
+        decide(flow, answered_by, route.api_endpoint_name, route.pipeline.name, context.user)
 
     def request(self, flow: http.HTTPFlow) -> None:
         context = self.exchanges.get(flow)

@@ -7,7 +7,7 @@ import logging
 
 from mitmproxy import connection, ctx, exceptions, tls
 
-from ..config import GatewayConfig, HttpListener
+from ..config.model import GatewayConfig, HttpListener
 from ..https import CertificateFiles, HttpsListener, refusing_connection
 from ..mitm.listener_lines import ListenerLines, reverse_mode
 from ..upstreams.tls import system_ca_bundle

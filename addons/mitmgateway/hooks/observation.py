@@ -8,7 +8,8 @@ from pathlib import Path
 
 from mitmproxy import http
 
-from ..config import GatewayConfig
+from ..config.model import GatewayConfig
+from ..decision import Decision
 from ..observe.access_log import AccessLog
 from ..observe.admin import AdminServer
 from ..observe.decision_view import DecisionView
@@ -74,9 +75,9 @@ class Observation:
         self._observe(flow)
 
     def _observe(self, flow: http.HTTPFlow) -> None:
-        record = flow.metadata.get("gateway")
-        if record is None or not flow.live:
+        decision = Decision.recorded(flow)
+        if decision is None or not flow.live:
             return
-        self.metrics.observe(flow, record)
+        self.metrics.observe(flow, decision)
         if self.access_log.enabled:
-            self.access_log.write(flow, record)
+            self.access_log.write(flow, decision)

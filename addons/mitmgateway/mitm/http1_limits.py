@@ -23,7 +23,7 @@ from mitmproxy.proxy.layers import http as http_layers
 from mitmproxy.proxy.layers.http import _http1
 
 from ..clients import peer_host
-from ..config.loader import RequestLimits
+from ..config.model import RequestLimits
 from ..request_limits import BODY_TOO_LARGE, HEADERS_TIMEOUT, HEADERS_TOO_LARGE
 from .injection import close_client
 from .patches import Patches, method_guard

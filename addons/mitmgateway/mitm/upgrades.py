@@ -19,16 +19,6 @@ from mitmproxy.proxy.layers.http import _http1
 from .patches import Patches
 
 
-def switch_forwarded(flow: http.HTTPFlow) -> bool:
-    """Whether a 101 answers, with a WebSocket, the WebSocket handshake the gateway forwarded."""
-    response = flow.response
-    return (
-        flow.metadata.get("gateway", {}).get("upgrade") == "websocket"
-        and response is not None
-        and response.headers.get("upgrade", "").strip().lower() == "websocket"
-    )
-
-
 class RefusedSwitches:
     def __init__(self) -> None:
         self._patches = Patches()

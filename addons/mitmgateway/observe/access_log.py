@@ -19,6 +19,8 @@ from urllib.parse import parse_qsl, urlencode
 
 from mitmproxy import http
 
+from ..decision import Decision
+
 logger = logging.getLogger("mitmgateway")
 
 
@@ -37,52 +39,51 @@ def _redacted(path: str, secret_params: list[str]) -> str:
     return f"{base}?{urlencode(pairs)}"
 
 
-def access_record(flow: http.HTTPFlow, record: dict[str, Any]) -> dict[str, Any]:
+def access_record(flow: http.HTTPFlow, decision: Decision) -> dict[str, Any]:
     request, response = flow.request, flow.response
-    origin = record.get("origin", {})
     # The path as matched and forwarded (canonical), and the target exactly as the client sent it.
-    path = origin.get("path", request.path)
-    target = origin.get("target", path)
-    if secret_params := record.get("secretQueryParams"):
+    path = decision.path or request.path
+    target = decision.target or path
+    if secret_params := decision.secret_query_params:
         path, target = _redacted(path, secret_params), _redacted(target, secret_params)
     end = response.timestamp_end if response is not None else time.time()
-    sent = 0 if response is None else record.get("bytesStreamed", len(response.raw_content or b""))
+    streamed = decision.bytes_streamed
+    sent = 0 if response is None else streamed if streamed is not None else len(response.raw_content or b"")
+    proxied = response is not None and decision.upstream and not decision.answered_by
     return {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(request.timestamp_start))
         + f".{int(request.timestamp_start * 1000) % 1000:03d}Z",
-        "client": record.get("client") or flow.client_conn.peername[0],
-        "host": origin.get("host"),
+        "client": decision.client or flow.client_conn.peername[0],
+        "host": decision.host,
         "method": request.method,
         "path": path,
         "target": target,
         "status": response.status_code if response is not None else None,
-        "apiEndpoint": record.get("apiEndpoint"),
-        "pipeline": record.get("pipeline"),
-        "answeredBy": record.get("answeredBy"),
-        "consumer": record.get("consumer"),
-        "upstream": record.get("upstream"),
+        "apiEndpoint": decision.api_endpoint,
+        "pipeline": decision.pipeline,
+        "answeredBy": decision.answered_by,
+        "consumer": decision.consumer,
+        "upstream": decision.upstream,
         "durationMs": _ms(request.timestamp_start, end),
-        "upstreamMs": _ms(request.timestamp_end, response.timestamp_start)
-        if response is not None and record.get("upstream") and not record.get("answeredBy")
-        else None,
+        "upstreamMs": _ms(request.timestamp_end, response.timestamp_start) if proxied else None,  # type: ignore[union-attr]
         "bytesSent": sent,
-        "requestId": record.get("requestId"),
-        "traceparent": record.get("traceparent"),
+        "requestId": decision.request_id,
+        "traceparent": decision.traceparent,
         "error": flow.error.msg if flow.error else None,
     }
 
 
 class StreamedBytes:
-    """A response's `stream` callable that counts the bytes passing through into the flow's record."""
+    """A response's `stream` callable that counts the bytes passing through into the decision."""
 
-    __slots__ = ("record",)
+    __slots__ = ("decision",)
 
-    def __init__(self, record: dict[str, Any]) -> None:
-        self.record = record
-        record["bytesStreamed"] = 0
+    def __init__(self, decision: Decision) -> None:
+        self.decision = decision
+        decision.bytes_streamed = 0
 
     def __call__(self, chunk: bytes) -> bytes:
-        self.record["bytesStreamed"] += len(chunk)
+        self.decision.bytes_streamed = (self.decision.bytes_streamed or 0) + len(chunk)
         return chunk
 
 
@@ -112,10 +113,10 @@ class AccessLog:
             logger.error("cannot open the access log %s: %s", target, e.strerror or e)
             self.target = None
 
-    def write(self, flow: http.HTTPFlow, record: dict[str, Any]) -> None:
+    def write(self, flow: http.HTTPFlow, decision: Decision) -> None:
         if self._fd is None:
             return
-        line = json.dumps(access_record(flow, record), separators=(",", ":"), ensure_ascii=False) + "\n"
+        line = json.dumps(access_record(flow, decision), separators=(",", ":"), ensure_ascii=False) + "\n"
         try:
             os.write(self._fd, line.encode("utf-8", "surrogateescape"))
         except OSError as e:

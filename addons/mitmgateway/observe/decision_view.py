@@ -15,54 +15,88 @@ from typing import Any
 from mitmproxy import contentviews, http
 from mitmproxy.contentviews.base import TViewLine, TViewResult
 
+from ..decision import Decision
+from ..routing import hostname_of
+
 VIEW_NAME = "Gateway"
 _OWN_ANSWER_PRIORITY = 2.0
 """Above every built-in view (JSON's is 1): mitmweb's Auto shows this one for the gateway's answers."""
 
 
-def why(record: dict[str, Any]) -> str | None:
+REJECTED_MARKER = ":no_entry:"
+ANSWERED_MARKER = ":zap:"
+
+
+def why(decision: Decision) -> str | None:
     """The reason behind a step's answer (the record holds them all), in a few words."""
-    if reason := record.get("jwtFailure"):
+    if reason := decision.jwt_failure:
         return f"token {reason}"
-    if reason := record.get("authFailure"):
+    if reason := decision.auth_failure:
         return f"credential {reason}"
-    if missing := record.get("missingScopes"):
+    if missing := decision.missing_scopes:
         return f"missing scopes {', '.join(missing)}"
-    if record.get("rateLimitStore") == "unavailable":
+    if decision.rate_limit_store == "unavailable":
         return "rate-limit store unavailable"
     return None
 
 
-def _record(flow: Any) -> dict[str, Any] | None:
-    record = flow.metadata.get("gateway") if isinstance(flow, http.HTTPFlow) else None
-    return record if isinstance(record, dict) else None
+def show_in_mitmweb(flow: http.HTTPFlow, decision: Decision, refused: bool) -> None:
+    """The decision in mitmweb's list: the flow's comment, and a marker on the gateway's own
+    answers (`refused`: a refusal, rather than content it served)."""
+    where = (
+        f"apiEndpoint {decision.api_endpoint} → pipeline {decision.pipeline}"
+        if decision.pipeline
+        else "no apiEndpoint matched"
+    )
+    if decision.path is not None and decision.target != decision.path:
+        where += f"; target {decision.target!r} read as {decision.path!r}"
+    if decision.answered_by:
+        # The request never got an upstream: show it under the host the client asked for
+        # rather than reverse mode's placeholder target.
+        flow.request.data.host = hostname_of(flow.request.host_header or "") or flow.request.host
+        status = flow.response.status_code if flow.response else ""
+        reason = why(decision)
+        because = f" ({reason})" if reason else ""
+        flow.comment = f"gateway: {where}; answered {status} by {decision.answered_by}{because}"
+        flow.marked = REJECTED_MARKER if refused else ANSWERED_MARKER
+    else:
+        # mitmweb lists a proxied flow under its upstream: the comment keeps the client's view.
+        asked = f"{decision.host or ''}{decision.path or ''}"
+        flow.comment = f"gateway: {where}; {asked} proxied to {flow.request.host}:{flow.request.port}"
 
 
-def decision_lines(flow: http.HTTPFlow, record: dict[str, Any]) -> list[tuple[str, str]]:
+def decision_lines(flow: http.HTTPFlow, decision: Decision) -> list[tuple[str, str]]:
     """The decision as (label, value) pairs, in the order a reader asks."""
-    origin = record.get("origin", {})
-    rows = [("client asked", f"{flow.request.method} {origin.get('host', '')}{origin.get('path', '')}")]
-    if "path" in origin and origin.get("target") != origin["path"]:
-        rows.append(("target as sent", repr(origin.get("target"))))
-    if record.get("client"):
-        rows.append(("client", record["client"]))
-    rows.append(("apiEndpoint", record.get("apiEndpoint") or "none matched"))
-    if record.get("pipeline"):
-        rows.append(("pipeline", record["pipeline"]))
-    if answered_by := record.get("answeredBy"):
+    rows = [("client asked", f"{flow.request.method} {decision.host or ''}{decision.path or ''}")]
+    if decision.path is not None and decision.target != decision.path:
+        rows.append(("target as sent", repr(decision.target)))
+    if decision.client:
+        rows.append(("client", decision.client))
+    rows.append(("apiEndpoint", decision.api_endpoint or "none matched"))
+    if decision.pipeline:
+        rows.append(("pipeline", decision.pipeline))
+    if answered_by := decision.answered_by:
         status = flow.response.status_code if flow.response else "no response"
-        reason = why(record)
+        reason = why(decision)
         rows.append(("answered by", f"{answered_by} → {status}" + (f" ({reason})" if reason else "")))
-    elif record.get("upstream"):
-        rows.append(("proxied to", record["upstream"]))
-    if consumer := record.get("consumer"):
-        rows.append(("consumer", str(consumer)))
-    elif (user := record.get("user")) and "sub" in user:
+    elif decision.upstream:
+        rows.append(("proxied to", decision.upstream))
+    if decision.consumer:
+        rows.append(("consumer", decision.consumer))
+    elif (user := decision.user) and "sub" in user:
         rows.append(("token subject", str(user["sub"])))
-    for label, key in (("cache", "cache"), ("request id", "requestId"), ("traceparent", "traceparent")):
-        if record.get(key):
-            rows.append((label, str(record[key])))
+    for label, value in (
+        ("cache", decision.cache),
+        ("request id", decision.request_id),
+        ("traceparent", decision.traceparent),
+    ):
+        if value:
+            rows.append((label, value))
     return rows
+
+
+def _decision(flow: Any) -> Decision | None:
+    return Decision.recorded(flow) if isinstance(flow, http.HTTPFlow) else None
 
 
 class DecisionView(contentviews.View):
@@ -80,14 +114,14 @@ class DecisionView(contentviews.View):
             contentviews.remove(self)
 
     def __call__(self, data: bytes, *, flow: Any = None, **unknown: Any) -> TViewResult:
-        record = _record(flow)
-        if record is None:
+        decision = _decision(flow)
+        if decision is None:
             return "not a gateway flow", iter([[("text", "The gateway made no decision about this flow.")]])
-        return "gateway decision", self._lines(flow, record, data)
+        return "gateway decision", self._lines(flow, decision, data)
 
     @staticmethod
-    def _lines(flow: http.HTTPFlow, record: dict[str, Any], data: bytes) -> Iterator[TViewLine]:
-        for label, value in decision_lines(flow, record):
+    def _lines(flow: http.HTTPFlow, decision: Decision, data: bytes) -> Iterator[TViewLine]:
+        for label, value in decision_lines(flow, decision):
             yield [("header", f"{label}: "), ("text", value)]
         if data:
             yield []
@@ -97,6 +131,6 @@ class DecisionView(contentviews.View):
     def render_priority(
         self, data: bytes, *, flow: Any = None, http_message: http.Message | None = None, **unknown: Any
     ) -> float:
-        record = _record(flow)
-        own_answer = record is not None and record.get("answeredBy") and http_message is flow.response
+        decision = _decision(flow)
+        own_answer = decision is not None and decision.answered_by and http_message is flow.response
         return _OWN_ANSWER_PRIORITY if own_answer else 0

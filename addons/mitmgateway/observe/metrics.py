@@ -18,6 +18,8 @@ from mitmproxy import http
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from ..decision import Decision
+
 MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -96,32 +98,32 @@ class GatewayMetrics:
     def config_reloaded(self, ok: bool) -> None:
         self._reloads.labels("ok" if ok else "failed").inc()
 
-    def observe(self, flow: http.HTTPFlow, record: dict[str, Any]) -> None:
-        pipeline = record.get("pipeline") or ""
-        answered_by = record.get("answeredBy")
+    def observe(self, flow: http.HTTPFlow, decision: Decision) -> None:
+        pipeline = decision.pipeline or ""
+        answered_by = decision.answered_by
         response = flow.response
         status = str(response.status_code) if response is not None else "error"
         self.requests(pipeline, answered_by or "proxy", status).inc()
         if answered_by == "rate-limit":
             self.rate_limited(pipeline).inc()
-        if reason := record.get("jwtFailure"):
+        if reason := decision.jwt_failure:
             self.jwt_failures(pipeline, reason).inc()
-        service = record.get("serviceEndpoint")
-        if "upstreamFailures" in record or "upstreamUp" in record:
-            self._observe_upstream_health(service or "", record)
+        service = decision.service_endpoint
+        if decision.upstream_failures or decision.upstream_up:
+            self._observe_upstream_health(service or "", decision)
         if service and response is not None and answered_by is None:
             sent = flow.request.timestamp_end
             if sent is not None and response.timestamp_start >= sent:
                 self.upstream_seconds(service).observe(response.timestamp_start - sent)
 
-    def _observe_upstream_health(self, service: str, record: dict[str, Any]) -> None:
-        for upstream, reason in record.get("upstreamFailures", ()):
+    def _observe_upstream_health(self, service: str, decision: Decision) -> None:
+        for upstream, reason in decision.upstream_failures:
             self._upstream_failures.labels(service, upstream, reason).inc()
-        if record.get("upstreamRetried"):
+        if decision.upstream_retried:
             self._upstream_retries.labels(service).inc()
-        if down := record.get("upstreamDown"):
+        if down := decision.upstream_down:
             self._upstream_up.labels(service, down).set(0)
-        if up := record.get("upstreamUp"):
+        if up := decision.upstream_up:
             self._upstream_up.labels(service, up).set(1)
 
     def exposition(self) -> bytes:

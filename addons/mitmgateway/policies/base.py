@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from ..config.errors import KeyPath
+from ..credentials import CredentialType, register_credential_type
 
 if TYPE_CHECKING:
     from ..consumers import Consumers
@@ -72,6 +73,10 @@ class Policy(ABC):
     """Frozen dataclass of the action's parameters, read with `config.schema.parse_fields`."""
     identity_headers: tuple[str, ...] = ()
     """Request headers this step sets to say who the client is: never taken from the client."""
+    authenticates: ClassVar[bool] = False
+    """Whether the step proves who the client is (a cache step may not come before it)."""
+    credential: ClassVar[CredentialType | None] = None
+    """The consumer credential this policy checks, which the consumers file may then hold."""
 
     @abstractmethod
     def __init__(self, action: Any, build: BuildContext) -> None:
@@ -93,6 +98,9 @@ P = TypeVar("P", bound=type[Policy])
 
 
 def register_policy(cls: P) -> P:
-    """Make a policy usable by its name in gateway.config.yml (a plugin does the same)."""
+    """Make a policy usable by its name in gateway.config.yml (a plugin does the same), and its
+    credential type usable in the consumers file."""
     POLICIES[cls.name] = cls
+    if cls.credential is not None:
+        register_credential_type(cls.credential)
     return cls

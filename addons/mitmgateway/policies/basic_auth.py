@@ -30,6 +30,7 @@ from ..answers import UNAUTHORIZED, make_answer
 from ..config.schema import option
 from ..consumers import Authenticated
 from ..context import RequestContext
+from ..credentials import CredentialType
 from ..headers import scheme_credential
 from .base import BuildContext, Policy, register_policy
 
@@ -78,6 +79,14 @@ class BasicAuthAction:
 @register_policy
 class BasicAuthPolicy(Policy):
     name = "basic-auth"
+    authenticates = True
+    credential = CredentialType(
+        "basic-auth",
+        id_key="username",
+        secret_key="passwordHash",
+        is_stored_form=lambda stored: stored.startswith(("$2a$", "$2b$", "$2y$", "$argon2")),
+        stored_form="a bcrypt ($2b$...) or argon2 ($argon2id$...) hash",
+    )
     Action = BasicAuthAction
 
     def __init__(self, action: BasicAuthAction, build: BuildContext) -> None:
@@ -124,7 +133,7 @@ class BasicAuthPolicy(Policy):
     ) -> None:
         if self.pending >= MAX_PENDING_CHECKS:
             # A password-guessing flood must not queue without end behind the hasher.
-            ctx.record["authFailure"] = "overloaded"
+            ctx.decision.auth_failure = "overloaded"
             ctx.answer(make_answer(ctx.flow.request, 503, "Service Unavailable", {"Retry-After": "1"}))
             return
         self.pending += 1
@@ -140,7 +149,7 @@ class BasicAuthPolicy(Policy):
         self._refuse(ctx, "invalid password")
 
     def _refuse(self, ctx: RequestContext, reason: str) -> None:
-        ctx.record["authFailure"] = reason
+        ctx.decision.auth_failure = reason
         if not self.action.pass_through:
             headers = {"WWW-Authenticate": self.challenge}
             ctx.answer(make_answer(ctx.flow.request, 401, UNAUTHORIZED, headers))

@@ -102,7 +102,7 @@ class CachePolicy(Policy):
             return
         if any(name in headers for name in _UNKEYED):
             return
-        who = (ctx.record.get("consumer") or (ctx.user or {}).get("sub")) if personal else None
+        who = (ctx.decision.consumer or (ctx.user or {}).get("sub")) if personal else None
         base = (request.method, ctx.hostname, request.path, who)
         names = self.vary.get(base, ())
         key = (*base, names, *(headers.get(n) for n in names))
@@ -111,10 +111,10 @@ class CachePolicy(Policy):
             answer = entry.response.copy()
             answer.headers["Age"] = str(max(0, math.floor(time.monotonic() - entry.stored)))
             answer.headers["X-Cache"] = "HIT"
-            ctx.record["cache"] = "hit"
+            ctx.decision.cache = "hit"
             ctx.serve(answer)
             return
-        ctx.record["cache"] = "miss"
+        ctx.decision.cache = "miss"
         # As the client sent them: later steps change the request (Host, X-Forwarded-*...).
         sent = request.headers.copy()
         ctx.on_response(lambda response: response.headers.__setitem__("X-Cache", "MISS"))

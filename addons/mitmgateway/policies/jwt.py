@@ -29,6 +29,7 @@ from ..answers import make_answer
 from ..config.errors import ConfigError, KeyPath
 from ..config.schema import header_name, non_negative, option, positive, require_mapping
 from ..context import RequestContext
+from ..credentials import CredentialType
 from ..headers import scheme_credential, set_values
 from ..jwks import KeySet, RemoteKeySet, VerificationKey, algorithms_for, parse_jwks
 from .base import BuildContext, Policy, register_policy
@@ -169,6 +170,9 @@ def failure_reason(error: jwt.InvalidTokenError) -> str:
 @register_policy
 class JwtPolicy(Policy):
     name = "jwt"
+    authenticates = True
+    # checkCredentialExistence: a token's sub names one.
+    credential = CredentialType("jwt", id_key="sub")
     Action = JwtAction
 
     def __init__(self, action: JwtAction, build: BuildContext) -> None:
@@ -250,7 +254,7 @@ class JwtPolicy(Policy):
     def handle(self, ctx: RequestContext) -> Coroutine[Any, Any, None] | None:
         token = self.extract_token(ctx)
         if not token:
-            ctx.record["jwtFailure"] = "missing"
+            ctx.decision.jwt_failure = "missing"
             self._refuse(ctx, None)
             return None
         cached = self.verified.get(token)
@@ -318,7 +322,7 @@ class JwtPolicy(Policy):
             request.headers.pop("Authorization" if extractor in ("authBearer", "authScheme") else field, None)
 
     def _reject(self, ctx: RequestContext, error: jwt.InvalidTokenError) -> None:
-        ctx.record["jwtFailure"] = failure_reason(error)
+        ctx.decision.jwt_failure = failure_reason(error)
         self._refuse(ctx, 'Bearer error="invalid_token"')
 
     def _refuse(self, ctx: RequestContext, challenge: str | None) -> None:

@@ -8,17 +8,41 @@ apart). 401 when no valid key, 403 when the consumer lacks a scope the apiEndpoi
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import re
 from dataclasses import dataclass
 
 from ..answers import UNAUTHORIZED, make_answer
 from ..config.schema import option
-from ..consumers import api_key_secret_matches, hash_api_key_secret
 from ..context import RequestContext
+from ..credentials import CredentialType
 from ..headers import scheme_credential
 from .base import BuildContext, Policy, register_policy
 
+_SHA256 = re.compile(r"sha256:[0-9a-f]{64}\Z")
+
+
+def hash_api_key_secret(secret: str) -> str:
+    # SHA-256 is enough for a long random secret (a password would need bcrypt or argon2).
+    # surrogateescape: a key from a URL may hold bytes that are not UTF-8.
+    return "sha256:" + hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def api_key_secret_matches(secret: str, stored: str) -> bool:
+    # Constant time: how much of a guess matched must not show in how long the answer takes.
+    return hmac.compare_digest(hash_api_key_secret(secret).encode(), stored.encode())
+
+
 # Compared against when the key id is unknown, so that both cases take the same time.
 _NO_SUCH_KEY = hash_api_key_secret("no such key")
+KEY_AUTH_CREDENTIAL = CredentialType(
+    "key-auth",
+    id_key="keyId",
+    secret_key="keySecretHash",
+    is_stored_form=lambda stored: _SHA256.match(stored) is not None,
+    stored_form="sha256:HEX",
+)
 
 
 @dataclass(frozen=True)
@@ -35,6 +59,8 @@ class KeyAuthAction:
 class KeyAuthPolicy(Policy):
     name = "key-auth"
     Action = KeyAuthAction
+    authenticates = True
+    credential = KEY_AUTH_CREDENTIAL
 
     def __init__(self, action: KeyAuthAction, build: BuildContext) -> None:
         self.action = action
@@ -61,5 +87,5 @@ class KeyAuthPolicy(Policy):
         if api_key_secret_matches(secret, stored or _NO_SUCH_KEY) and found is not None:
             ctx.authenticate(found)
             return
-        ctx.record["authFailure"] = "missing" if key is None else "invalid key"
+        ctx.decision.auth_failure = "missing" if key is None else "invalid key"
         ctx.answer(make_answer(ctx.flow.request, 401, UNAUTHORIZED))

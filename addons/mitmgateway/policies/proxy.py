@@ -20,6 +20,7 @@ from ..clients import peer_ip
 from ..config.errors import ConfigError
 from ..config.schema import non_negative, not_supported_yet, option, unknown
 from ..context import RequestContext
+from ..decision import Decision
 from ..headers import closes_connection, encode, set_headers, strip_hop_by_hop
 from ..mitm.injection import answer_as_upstream
 from ..paths import has_dot_segment
@@ -61,7 +62,7 @@ def answer_upstream_timeout(flow: http.HTTPFlow) -> bool:
             "upstream %s timed out; cannot answer 504 on this connection", flow.server_conn.address
         )
         return False
-    flow.metadata.setdefault("gateway", {})["upstreamTimedOut"] = True
+    Decision.of(flow).upstream_timed_out = True
     flow.comment += f"; upstream timed out, answered {status}"
     flow.marked = ":hourglass:"
     return True
@@ -106,11 +107,11 @@ class ProxyPolicy(Policy):
         if has_dot_segment(self.forwarded_path(ctx, original_path, upstream)):
             # stripPath cut mid-segment (pattern /api*, request /api../x): forwarded, that would
             # be another path than the one matched.
-            ctx.record["refusal"] = "stripPath left a dot-segment"
+            ctx.decision.refusal = "stripPath left a dot-segment"
             ctx.answer(make_answer(request, 400, BAD_REQUEST))
             return
         # The front door kept Upgrade only on a WebSocket handshake.
-        upgrading = ctx.record.get("upgrade") == "websocket"
+        upgrading = ctx.decision.upgrade == "websocket"
         tokens = strip_hop_by_hop(request, upgrading)
         client_closes = closes_connection(request, tokens)
 
@@ -121,10 +122,10 @@ class ProxyPolicy(Policy):
             request.data.host = upstream.host
             request.data.port = upstream.port
             request.host_header = upstream.authority if self.action.change_origin else original_host
-            ctx.record["upstream"] = f"{upstream.host}:{upstream.port}"
+            ctx.decision.upstream = f"{upstream.host}:{upstream.port}"
 
         aim(upstream)
-        ctx.target = target = UpstreamTarget(self.pool, upstream, aim, ctx.record)
+        ctx.target = target = UpstreamTarget(self.pool, upstream, aim, ctx.decision)
         ctx.on_finish(target.settle)
         added: list[tuple[bytes, bytes]] = []
         if self.action.xfwd:
@@ -141,7 +142,7 @@ class ProxyPolicy(Policy):
         if added:
             set_headers(request, tuple(added))
         ctx.routed = True
-        ctx.record.update(serviceEndpoint=self.action.service_endpoint, requestId=request_id)
+        ctx.decision.service_endpoint, ctx.decision.request_id = self.action.service_endpoint, request_id
 
         def finish_response(response: http.Response) -> None:
             tokens = strip_hop_by_hop(response, upgrading and response.status_code == 101)
@@ -164,7 +165,7 @@ class ProxyPolicy(Policy):
 
         def timed_out() -> None:
             if answer_upstream_timeout(flow):
-                target.pool.failed(target.upstream, "upstream timeout", target.record, "proxyTimeout")
+                target.pool.failed(target.upstream, "upstream timeout", target.decision, "proxyTimeout")
 
         timer = asyncio.get_running_loop().call_later(self.timeout, timed_out)
         ctx.on_finish(timer.cancel)

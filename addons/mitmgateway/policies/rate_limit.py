@@ -92,11 +92,11 @@ class RateLimitPolicy(Policy):
         try:
             hit = await pending
         except StoreUnavailable:
-            ctx.record["rateLimitStore"] = "unavailable"
+            ctx.decision.rate_limit_store = "unavailable"
             ctx.answer(make_answer(ctx.flow.request, 503, STORE_UNAVAILABLE, {"Retry-After": "1"}))
             return
         if hit is None:  # store unreachable, failing open
-            ctx.record["rateLimitStore"] = "unavailable"
+            ctx.decision.rate_limit_store = "unavailable"
             return
         delay = self._decide(ctx, hit)
         if delay is not None:

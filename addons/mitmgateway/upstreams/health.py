@@ -19,6 +19,7 @@ from typing import Any
 
 from mitmproxy import connection
 
+from ..decision import Decision
 from .endpoints import ServiceEndpoint, Upstream
 
 logger = logging.getLogger(__name__)
@@ -63,16 +64,16 @@ class UpstreamPool:
     def upstream_at(self, address: Any) -> Upstream | None:
         return next((u for u in self.upstreams if (u.host, u.port) == address), None)
 
-    def failed(self, upstream: Upstream, reason: str, record: dict[str, Any], detail: str = "") -> None:
+    def failed(self, upstream: Upstream, reason: str, decision: Decision, detail: str = "") -> None:
         """`reason` is one of a few words (a metric label); `detail` what the log adds to it."""
         index = self.upstreams.index(upstream)
         self._failures[index] += 1
-        record.setdefault("upstreamFailures", []).append([_name(upstream), reason])
+        decision.add_upstream_failure(_name(upstream), reason)
         if self._failures[index] >= self.check.max_failures:
             was_up = self._down_until[index] <= time.monotonic()
             self._down_until[index] = time.monotonic() + self.check.cool_down_ms / 1000
             if was_up:
-                record["upstreamDown"] = _name(upstream)
+                decision.upstream_down = _name(upstream)
                 logger.warning(
                     "upstream %s of serviceEndpoint %s is down (%s); out of rotation for %d ms",
                     _name(upstream),
@@ -81,24 +82,24 @@ class UpstreamPool:
                     self.check.cool_down_ms,
                 )
 
-    def succeeded(self, upstream: Upstream, record: dict[str, Any]) -> None:
+    def succeeded(self, upstream: Upstream, decision: Decision) -> None:
         index = self.upstreams.index(upstream)
         if self._failures[index] >= self.check.max_failures:
-            record["upstreamUp"] = _name(upstream)
+            decision.upstream_up = _name(upstream)
             logger.warning("upstream %s of serviceEndpoint %s is back", _name(upstream), self.service.name)
         self._failures[index] = 0
         self._down_until[index] = 0.0
 
-    async def reachable(self, upstream: Upstream, record: dict[str, Any]) -> bool:
+    async def reachable(self, upstream: Upstream, decision: Decision) -> bool:
         try:
             _, writer = await asyncio.wait_for(
                 asyncio.open_connection(upstream.host, upstream.port), self.check.connect_timeout_ms / 1000
             )
         except TimeoutError:
-            self.failed(upstream, "connect timeout", record)
+            self.failed(upstream, "connect timeout", decision)
             return False
         except OSError as e:
-            self.failed(upstream, "connect failed", record, e.strerror or type(e).__name__)
+            self.failed(upstream, "connect failed", decision, e.strerror or type(e).__name__)
             return False
         writer.close()
         return True
@@ -111,16 +112,16 @@ def _name(upstream: Upstream) -> str:
 class UpstreamTarget:
     """Where a proxy step sent one request, and how to send it elsewhere before it is sent."""
 
-    __slots__ = ("__weakref__", "aim", "pending", "pool", "record", "shared", "upstream")
+    __slots__ = ("__weakref__", "aim", "decision", "pending", "pool", "shared", "upstream")
 
     def __init__(
-        self, pool: UpstreamPool, upstream: Upstream, aim: Callable[[Upstream], None], record: dict[str, Any]
+        self, pool: UpstreamPool, upstream: Upstream, aim: Callable[[Upstream], None], decision: Decision
     ) -> None:
         self.pool = pool
         self.upstream = upstream
         self.aim = aim
         """Rewrites the request (scheme, host, port, path, Host) for another url of the pool."""
-        self.record = record
+        self.decision = decision
         self.pending = True
         """Until its upstream connection is being made, or the request is over."""
         self.shared = False
@@ -139,7 +140,7 @@ class UpstreamTarget:
         self.pending = False
         if self.shared or not self.pool.has_spare or server.address != self.address:
             return
-        if await self.pool.reachable(self.upstream, self.record):
+        if await self.pool.reachable(self.upstream, self.decision):
             return
         alternative = self.pool.pick(instead_of=self.upstream)
         if alternative is None:
@@ -149,13 +150,13 @@ class UpstreamTarget:
         self.upstream = alternative
         self.aim(alternative)
         server.address = self.address
-        self.record["upstreamRetried"] = True
+        self.decision.upstream_retried = True
 
     def connected(self, server: connection.Server) -> None:
         upstream = self.pool.upstream_at(server.address)
         if upstream is None:
             return
         if server.error:
-            self.pool.failed(upstream, "connect failed", self.record, server.error)
+            self.pool.failed(upstream, "connect failed", self.decision, server.error)
         else:
-            self.pool.succeeded(upstream, self.record)
+            self.pool.succeeded(upstream, self.decision)

@@ -1,0 +1,322 @@
+"""gateway.config.yml → one immutable, ready-to-serve `GatewayConfig`, or one `ConfigError`.
+
+Everything is checked here, up front: unknown keys, types, policies used but not declared,
+references to apiEndpoints and serviceEndpoints that do not exist, and every policy's action.
+Each top-level section has its reader in `SECTIONS`; they are independent of each other, so all
+of them are read and every mistake is reported in one run. The pipelines refer to the rest and are
+built once it is valid. The request path only reads what this builds.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from ..clients import ClientResolver, parse_trusted_proxies
+from ..consumers import Consumers, parse_consumers
+from ..https import parse_https
+from ..paths import PathRules
+from ..pipeline import Pipeline
+from ..policies import StepState
+from ..routing import Router
+from ..stores import StoreSettings, open_store
+from ..stores.base import parse_store_settings
+from ..upstreams.endpoints import build_upstream_trust, parse_service_endpoint
+from ..upstreams.tls import UpstreamTrust
+from .errors import ROOT, ConfigError, ErrorCollector, KeyPath
+from .model import AccessLogSettings, AdminListener, ErrorSettings, GatewayConfig, HttpListener, RequestLimits
+from .pipelines import PipelineBuilder, api_endpoints, declared_policies
+from .schema import (
+    check_type,
+    check_unknown_keys,
+    parse_fields,
+    require_list,
+    require_mapping,
+    tcp_port,
+    unknown,
+)
+from .source import load_document
+
+logger = logging.getLogger("mitmgateway.config")
+
+SYSTEM_CONFIG = "system.config.yml"
+CONSUMERS_FILE = "consumers.yml"
+EMPTY_FILE = (
+    "the file is empty: a gateway config needs http (or https), apiEndpoints, serviceEndpoints and pipelines"
+)
+# EG accepts the singular spelling of these sections.
+SECTION_ALIASES = {
+    "apiEndpoint": "apiEndpoints",
+    "serviceEndpoint": "serviceEndpoints",
+    "policy": "policies",
+    "pipeline": "pipelines",
+}
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What a section's reader may consult: where the config file is, and the error collector
+    for a section whose entries are each checked on their own."""
+
+    file: Path
+    errors: ErrorCollector
+
+    @property
+    def config_dir(self) -> Path:
+        return self.file.parent
+
+
+Section = Callable[[Any, KeyPath, Reading], Any]
+
+
+def _fields(cls: type, default: Any = None) -> Section:
+    """A section that is one dataclass of options (`default` when absent)."""
+    return lambda raw, path, _reading: default if raw is None else parse_fields(cls, raw, path)
+
+
+def _service_endpoints(raw: Any, path: KeyPath, reading: Reading) -> dict[str, Any]:
+    services = {}
+    for name, entry in require_mapping(raw, path).items():
+        with reading.errors.part():
+            services[name] = parse_service_endpoint(name, entry, path.key(name))
+    return services
+
+
+def _access_log(raw: Any, path: KeyPath, reading: Reading) -> Path | None:
+    if raw is None:
+        return None
+    log_path = parse_fields(AccessLogSettings, raw, path).path
+    return Path(log_path) if log_path == "-" else reading.config_dir / log_path
+
+
+def _rate_limit_store(raw: Any, path: KeyPath, reading: Reading) -> StoreSettings:
+    if raw is not None:
+        return parse_store_settings(raw, path)
+    return system_config_store(reading.config_dir) or StoreSettings()
+
+
+SECTIONS: dict[str, Section] = {
+    "https": lambda raw, path, reading: None if raw is None else parse_https(raw, path, reading.config_dir),
+    "http": _fields(HttpListener),
+    "trustedProxies": lambda raw, path, _reading: parse_trusted_proxies([] if raw is None else raw, path),
+    "apiEndpoints": lambda raw, path, reading: api_endpoints(raw, path, reading.errors),
+    "serviceEndpoints": _service_endpoints,
+    "admin": _fields(AdminListener),
+    "accessLog": _access_log,
+    "policies": lambda raw, path, _reading: declared_policies([] if raw is None else raw, path),
+    "rateLimitStore": _rate_limit_store,
+    "consumers": lambda raw, path, reading: load_consumers(reading.config_dir, raw),
+    "errors": _fields(ErrorSettings, ErrorSettings()),
+    "limits": _fields(RequestLimits, RequestLimits()),
+    "paths": _fields(PathRules, PathRules()),
+}
+"""Each top-level section's reader (``plugins`` is read first, ``pipelines`` last)."""
+TOP_LEVEL_KEYS = (
+    "http",
+    "https",
+    "admin",
+    "apiEndpoints",
+    "serviceEndpoints",
+    "policies",
+    "pipelines",
+    "trustedProxies",
+    "accessLog",
+    "rateLimitStore",
+    "consumers",
+    "errors",
+    "plugins",
+    "limits",
+    "paths",
+    *SECTION_ALIASES,
+)
+
+
+def _sections(document: Any) -> dict[str, Any]:
+    document = require_mapping(document, ROOT)
+    check_unknown_keys(document, TOP_LEVEL_KEYS, ROOT)
+    sections = dict(document)
+    for alias, name in SECTION_ALIASES.items():
+        if alias in sections:
+            if name in sections:
+                raise ConfigError(KeyPath(alias), f"give either {alias} or {name}, not both")
+            sections[name] = sections.pop(alias)
+    return sections
+
+
+def _check_listeners(sections: Mapping[str, Any], parts: Mapping[str, Any]) -> None:
+    if sections.get("http") is None and sections.get("https") is None:
+        raise ConfigError("http.port", "is required (or https): the port the gateway listens on")
+    http, https = parts.get("http"), parts.get("https")
+    if http is not None and https is not None and http.port == https.port:
+        raise ConfigError("https.port", f"is also http.port ({http.port}): give each its own port")
+
+
+def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
+    sections = _sections(document)
+    # First: a plugin's policies and conditions must be known before anything names them.
+    load_plugins(sections.get("plugins"), KeyPath("plugins"), file.parent)
+    reading = Reading(file, ErrorCollector())
+    errors = reading.errors
+    parts: dict[str, Any] = {}
+    for key, read in SECTIONS.items():
+        with errors.part():
+            parts[key] = read(sections.get(key), KeyPath(key), reading)
+    with errors.part():
+        _check_listeners(sections, parts)
+    upstream_trust = UpstreamTrust({})
+    with errors.part():
+        upstream_trust = build_upstream_trust(
+            parts.get("serviceEndpoints", {}), file.parent, KeyPath("serviceEndpoints")
+        )
+    errors.raise_any()
+
+    store_settings: StoreSettings = parts["rateLimitStore"]
+    store_key = ("rateLimitStore", store_settings.identity())
+    store = state.get(store_key, lambda: open_store(store_settings), set())
+    consumers: Consumers = parts["consumers"]
+    builder = PipelineBuilder(
+        file.parent, state, parts["policies"], parts["serviceEndpoints"], store, consumers
+    )
+    builder.used_state.add(store_key)
+    pipelines, routes = _pipelines(sections.get("pipelines"), builder, parts["apiEndpoints"], errors)
+    https = parts["https"]
+    return GatewayConfig(
+        file,
+        parts["http"],
+        Router(routes),
+        ClientResolver(parts["trustedProxies"]),
+        parts["serviceEndpoints"],
+        pipelines,
+        frozenset(builder.used_state),
+        admin=parts["admin"],
+        access_log=parts["accessLog"],
+        consumers=consumers,
+        json_errors=parts["errors"].format == "json",
+        limits=parts["limits"],
+        path_rules=parts["paths"],
+        # Watched even while missing: creating one of them takes effect too.
+        watched_files=(
+            file,
+            consumers.file or file.parent / CONSUMERS_FILE,
+            file.parent / SYSTEM_CONFIG,
+            *(https.files if https is not None else ()),
+            *upstream_trust.files,
+        ),
+        https=https,
+        upstream_trust=upstream_trust,
+    )
+
+
+def _pipelines(
+    raw: Any, builder: PipelineBuilder, endpoints: Mapping[str, Any], errors: ErrorCollector
+) -> tuple[dict[str, Pipeline], list[Any]]:
+    """The pipelines, and the routes to them: each apiEndpoint served by one pipeline."""
+    pipelines: dict[str, Pipeline] = {}
+    routes = []
+    served_by: dict[str, str] = {}
+    pipelines_path = KeyPath("pipelines")
+    for name, entry in require_mapping(raw, pipelines_path).items():
+        with errors.part():
+            pipeline, endpoint_names = builder.pipeline(name, entry, pipelines_path.key(name))
+            pipelines[name] = pipeline
+            for i, endpoint_name in enumerate(endpoint_names):
+                path = pipelines_path.key(name).key("apiEndpoints").index(i)
+                if endpoint_name not in endpoints:
+                    raise ConfigError(path, unknown("apiEndpoint", endpoint_name, endpoints, "declared"))
+                if endpoint_name in served_by:
+                    raise ConfigError(
+                        path,
+                        f"apiEndpoint {endpoint_name!r} is already served by pipeline "
+                        f"{served_by[endpoint_name]!r}",
+                    )
+                served_by[endpoint_name] = name
+                routes.extend(
+                    (endpoint_name, endpoint, pipeline, KeyPath("apiEndpoints").key(endpoint_name))
+                    for endpoint in endpoints[endpoint_name]
+                )
+    errors.raise_any()
+    for name in endpoints.keys() - served_by.keys():
+        logger.warning("apiEndpoint %r is not served by any pipeline", name)
+    return pipelines, routes
+
+
+def load_plugins(raw: Any, path: KeyPath, config_dir: Path) -> None:
+    """Import the modules ``plugins`` names: each registers its policies and conditions.
+
+    A module is looked for where Python looks, and in the config file's folder."""
+    if raw is not None and str(config_dir) not in sys.path:
+        sys.path.append(str(config_dir))
+    for i, name in enumerate(require_list(raw, path) if raw is not None else []):
+        module = check_type(str, name, path.index(i))
+        try:
+            importlib.import_module(module)
+        except Exception as e:  # whatever the plugin raised: one clear config error
+            raise ConfigError(path.index(i), f"cannot import plugin {module!r}: {e}") from e
+
+
+def load_consumers(config_dir: Path, named: Any) -> Consumers:
+    """The consumers file the config names, or consumers.yml beside it if there is one."""
+    if named is None:
+        file = config_dir / CONSUMERS_FILE
+        if not file.exists():
+            return Consumers()
+    else:
+        file = config_dir / check_type(str, named, KeyPath("consumers"))
+    try:
+        document = load_document(file)
+    except ConfigError as e:
+        raise e.in_file(str(file)) from None
+    try:
+        return parse_consumers(document.data, file)
+    except ConfigError as e:
+        raise e.in_file(str(file), document.where) from None
+
+
+def system_config_store(config_dir: Path) -> StoreSettings | None:
+    """Express Gateway's ``db.redis`` from a system.config.yml beside the gateway config."""
+    system_file = config_dir / SYSTEM_CONFIG
+    if not system_file.exists():
+        return None
+    try:
+        document = load_document(system_file).data
+        db = require_mapping(require_mapping(document, ROOT).get("db"), KeyPath("db"))
+        raw = require_mapping(db.get("redis"), KeyPath("db.redis"))
+        if not raw or raw.get("emulate"):
+            return None  # EG's in-memory emulation: our memory store
+        host = check_type(str, raw.get("host", "127.0.0.1"), KeyPath("db.redis.host"))
+        port = tcp_port(int(str(raw.get("port", 6379))), KeyPath("db.redis.port"))
+        db_index = int(str(raw.get("db", 0)))
+        password = raw.get("password")
+        namespace = str(raw.get("namespace", StoreSettings.namespace))
+    except ConfigError as e:  # before ValueError, which it is a kind of
+        raise e.in_file(str(system_file)) from None
+    except ValueError as e:
+        raise ConfigError("db.redis", f"port and db must be numbers: {e}", str(system_file)) from None
+    scheme = "rediss" if raw.get("tls") else "redis"
+    auth = f":{quote(str(password), safe='')}@" if password else ""
+    netloc = f"[{host}]" if ":" in host else host
+    return StoreSettings(
+        type="redis",
+        url=f"{scheme}://{auth}{netloc}:{port}/{db_index}",
+        namespace=namespace,
+    )
+
+
+def load_config(file: Path, state: StepState, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Load, validate and build the config in `file`; a ConfigError names the file."""
+    try:
+        document = load_document(file, env)
+    except ConfigError as e:
+        raise e.in_file(str(file)) from None
+    if document.data is None:
+        raise ConfigError("", EMPTY_FILE, str(file))
+    try:
+        return build_config(document.data, file, state)
+    except ConfigError as e:
+        raise e.in_file(str(file), document.where) from None
