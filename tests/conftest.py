@@ -34,6 +34,19 @@ def one_pipeline(service_url: str, steps: str, *, endpoint: str = "host: '*'", e
     ).replace("PORT", "{port}")
 
 
+EVERY_POLICY = (
+    "policies: [cache, log, cors, rate-limit, key-auth, expression, headers, request-transformer, "
+    "response-transformer, terminate, proxy, jwt, basic-auth]"
+)
+
+
+def every_policy_pipeline(upstream_url: str, steps: str) -> str:
+    """`one_pipeline`, with every built-in policy declared."""
+    return one_pipeline(upstream_url, steps).replace(
+        "policies: [jwt, proxy, rate-limit, key-auth, basic-auth]", EVERY_POLICY
+    )
+
+
 @pytest.fixture(scope="session")
 def rsa_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return generate(tmp_path_factory.mktemp("rsa"), "rsa")

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import jwt as pyjwt
 import pytest
 from cryptography.hazmat.primitives import serialization
+from test_jwks import Signer
 
 from conftest import one_pipeline
 from harness import JwksServer, admin_get, b64url, bearer, free_port
-from test_jwks import Signer
 
 
 def unsigned(header: dict, payload: dict) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import urllib.request
 
-from conftest import one_pipeline
+from conftest import every_policy_pipeline, one_pipeline
 from harness import free_port, wait_for_port
 
 
@@ -99,3 +99,68 @@ def test_mitmweb_shows_endpoint_pipeline_and_deciding_policy(start_gateway, walk
     ]
     # The upstream's own answer keeps its usual view.
     assert content_view(proxied, "response", "auto")["description"] != "gateway decision"
+
+
+def test_one_pipeline_with_every_policy(start_gateway, upstreams, tmp_path, rsa_keys):
+    from consumers_fixture import write_consumers
+
+    write_consumers(tmp_path)
+    steps = f"""\
+- log: [{{action: {{message: 'request ${{req.method}} ${{req.path}}'}}}}]
+- cors: [{{action: {{origin: '*'}}}}]
+- rate-limit: [{{action: {{max: 100}}}}]
+- key-auth:
+    - condition: {{name: expression, expression: "req.headers['authorization'] != null"}}
+      action: {{}}
+- basic-auth: [{{condition: {{name: never}}, action: {{}}}}]
+- jwt: [{{condition: {{name: never}}, action: {{secretOrPublicKeyFile: {rsa_keys[1]}}}}}]
+- terminate: [{{condition: {{name: anonymous}}, action: {{statusCode: 401, message: 'Who are you?'}}}}]
+- cache: [{{action: {{cacheAuthorized: true}}}}]
+- expression: [{{action: {{jscode: "req.headers['x-consumer'] = user.id"}}}}]
+- headers: [{{action: {{forwardHeaders: {{X-Req: requestID}}}}}}]
+- request-transformer: [{{action: {{headers: {{add: {{X-Added: "'1'"}}}}}}}}]
+- response-transformer: [{{action: {{headers: {{add: {{X-Done: "'1'"}}}}}}}}]
+- proxy: [{{action: {{serviceEndpoint: backend}}}}]"""
+    gateway = start_gateway(every_policy_pipeline(upstreams["orders"].url, steps))
+    refused = gateway.send("/orders")
+    assert (refused.status, refused.text) == (401, "Who are you?")
+    ok = gateway.send("/orders", headers={"Authorization": "apiKey k1:topsecret", "Origin": "https://x"})
+    assert ok.status == 200, ok.text
+    assert ok.headers["X-Done"] == "1" and ok.headers["Access-Control-Allow-Origin"] == "*"
+    seen = {k.lower(): v for k, v in json.loads(ok.body)["headers"].items()}
+    assert (seen["x-consumer"], seen["x-added"]) == ("alice", "1")
+    again = gateway.send("/orders", headers={"Authorization": "apiKey k1:topsecret", "Origin": "https://x"})
+    assert again.headers["X-Cache"] == "HIT" and again.body == ok.body
+    assert "request GET /orders" in gateway.log()
+
+
+def test_policies_built_on_expressions_through_a_running_gateway(start_gateway, upstreams):
+    steps = """\
+- log: [{action: {message: 'seen ${req.method} ${req.path} tier=${req.headers.x-tier}'}}]
+- terminate:
+    - condition: {name: expression, expression: "req.headers['x-block'] == 'yes'"}
+      action: {statusCode: 451, message: Blocked}
+- expression:
+    - action:
+        jscode: "req.url = '/v2' + req.url; req.headers['x-tier-seen'] = req.headers['x-tier']"
+- headers:
+    - action:
+        headersPrefix: X-Gw-
+        forwardHeaders: {Lit: "'yes'", Method: req.method, Nothing: req.headers.nope}
+- proxy: [{action: {serviceEndpoint: backend}}]"""
+    config = one_pipeline(upstreams["customers"].url, steps).replace(
+        "policies: [jwt, proxy, rate-limit, key-auth, basic-auth]",
+        "policies: [log, terminate, expression, headers, proxy]",
+    )
+    gateway = start_gateway(config)
+    reply = gateway.send("/orders", headers={"X-Tier": "gold", "X-Gw-Nothing": "spoofed"})
+    assert reply.status == 200
+    echoed = json.loads(reply.body)
+    seen = {k.lower(): v for k, v in echoed["headers"].items()}
+    assert echoed["path"] == "/v2/orders"
+    assert (seen["x-tier-seen"], seen["x-gw-lit"], seen["x-gw-method"]) == ("gold", "yes", "GET")
+    assert "x-gw-nothing" not in seen, "a client's copy of a header the gateway sets never passes"
+    blocked = gateway.send("/orders", headers={"X-Block": "yes"})
+    assert (blocked.status, blocked.text) == (451, "Blocked")
+    assert "seen GET /orders tier=gold" in gateway.log()
+    assert "seen GET /orders tier=-" in gateway.log()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import every_policy_pipeline
 from harness import unplaced
 from mitmgateway.config.assemble import load_config
 from mitmgateway.config.errors import ConfigError
@@ -280,7 +281,7 @@ def test_policy_without_steps_runs_once_with_empty_action(tmp_path):
 
 
 def test_https_without_certificates_is_refused(tmp_path):
-    # The https section itself is tested in tests/test_tls.py.
+    # The https section itself is tested in tests/e2e/test_tls.py.
     assert "https.tls: must name at least one certificate" in error(tmp_path, VALID + "https: {port: 8443}\n")
 
 
@@ -351,3 +352,32 @@ def test_an_empty_file_is_called_empty(tmp_path, text):
         f"{tmp_path / 'gateway.config.yml'}: the file is empty: a gateway config needs http (or https), "
         "apiEndpoints, serviceEndpoints and pipelines"
     )
+
+
+def test_configs_that_would_leak_are_refused(tmp_path):
+    from mitmgateway.config.assemble import load_config
+    from mitmgateway.config.errors import ConfigError
+    from mitmgateway.policies import StepState
+
+    file = tmp_path / "gateway.config.yml"
+    for steps, reason in [
+        (
+            "- cors: [{action: {origin: true, credentials: true}}]",
+            "credentials need a list of trusted origins",
+        ),
+        (
+            "- cache: [{action: {}}]\n- key-auth: [{action: {}}]",
+            "a cache step comes before an authentication step",
+        ),
+    ]:
+        file.write_text(
+            every_policy_pipeline(
+                "http://127.0.0.1:9", steps + "\n- proxy: [{action: {serviceEndpoint: backend}}]"
+            ).replace("{port}", "8080")
+        )
+        try:
+            load_config(file, StepState(), {})
+        except ConfigError as e:
+            assert reason in str(e)
+        else:
+            raise AssertionError(f"accepted: {steps}")

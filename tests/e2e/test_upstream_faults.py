@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from test_observability import metric
 
 from harness import admin_get, free_port, stop, wait_until
 from mitmgateway.config import KeyPath
@@ -22,7 +23,6 @@ from mitmgateway.decision import Decision
 from mitmgateway.upstreams.endpoints import parse_service_endpoint
 from mitmgateway.upstreams.health import UpstreamPool
 from processes import start_upstream
-from test_observability import metric
 
 PROXY = "- proxy: [{action: {serviceEndpoint: backend, proxyTimeout: 1000}}]"
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pytest
 from mitmproxy import ctx, exceptions, http
 
+from conftest import every_policy_pipeline
 from gateway_unit import gateway_context, make_flow, running_gateway
 from mitmgateway.policies import POLICIES, Policy, register_policy
 
@@ -205,3 +206,29 @@ def test_the_gateway_content_view_shows_the_decision_as_the_client_saw_it(tmp_pa
         gateway.done()
         # done removes it; a code reload then adds the new code's.
         assert contentviews.get("Gateway") is None
+
+
+def test_large_bodies_stream_unless_a_step_needs_them(tmp_path):
+    from gateway_unit import gateway_for, make_flow, upstream_response
+
+    def flows(steps: str):  # type: ignore[no-untyped-def]
+        text = every_policy_pipeline(
+            "http://127.0.0.1:9", steps + "\n- proxy: [{action: {serviceEndpoint: backend}}]"
+        )
+        with gateway_for(tmp_path, text.replace("{port}", "8080")) as gateway:
+            large, small = make_flow(method="POST"), make_flow(method="POST")
+            large.request.headers["Content-Length"] = str(5 << 20)  # as announced by the client
+            small.request.headers["Content-Length"] = "10"
+            for flow in (large, small):
+                gateway.requestheaders(flow)
+                upstream_response(flow, gateway, {"Transfer-Encoding": "chunked"})
+            return large, small
+
+    large, small = flows("- log: [{action: {message: x}}]")
+    assert large.request.stream is True and large.response.stream is True
+    assert not small.request.stream and small.response.stream is True  # chunked: length unknown
+    large, _ = flows(
+        "- request-transformer: [{action: {body: {add: {a: \"'b'\"}}}}]\n"
+        "- response-transformer: [{action: {body: {remove: [x]}}}]"
+    )
+    assert not large.request.stream and not large.response.stream

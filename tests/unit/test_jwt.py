@@ -223,7 +223,7 @@ def test_config_errors(tmp_path, rsa_keys, action, path, reason):
     file.write_text(text)
     with pytest.raises(ConfigError) as info:
         load_config(file, StepState(), {})
-    # (Where in the file: tests/test_config.py.)
+    # (Where in the file: tests/unit/test_config.py.)
     assert unplaced(str(info.value)).startswith(f"{file}: pipelines.main.policies[0].jwt[0].{path}: {reason}")
 
 
