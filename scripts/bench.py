@@ -111,7 +111,7 @@ def run_wrk(port: int, token: str, seconds: float, connections: int) -> tuple[fl
 
 
 class Bench:
-    def __init__(self, work: Path, workers: int) -> None:
+    def __init__(self, work: Path, workers: int, vs: Path | None = None) -> None:
         self.work = work
         self.upstream_port = free_port()
         self.port = free_port()
@@ -133,6 +133,19 @@ class Bench:
         }
         self.workers = {f"lean runner, {workers} workers": workers}
         """Targets that run several processes on the port: each must listen before the load starts."""
+        self.env: dict[str, dict[str, str]] = {}
+        """Targets that run another checkout's code (--vs): their environment."""
+        if vs is not None:
+            # The other checkout's gateway.py (it puts its own package first on the path), and its
+            # package for the lean runner, which then loads that checkout's gateway.py as well.
+            entry = vs / "addons" / "gateway.py"
+            other = {**os.environ, "PYTHONPATH": str(vs / "addons")}
+            for name, command in (
+                (f"gateway (mitmdump -s), {vs.name}", gateway_command("mitmdump", config, confdir, 1, entry)),
+                (f"lean runner, 1 worker, {vs.name}", gateway_command("mitmgateway", config, confdir)),
+            ):
+                self.targets[name] = command
+                self.env[name] = other
 
     def start_upstream(self) -> subprocess.Popen[bytes]:
         conf = self.work / "nginx.conf"
@@ -147,7 +160,9 @@ class Bench:
         process = None
         port = self.upstream_port
         if command is not None:
-            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            process = subprocess.Popen(
+                command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env.get(target)
+            )
             port = self.port
         try:
             wait_for_port(port, process)
@@ -236,6 +251,12 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench")
+    parser.add_argument(
+        "--vs",
+        type=Path,
+        help="another checkout (say a git worktree of an earlier commit): its gateway is measured too, "
+        "under mitmdump -s and one lean worker, in the same alternating rounds (an A/B of two versions)",
+    )
     args = parser.parse_args()
     for tool in ("wrk", "nginx"):
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
@@ -243,7 +264,7 @@ def main() -> int:
             return 1
 
     with tempfile.TemporaryDirectory(prefix="mitmgateway-bench-") as tmp:
-        bench = Bench(Path(tmp), args.workers)
+        bench = Bench(Path(tmp), args.workers, args.vs.resolve() if args.vs else None)
         targets = list(bench.targets)
         upstream = bench.start_upstream()
         measurements: list[Measurement] = []
@@ -255,7 +276,7 @@ def main() -> int:
                     m = bench.measure(target, round_, args.seconds, args.connections)
                     measurements.append(m)
                     print(
-                        f"round {round_ + 1}/{args.rounds}  {target:<28} {m.requests_per_second:9.0f} req/s  "
+                        f"round {round_ + 1}/{args.rounds}  {target:<36} {m.requests_per_second:9.0f} req/s  "
                         f"p50 {m.p50_ms:7.2f} ms  p99 {m.p99_ms:7.2f} ms  errors {m.errors}",
                         flush=True,
                     )
@@ -264,13 +285,13 @@ def main() -> int:
 
     summary = summarize(measurements, targets)
     info = machine()
-    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "out"}
     print(f"\n{info['cpu']}, {info['cores']} cores, Python {info['python']}, mitmproxy {info['mitmproxy']}")
     print(f"wrk -t1 -c{args.connections}, {args.seconds:g} s per target, median of {args.rounds} rounds")
-    print(f"{'target':<28} {'req/s':>9} {'x mitmdump':>11} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    print(f"{'target':<36} {'req/s':>9} {'x mitmdump':>11} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for target, f in summary.items():
         print(
-            f"{target:<28} {f['requests_per_second']:9.0f} {f['rps_vs_mitmdump']:10.2f}x "
+            f"{target:<36} {f['requests_per_second']:9.0f} {f['rps_vs_mitmdump']:10.2f}x "
             f"{f['p50_ms']:8.2f} {f['p99_ms']:8.2f} {f['errors']:7.0f}"
         )
     args.out.mkdir(parents=True, exist_ok=True)

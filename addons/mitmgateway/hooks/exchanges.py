@@ -18,7 +18,7 @@ from ..decision import Decision
 from ..headers import declared_length
 from ..mitm.upgrades import RefusedSwitches
 from ..observe.access_log import AccessLog, StreamedBytes
-from .gate import refuse
+from .decide import refuse
 
 logger = logging.getLogger("mitmgateway")
 

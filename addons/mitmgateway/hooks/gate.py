@@ -3,27 +3,18 @@
 What a request must be before anything judges it is the front door's (front_door.py); what each
 step does is its policy's. The gate decides in this order: a config in service, the https port
 spoken to in TLS, the request limits, the front door, an apiEndpoint, the pipeline; the first
-refusal answers (`refuse`) and is recorded as the decision.
+refusal answers (decide.py's `refuse`) and is recorded as the decision.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine
 from typing import Any
 
 from mitmproxy import connection, http
 
-from ..answers import (
-    BAD_REQUEST,
-    FORBIDDEN,
-    INTERNAL_ERROR,
-    NOT_FOUND,
-    as_json_error,
-    closing_answer_to,
-    make_answer,
-)
+from ..answers import BAD_REQUEST, FORBIDDEN, INTERNAL_ERROR, NOT_FOUND, make_answer
 from ..config.model import GatewayConfig, RequestLimits
 from ..context import Exchanges, RequestContext
 from ..decision import Decision
@@ -32,11 +23,11 @@ from ..headers import declared_length, remove_headers
 from ..mitm.error_pages import ProxyErrorAnswers
 from ..mitm.http1_limits import RequestLimitGuards
 from ..mitm.trailers import TrailerFields
-from ..observe.decision_view import show_in_mitmweb
 from ..observe.tracing import ensure_traceparent
 from ..request_limits import refusal
 from ..routing import hostname_of
 from .config_service import CurrentConfig
+from .decide import decide, refuse
 from .listeners import on_https_port
 from .upstream_connections import UpstreamConnections
 
@@ -47,44 +38,6 @@ LIMITS = "limits"
 """What answered a request over `limits`, in flow records, metrics and the access log."""
 PLAIN_HTTP_ON_HTTPS_PORT = "This port speaks HTTPS."
 REQUEST_TRAILERS = "Request trailer fields are not supported"
-
-
-def decide(
-    flow: http.HTTPFlow,
-    answered_by: str | None,
-    api_endpoint: str | None = None,
-    pipeline: str | None = None,
-    user: Mapping[str, Any] | None = None,
-) -> None:
-    """Record the decision (`answered_by`: what answered, None when proxied), shaped as the
-    config's errors are when it is a refusal, and shown in mitmweb."""
-    decision = Decision.of(flow)
-    decision.api_endpoint, decision.pipeline, decision.answered_by = api_endpoint, pipeline, answered_by
-    if user is not None:
-        decision.user = dict(user)
-    # A refusal the gateway made itself (content it served, a cached 404, is not one).
-    refused = (
-        answered_by is not None
-        and not decision.served
-        and flow.response is not None
-        and flow.response.status_code >= 400
-    )
-    if refused and decision.json_errors:
-        if decision.request_id is None:
-            decision.request_id = secrets.token_hex(16)
-        flow.response = as_json_error(flow.response, decision.request_id)  # type: ignore[arg-type]
-    show_in_mitmweb(flow, decision, refused)
-
-
-def refuse(flow: http.HTTPFlow, status: int, message: str, by: str, *, closing: bool = False) -> None:
-    """Answer `flow` with the gateway's refusal, decided `by` what; `closing`: the connection
-    closes after it (nothing after such a request on it can be trusted)."""
-    if closing:
-        flow.response = closing_answer_to(flow, status, message)
-    else:
-        flow.response = make_answer(flow.request, status, message)
-    decision = Decision.of(flow)
-    decide(flow, by, decision.api_endpoint, decision.pipeline)
 
 
 def _request_streams(request: http.Request, limits: RequestLimits) -> bool:
