@@ -77,13 +77,13 @@ def closing_answer(
 
 def closing_answer_to(flow: http.HTTPFlow, status: int, message: str) -> http.Response:
     """`closing_answer` for a flow the gateway has a decision record for."""
-    decision = Decision.of(flow)
+    decision = Decision.recorded(flow)
     return closing_answer(
         status,
         message,
         request=flow.request,
-        json_errors=decision.json_errors,
-        request_id=decision.request_id,
+        json_errors=decision is not None and decision.json_errors,
+        request_id=decision.request_id if decision is not None else None,
     )
 
 

@@ -14,12 +14,13 @@ may call the APIs and how they prove it::
 
 Secrets are never stored: API key secrets as SHA-256 (they are long random strings, so a fast
 hash is enough), passwords as bcrypt or argon2 hashes. It is parsed with the gateway config and
-reloaded with it. ``scripts/consumers.py`` writes it.
+reloaded with it. ``mitmgateway consumers`` writes it.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,7 +91,8 @@ def _credential(raw: Any, path: KeyPath) -> Credential:
     kind = check_type(str, raw.get("type"), path.key("type"))
     credential_type = CREDENTIAL_TYPES.get(kind)
     if credential_type is None:
-        raise ConfigError(path.key("type"), f"must be one of {', '.join(CREDENTIAL_TYPES)}, got {kind!r}")
+        known = ", ".join(sorted(CREDENTIAL_TYPES))
+        raise ConfigError(path.key("type"), f"must be one of {known}, got {kind!r}")
     id_key, secret_key = credential_type.id_key, credential_type.secret_key
     check_unknown_keys(raw, ["type", id_key, *([secret_key] if secret_key else []), "active", "scopes"], path)
     if id_key not in raw:
@@ -112,6 +114,11 @@ def _credential(raw: Any, path: KeyPath) -> Credential:
 
 
 def parse_consumers(document: Any, file: Path) -> Consumers:
+    """The consumers in `document` (read from `file`), with credentials of the types the auth
+    policies declare."""
+    # The policies declare the credential types as they are imported (they import this module,
+    # so it cannot import them first).
+    importlib.import_module(f"{__package__}.policies")
     root = require_mapping(document, ROOT)
     check_unknown_keys(root, ["consumers"], ROOT)
     by_credential: dict[tuple[str, str], Authenticated] = {}

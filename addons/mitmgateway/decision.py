@@ -1,5 +1,5 @@
 """Each flow's decision: one typed record, written by the gate and the steps, read by metrics,
-the access log, mitmweb and (next) what-if.
+the access log and mitmweb, and compared, one flow's against another's, by `differences`.
 
 Its data is ``flow.metadata["gateway"]``, a plain dict, so that it is saved with the flow, comes
 back with a replay, and any tool that reads flows can show it; `Decision` is its typed face:
@@ -10,6 +10,7 @@ field by field how they differ.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Generic, Literal, TypeVar, overload
 
 from mitmproxy import http
@@ -21,7 +22,8 @@ StepOutcome = Literal["skipped", "passed", "answered"]
 
 
 class _Field(Generic[T]):
-    """``data[key]``, or `unset` while the record has no such key."""
+    """``data[key]``, or `unset` while the record has no such key (never a mutable value: the
+    ``add_*`` methods of `Decision` append to a field's own list)."""
 
     __slots__ = ("key", "unset")
 
@@ -77,7 +79,7 @@ class Decision:
     # Where it went, and what answered.
     api_endpoint: _Field[str | None] = _Field("apiEndpoint", None)
     pipeline: _Field[str | None] = _Field("pipeline", None)
-    steps: _Field[list[list[str]]] = _Field("steps", [])
+    steps: _Field[Sequence[Sequence[str]]] = _Field("steps", ())
     """``[policy, outcome]`` for each step the pipeline reached, in order (see `StepOutcome`)."""
     answered_by: _Field[str | None] = _Field("answeredBy", None)
     """The policy, or the gate's check, that answered; None when the request was proxied."""
@@ -93,7 +95,7 @@ class Decision:
     missing_scopes: _Field[list[str] | None] = _Field("missingScopes", None)
     jwt_failure: _Field[str | None] = _Field("jwtFailure", None)
     auth_failure: _Field[str | None] = _Field("authFailure", None)
-    secret_query_params: _Field[list[str]] = _Field("secretQueryParams", [])
+    secret_query_params: _Field[Sequence[str]] = _Field("secretQueryParams", ())
     """Query parameters a credential was read from: the access log writes them redacted."""
 
     # What the other steps found.
@@ -105,7 +107,7 @@ class Decision:
     upstream: _Field[str | None] = _Field("upstream", None)
     """``host:port`` of the url the proxy step chose, or moved the request to."""
     request_id: _Field[str | None] = _Field("requestId", None)
-    upstream_failures: _Field[list[list[str]]] = _Field("upstreamFailures", [])
+    upstream_failures: _Field[Sequence[Sequence[str]]] = _Field("upstreamFailures", ())
     """``[url, reason]`` for each failure of an upstream this request saw."""
     upstream_down: _Field[str | None] = _Field("upstreamDown", None)
     upstream_up: _Field[str | None] = _Field("upstreamUp", None)

@@ -13,7 +13,7 @@ counts, and an HTTP/2 field may carry the CR LF that ends an HTTP/1 line. So bef
 - rewrites the request target to its canonical form (`canonical_target`), which routing,
   conditions, expressions, rate-limit and cache keys see and which the proxy step forwards;
 - keeps ``Upgrade`` only on an RFC 6455 WebSocket handshake: any other upgrade is removed before
-  forwarding (the gateway answers a 101 to it with 502, see hooks/exchanges.py).
+  forwarding (the gateway answers a 101 to it with 502, see hooks/response_side.py).
 
 The canonical form itself is paths.py's.
 """

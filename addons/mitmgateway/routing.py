@@ -56,7 +56,7 @@ class PathPattern:
         return cls(pattern, compile_regex(f"{regex}\\Z", path, re.IGNORECASE), prefix)
 
 
-# Requests are matched in canonical form (front_door.py); a pattern is checked against the most
+# Requests are matched in canonical form (paths.py); a pattern is checked against the most
 # permissive rules, since which ones a config chooses is not known while its endpoints are parsed.
 _PATTERN_RULES = PathRules(
     merge_slashes=False, escaped_slashes="keep", dot_segments="resolve", semicolons="keep"

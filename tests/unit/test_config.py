@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import every_policy_pipeline
+from conftest import every_policy_pipeline, one_pipeline
 from harness import unplaced
 from mitmgateway.config.assemble import load_config
 from mitmgateway.config.errors import ConfigError
@@ -381,3 +384,25 @@ def test_configs_that_would_leak_are_refused(tmp_path):
             assert reason in str(e)
         else:
             raise AssertionError(f"accepted: {steps}")
+
+
+@pytest.mark.parametrize("section", ["trustedProxies", "policies"])
+def test_a_null_list_section_is_refused_as_a_missing_one_is_not(tmp_path, section):
+    file = tmp_path / "gateway.config.yml"
+    text = one_pipeline("http://127.0.0.1:9", "- proxy: [{action: {serviceEndpoint: backend}}]")
+    text = re.sub(r"^policies: .*$", "", text, flags=re.M).replace("{port}", "8080")
+    file.write_text(text + f"{section}: null\n")
+    with pytest.raises(ConfigError, match=rf"{section}: must be"):
+        load_config(file, StepState(), {})
+
+
+def test_the_consumers_file_knows_every_credential_type_on_its_own():
+    # In a fresh interpreter that imported nothing else: the auth policies declare the types.
+    code = (
+        "from pathlib import Path; from mitmgateway.consumers import parse_consumers; "
+        "doc = {'consumers': {'a': {'credentials': [{'type': 'jwt', 'sub': 'a@x'}]}}}; "
+        "c = parse_consumers(doc, Path('c.yml')); "
+        "print(c.find('jwt', 'a@x').consumer.id)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "a", result.stderr

@@ -70,7 +70,7 @@ def test_two_decisions_say_how_they_differ():
 
 def test_unset_fields_read_as_their_defaults_and_set_ones_land_in_the_data():
     decision = Decision()
-    assert (decision.answered_by, decision.served, decision.upstream_failures) == (None, False, [])
+    assert (decision.answered_by, decision.served, decision.upstream_failures) == (None, False, ())
     decision.add_upstream_failure("http://a:1", "connect failed")
     decision.served = True
     assert decision.data == {"upstreamFailures": [["http://a:1", "connect failed"]], "served": True}

@@ -61,6 +61,14 @@ def test_without_a_valid_config_every_request_is_refused(tmp_path, caplog):
         assert flow.response.status_code == 503
         assert flow.metadata["gateway"]["answeredBy"] == "no config"
         assert flow.comment == "gateway: no apiEndpoint matched; answered 503 by no config"
+        # A replayed flow's record named where it first went: the refusal names no pipeline.
+        replayed = make_flow()
+        replayed.metadata["gateway"] = {"apiEndpoint": "api", "pipeline": "main", "answeredBy": None}
+        gateway.requestheaders(replayed)
+        assert (replayed.metadata["gateway"]["pipeline"], replayed.metadata["gateway"]["answeredBy"]) == (
+            None,
+            "no config",
+        )
 
 
 @dataclass(frozen=True)

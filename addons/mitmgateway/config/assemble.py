@@ -58,11 +58,14 @@ SECTION_ALIASES = {
 
 @dataclass(frozen=True)
 class Reading:
-    """What a section's reader may consult: where the config file is, and the error collector
-    for a section whose entries are each checked on their own."""
+    """What a section's reader may consult: where the config file is, the document's sections,
+    what the readers before it made of theirs, and the error collector (for a section whose
+    entries are each checked on their own)."""
 
     file: Path
     errors: ErrorCollector
+    sections: Mapping[str, Any]
+    parts: Mapping[str, Any]
 
     @property
     def config_dir(self) -> Path:
@@ -75,6 +78,23 @@ Section = Callable[[Any, KeyPath, Reading], Any]
 def _fields(cls: type, default: Any = None) -> Section:
     """A section that is one dataclass of options (`default` when absent)."""
     return lambda raw, path, _reading: default if raw is None else parse_fields(cls, raw, path)
+
+
+def _http(raw: Any, path: KeyPath, reading: Reading) -> HttpListener | None:
+    if raw is None:
+        if reading.sections.get("https") is None:
+            raise ConfigError("http.port", "is required (or https): the port the gateway listens on")
+        return None
+    http = parse_fields(HttpListener, raw, path)
+    https = reading.parts.get("https")
+    if https is not None and http.port == https.port:
+        raise ConfigError("https.port", f"is also http.port ({http.port}): give each its own port")
+    return http
+
+
+def _upstream_trust(_raw: None, _path: KeyPath, reading: Reading) -> UpstreamTrust:
+    services = reading.parts.get("serviceEndpoints", {})
+    return build_upstream_trust(services, reading.config_dir, KeyPath("serviceEndpoints"))
 
 
 def _service_endpoints(raw: Any, path: KeyPath, reading: Reading) -> dict[str, Any]:
@@ -100,20 +120,25 @@ def _rate_limit_store(raw: Any, path: KeyPath, reading: Reading) -> StoreSetting
 
 SECTIONS: dict[str, Section] = {
     "https": lambda raw, path, reading: None if raw is None else parse_https(raw, path, reading.config_dir),
-    "http": _fields(HttpListener),
-    "trustedProxies": lambda raw, path, _reading: parse_trusted_proxies([] if raw is None else raw, path),
+    "http": _http,
+    "trustedProxies": lambda raw, path, _reading: parse_trusted_proxies(raw, path),
     "apiEndpoints": lambda raw, path, reading: api_endpoints(raw, path, reading.errors),
     "serviceEndpoints": _service_endpoints,
+    # Not a section: the CA files serviceEndpoints name, read as soon as they are known.
+    "upstreamTrust": _upstream_trust,
     "admin": _fields(AdminListener),
     "accessLog": _access_log,
-    "policies": lambda raw, path, _reading: declared_policies([] if raw is None else raw, path),
+    "policies": lambda raw, path, _reading: declared_policies(raw, path),
     "rateLimitStore": _rate_limit_store,
     "consumers": lambda raw, path, reading: load_consumers(reading.config_dir, raw),
     "errors": _fields(ErrorSettings, ErrorSettings()),
     "limits": _fields(RequestLimits, RequestLimits()),
     "paths": _fields(PathRules, PathRules()),
 }
-"""Each top-level section's reader (``plugins`` is read first, ``pipelines`` last)."""
+"""Each top-level section's reader, in the order their errors are reported (``plugins`` is read
+first, ``pipelines`` last)."""
+ABSENT = {"trustedProxies": [], "policies": []}
+"""What an absent section reads as, where that is not null (``policies: null`` is an error)."""
 TOP_LEVEL_KEYS = (
     "http",
     "https",
@@ -146,32 +171,18 @@ def _sections(document: Any) -> dict[str, Any]:
     return sections
 
 
-def _check_listeners(sections: Mapping[str, Any], parts: Mapping[str, Any]) -> None:
-    if sections.get("http") is None and sections.get("https") is None:
-        raise ConfigError("http.port", "is required (or https): the port the gateway listens on")
-    http, https = parts.get("http"), parts.get("https")
-    if http is not None and https is not None and http.port == https.port:
-        raise ConfigError("https.port", f"is also http.port ({http.port}): give each its own port")
-
-
 def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
     sections = _sections(document)
     # First: a plugin's policies and conditions must be known before anything names them.
     load_plugins(sections.get("plugins"), KeyPath("plugins"), file.parent)
-    reading = Reading(file, ErrorCollector())
-    errors = reading.errors
     parts: dict[str, Any] = {}
+    reading = Reading(file, ErrorCollector(), sections, parts)
+    errors = reading.errors
     for key, read in SECTIONS.items():
         with errors.part():
-            parts[key] = read(sections.get(key), KeyPath(key), reading)
-    with errors.part():
-        _check_listeners(sections, parts)
-    upstream_trust = UpstreamTrust({})
-    with errors.part():
-        upstream_trust = build_upstream_trust(
-            parts.get("serviceEndpoints", {}), file.parent, KeyPath("serviceEndpoints")
-        )
+            parts[key] = read(sections.get(key, ABSENT.get(key)), KeyPath(key), reading)
     errors.raise_any()
+    upstream_trust: UpstreamTrust = parts["upstreamTrust"]
 
     store_settings: StoreSettings = parts["rateLimitStore"]
     store_key = ("rateLimitStore", store_settings.identity())

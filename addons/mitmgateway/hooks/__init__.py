@@ -13,7 +13,9 @@ In mitmproxy's calling order:
 - `GracefulShutdown`: SIGTERM drains the requests in flight.
 
 They share the config in service and the flow, and nothing else but the few services handed to
-them here.
+them here. On each swap of the config, listeners, the gate and observation apply it, in that
+order. `addons/gateway.py` adds the code reloader (hooks/reloader.py), which only a ``-s`` script
+has.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from ..context import Exchanges
 from ..observe.access_log import AccessLog
 from ..observe.metrics import GatewayMetrics
 from .config_service import ConfigService, CurrentConfig
-from .exchanges import ResponseSide
 from .gate import RequestGate
 from .listeners import Listeners
 from .observation import Observation
+from .response_side import ResponseSide
 from .shutdown import GracefulShutdown
 from .upstream_connections import UpstreamConnections
 
@@ -43,6 +45,8 @@ def gateway_addons() -> list[Any]:
     listeners = Listeners(current)
     gate = RequestGate(current, exchanges, upstreams)
     observation = Observation(current, metrics, access_log)
+    for follower in (listeners, gate, observation):
+        current.follow(follower.apply)
     return [
         listeners,
         config_service,

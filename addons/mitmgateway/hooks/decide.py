@@ -41,12 +41,19 @@ def decide(
     show_in_mitmweb(flow, decision, refused)
 
 
-def refuse(flow: http.HTTPFlow, status: int, message: str, by: str, *, closing: bool = False) -> None:
-    """Answer `flow` with the gateway's refusal, decided `by` what; `closing`: the connection
-    closes after it (nothing after such a request on it can be trusted)."""
+def refuse(
+    flow: http.HTTPFlow, status: int, message: str, by: str, *, closing: bool = False, routed: bool = False
+) -> None:
+    """Answer `flow` with the gateway's refusal, decided `by` what. `closing`: the connection
+    closes after it (nothing after such a request on it can be trusted). `routed`: the request had
+    reached its pipeline, which the decision keeps (otherwise it names none, whatever a replayed
+    flow's record said)."""
     if closing:
         flow.response = closing_answer_to(flow, status, message)
     else:
         flow.response = make_answer(flow.request, status, message)
     decision = Decision.of(flow)
-    decide(flow, by, decision.api_endpoint, decision.pipeline)
+    if routed:
+        decide(flow, by, decision.api_endpoint, decision.pipeline)
+    else:
+        decide(flow, by)

@@ -1,8 +1,8 @@
 """The request gate: each request admitted (or refused), routed, and run through its pipeline.
 
 What a request must be before anything judges it is the front door's (front_door.py); what each
-step does is its policy's. The gate decides in this order: a config in service, the https port
-spoken to in TLS, the request limits, the front door, an apiEndpoint, the pipeline; the first
+step does is its policy's. The gate decides in this order: a config in service, no plain HTTP on
+the https port, the request limits, the front door, an apiEndpoint, the pipeline; the first
 refusal answers (decide.py's `refuse`) and is recorded as the decision.
 """
 
@@ -72,7 +72,6 @@ def _replayed_as_first_sent(flow: http.HTTPFlow) -> None:
 class RequestGate:
     def __init__(self, current: CurrentConfig, exchanges: Exchanges, upstreams: UpstreamConnections) -> None:
         self.current = current
-        current.follow(self.apply)
         self.exchanges = exchanges
         self.upstreams = upstreams
         self._error_answers = ProxyErrorAnswers()
@@ -120,7 +119,7 @@ class RequestGate:
 
     def _refuse_over_limit(self, flow: http.HTTPFlow, status: int, message: str) -> None:
         """Answer a request over `limits` (its head here, or its body as it comes) and close."""
-        refuse(flow, status, message, LIMITS, closing=True)
+        refuse(flow, status, message, LIMITS, closing=True, routed=True)
 
     def _fail_closed(self, flow: http.HTTPFlow) -> None:
         # A request the gateway could not judge never reaches an upstream.
@@ -214,7 +213,7 @@ class RequestGate:
             # body (and mitmproxy's HTTP/1 sender fails on them), so nothing is forwarded.
             del self.exchanges[flow]
             context.finished()
-            refuse(flow, 400, REQUEST_TRAILERS, "request trailers", closing=True)
+            refuse(flow, 400, REQUEST_TRAILERS, "request trailers", closing=True, routed=True)
             return
         context.forwarded()
         if request.is_http2 and request.raw_content and "content-length" not in request.headers:

@@ -10,6 +10,7 @@ from mitmproxy import connection, ctx, exceptions, tls
 from ..config.model import GatewayConfig, HttpListener
 from ..https import CertificateFiles, HttpsListener, refusing_connection
 from ..mitm.listener_lines import ListenerLines, reverse_mode
+from ..mitm.tlsconfig import make_server_connection
 from ..upstreams.tls import system_ca_bundle
 from .config_service import CurrentConfig
 
@@ -28,7 +29,6 @@ def on_https_port(client: connection.Client, https: HttpsListener | None) -> boo
 class Listeners:
     def __init__(self, current: CurrentConfig) -> None:
         self.current = current
-        current.follow(self.apply)
         self._listener_lines = ListenerLines()
         self._certificate_files = CertificateFiles()
 
@@ -127,13 +127,8 @@ class Listeners:
         trust = config.upstream_trust.context_for(data.conn.address) if config else None
         if trust is None or data.is_dtls:
             return
-        if data.ssl_conn is None:
-            # This addon runs before mitmproxy's TlsConfig: let it build the connection now (it
-            # then leaves the connection alone).
-            tlsconfig = ctx.master.addons.get("tlsconfig")
-            if tlsconfig is None:
-                return
-            tlsconfig.tls_start_server(data)
+        if data.ssl_conn is None and not make_server_connection(data):
+            return
         # The verify store is the context's; what mitmproxy set on the connection itself (the
         # name to check, SNI, ALPN, verify mode) stays.
         data.ssl_conn.set_context(trust)

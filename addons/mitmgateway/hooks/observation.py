@@ -24,7 +24,6 @@ worker tells it that it is ready by a file in this folder."""
 class Observation:
     def __init__(self, current: CurrentConfig, metrics: GatewayMetrics, access_log: AccessLog) -> None:
         self.current = current
-        current.follow(self.apply)
         self.metrics = metrics
         self.access_log = access_log
         self.accepting = True

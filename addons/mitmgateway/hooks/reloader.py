@@ -27,7 +27,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 POLL_SECONDS = 1.0
 TRIAL_TIMEOUT_SECONDS = 60
 # What gateway.py imports; importing it imports every module the gateway uses.
-TRIAL = "import mitmgateway.hooks, mitmgateway.runner, mitmgateway.pool"
+TRIAL = "import mitmgateway.hooks, mitmgateway.hooks.reloader, mitmgateway.runner, mitmgateway.pool"
 _TRACEBACK_PLACE = re.compile(r'File "([^"]+)", line (\d+)')
 
 

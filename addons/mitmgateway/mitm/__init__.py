@@ -4,10 +4,10 @@ Written against mitmproxy 11.0.2. Each module says which of mitmproxy's function
 uses, and why no public API does: its error page (error_pages), the HTTP/1 head reader and body
 buffering (http1_limits), trailer fields (trailers), a 101 that would become a pipe (upgrades),
 events fed to a connection (injection), the proxy server's handlers and listeners (proxyserver),
-script reloading (scripts), the lean runner's event dispatch (dispatch), and the words of its
-listener log lines (listener_lines). Replacements go through `patches.Patches`, which restores
-the originals when the gateway is unloaded and runs without a replacement (saying so) when its
-target is gone.
+script reloading (scripts), the lean runner's event dispatch (dispatch), its TLS settings for an
+upstream connection (tlsconfig), and the words of its listener log lines (listener_lines).
+Replacements go through `patches.Patches`, which restores the originals when the gateway is
+unloaded and runs without a replacement (saying so) when its target is gone.
 
 `INTERNALS` lists every such name; tests/unit/test_mitm_internals.py finds each of them in the
 installed mitmproxy, so an upgrade that moves one fails there, by name, not in front of a user.
@@ -42,6 +42,8 @@ INTERNALS = (
     "mitmproxy.addonmanager:AddonManager._iter_hooks",
     "mitmproxy.addonmanager:AddonManager.invoke_addon_sync",
     "mitmproxy.addonmanager:AddonManager.handle_lifecycle",
+    # tlsconfig
+    "mitmproxy.addons.tlsconfig:TlsConfig.tls_start_server",
     # listener_lines: the words of ReverseMode.description, checked by the test itself
     "mitmproxy.proxy.mode_specs:ReverseMode.description",
 )

@@ -4,7 +4,7 @@ The front door forwards ``Upgrade`` only on a WebSocket handshake (front_door.py
 still answer 101 to anything; mitmproxy would then make the upstream connection a pipe (written
 against mitmproxy 11.0: ``_http1.should_make_pipe`` in ``Http1Connection.mark_done``) and, with
 its ``rawtcp``, carry every later client byte through it unjudged. The gateway answers such a
-101 with 502 (its responseheaders hook) and marks it here, so that the upstream connection it came
+101 with 502 (hooks/response_side.py) and marks it here, so that the upstream connection it came
 on is closed instead of piped, and never carries another request.
 """
 

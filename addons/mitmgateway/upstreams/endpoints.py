@@ -86,7 +86,7 @@ class ServiceEndpoint:
     upstreams: tuple[Upstream, ...]
     health_check: HealthCheck = HealthCheck()
     ca_file: str | None = None
-    """proxyOptions.target.caFile, relative to the config file (see upstream_tls.py)."""
+    """proxyOptions.target.caFile, relative to the config file (see tls.py)."""
 
 
 def parse_service_endpoint(name: str, raw: Any, path: KeyPath) -> ServiceEndpoint:

@@ -82,7 +82,7 @@ class ResponseSide:
             context.finished()
         self._refused_switches.refuse(flow.response)
         decision.upstream_switched_protocols = True
-        refuse(flow, 502, BAD_GATEWAY, SWITCH_REFUSED, closing=True)
+        refuse(flow, 502, BAD_GATEWAY, SWITCH_REFUSED, closing=True, routed=True)
 
     def response(self, flow: http.HTTPFlow) -> None:
         if (decision := Decision.recorded(flow)) is not None and decision.upstream_switched_protocols:
