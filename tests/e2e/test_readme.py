@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from mitmproxy import io
 
 from harness import ROOT, free_port, send, wait_for_port, wait_until
 from processes import listening
@@ -117,6 +118,16 @@ def serves(expected_exit: int = 0) -> Callable[[Checkout, str, Path], None]:
     return judge
 
 
+def serves_and_records(checkout: Checkout, command: str, log: Path) -> None:
+    """A server that records: its flows read back from the file it names, owner-readable only."""
+    serves()(checkout, command, log)
+    recording = checkout.path / command.rpartition("gateway_record=")[2]
+    assert stat.S_IMODE(recording.stat().st_mode) == 0o600
+    with recording.open("rb") as f:
+        flows = list(io.FlowReader(f).stream())
+    assert [f.metadata["gateway"]["answeredBy"] for f in flows] == ["jwt"]
+
+
 def demo_serves(checkout: Checkout, command: str, log: Path) -> None:
     """scripts/demo: the walkthrough, then serving until Ctrl-C."""
     process = checkout.start(command, log)
@@ -170,6 +181,7 @@ JUDGES: dict[str, Callable[[Checkout, str, Path], None] | None] = {
     "scripts/demo --check": succeeds("with a valid token, after the window   -> 200"),
     "scripts/demo --web": demo_serves,
     ".venv/bin/mitmdump -s addons/gateway.py": serves(),
+    ".venv/bin/mitmdump -s addons/gateway.py --set gateway_record=logs/traffic.mitm": serves_and_records,
     ".venv/bin/mitmdump -s addons/gateway.py --set gateway_config=/etc/gw.yml": succeeds(
         "invalid gateway config: /etc/gw.yml: cannot read the file", exit_code=1
     ),

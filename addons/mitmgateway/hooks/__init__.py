@@ -6,11 +6,13 @@ In mitmproxy's calling order:
 - `Listeners`: reverse mode on the config's ports, its certificates, the ``tls_*`` hooks (first:
   it refuses options that would weaken TLS before any config is served);
 - `ConfigService`: gateway.config.yml loaded, watched and swapped whole (`CurrentConfig`);
+- `RecordingTap`: with ``gateway_record``, what the client sent and the upstream answered;
 - `RequestGate`: each request admitted or refused, routed, run through its pipeline;
 - `UpstreamConnections`: the connection to each request's upstream, checked against its health;
 - `ResponseSide`: what the steps asked of the response; a 101 nobody asked for refused;
 - `Observation`: metrics, the access log, the admin port, mitmweb's Gateway view;
-- `GracefulShutdown`: SIGTERM drains the requests in flight.
+- `GracefulShutdown`: SIGTERM drains the requests in flight;
+- `Recorder`: with ``gateway_record``, each flow written (to replay it against another config).
 
 They share the config in service and the flow, and nothing else but the few services handed to
 them here. On each swap of the config, listeners, the gate and observation apply it, in that
@@ -30,6 +32,7 @@ from .config_service import ConfigService, CurrentConfig
 from .gate import RequestGate
 from .listeners import Listeners
 from .observation import Observation
+from .recorder import Recorder, RecordingTap
 from .response_side import ResponseSide
 from .shutdown import GracefulShutdown
 from .upstream_connections import UpstreamConnections
@@ -47,12 +50,15 @@ def gateway_addons() -> list[Any]:
     observation = Observation(current, metrics, access_log)
     for follower in (listeners, gate, observation):
         current.follow(follower.apply)
+    recorder = Recorder()
     return [
         listeners,
         config_service,
+        RecordingTap(recorder),
         gate,
         upstreams,
         ResponseSide(exchanges, access_log),
         observation,
         GracefulShutdown(on_drain=observation.stop_accepting),
+        recorder,
     ]
