@@ -59,10 +59,20 @@ def walkthrough_config(
     )
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on, and not one this process was given before: two calls in a row
+    (a gateway's port and its admin port, say) could otherwise get the same one, since neither
+    is bound until its server starts."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def listening(port: int) -> bool:
