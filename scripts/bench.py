@@ -178,6 +178,14 @@ class Bench:
         return Measurement(target, round_, rps, p50, p99, errors)
 
 
+def checkout_commit(checkout: Path) -> str:
+    """The short commit a checkout is at (its folder's name if it is not a git checkout)."""
+    result = subprocess.run(
+        ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return result.stdout.strip() if result.returncode == 0 else checkout.resolve().name
+
+
 def machine() -> dict[str, object]:
     model = ""
     try:
@@ -285,7 +293,10 @@ def main() -> int:
 
     summary = summarize(measurements, targets)
     info = machine()
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "out"}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "vs")}
+    if args.vs:
+        # The other checkout's commit, not its path on this machine.
+        settings["vs"] = checkout_commit(args.vs)
     print(f"\n{info['cpu']}, {info['cores']} cores, Python {info['python']}, mitmproxy {info['mitmproxy']}")
     print(f"wrk -t1 -c{args.connections}, {args.seconds:g} s per target, median of {args.rounds} rounds")
     print(f"{'target':<36} {'req/s':>9} {'x mitmdump':>11} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
