@@ -93,6 +93,13 @@ class RequestContext:
         self.decision.add_secret_query_param(name)
         return self.flow.request.query.get(name)
 
+    def header_credential(self, name: str) -> str | None:
+        """A credential from a request header (a recording without credentials leaves it out)."""
+        value = self.flow.request.headers.get(name)
+        if value is not None:
+            self.decision.add_secret_header(name)
+        return value
+
     def answer(self, response: http.Response) -> None:
         """End the pipeline with the gateway's own response (a refusal when it is a 4xx/5xx)."""
         self.flow.response = response

@@ -97,6 +97,8 @@ class Decision:
     auth_failure: _Field[str | None] = _Field("authFailure", None)
     secret_query_params: _Field[Sequence[str]] = _Field("secretQueryParams", ())
     """Query parameters a credential was read from: the access log writes them redacted."""
+    secret_headers: _Field[Sequence[str]] = _Field("secretHeaders", ())
+    """Request headers a credential was read from."""
 
     # What the other steps found.
     rate_limit_store: _Field[str | None] = _Field("rateLimitStore", None)
@@ -146,8 +148,8 @@ class Decision:
     def add_secret_query_param(self, name: str) -> None:
         self.data.setdefault("secretQueryParams", []).append(name)
 
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.data)
+    def add_secret_header(self, name: str) -> None:
+        self.data.setdefault("secretHeaders", []).append(name)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Decision) and self.data == other.data

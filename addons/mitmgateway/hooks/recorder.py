@@ -15,9 +15,9 @@ opens it.
 Options: ``gateway_record`` (the file; empty: off), ``gateway_record_max_bytes`` (the file is
 rotated to FILE.1, FILE.2... beyond this size; ``gateway_record_keep`` of them are kept),
 ``gateway_record_sample`` (percent of requests recorded), ``gateway_record_credentials`` (false:
-Authorization, Proxy-Authorization, Cookie and query-string credentials are removed before
-writing, and the flow says so). A recording holds credentials: the file is created readable by
-its owner only.
+Authorization, Proxy-Authorization, Cookie, and every header and query parameter an auth step
+read a credential from, are removed before writing, and the flow says so). A recording holds
+credentials: the file is created readable by its owner only.
 """
 
 from __future__ import annotations
@@ -37,24 +37,24 @@ logger = logging.getLogger("mitmgateway")
 CLIENT_REQUEST_KEY = "gatewayClientRequest"
 UPSTREAM_RESPONSE_KEY = "gatewayUpstreamResponse"
 STRIPPED_KEY = "gatewayCredentialsStripped"
-CREDENTIAL_HEADERS = (b"authorization", b"proxy-authorization", b"cookie")
+CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "cookie")
+"""Left out of a recording without credentials, besides those an auth step read one from."""
 _RECORDING = "gatewayRecorded"
 
 
-def _without_credentials(headers: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, bytes], ...]:
-    return tuple((name, value) for name, value in headers if name.lower() not in CREDENTIAL_HEADERS)
-
-
-def strip_credentials(flow: http.HTTPFlow, client_state: dict[str, Any], secret_params: list[str]) -> None:
-    """Remove what proves an identity from the recorded requests (the client's and the forwarded)."""
-    client_state["headers"] = _without_credentials(client_state["headers"])
-    flow.request.headers.fields = _without_credentials(flow.request.headers.fields)
-    if secret_params:
-        client = http.Request.from_state(dict(client_state))
-        for name in secret_params:
-            flow.request.query.pop(name, None)
-            client.query.pop(name, None)
-        client_state["path"] = client.data.path
+def strip_credentials(flow: http.HTTPFlow, client_state: dict[str, Any]) -> None:
+    """Remove what proves an identity from the recorded requests (the client's and the
+    forwarded): the usual credential headers, and the headers and query parameters an auth step
+    of this request read one from."""
+    decision = Decision.recorded(flow) or Decision()
+    headers = {*CREDENTIAL_HEADERS, *decision.secret_headers}
+    client = http.Request.from_state(dict(client_state))
+    for request in (client, flow.request):
+        for name in headers:
+            request.headers.pop(name, None)  # every field of that name, in any case
+        for name in decision.secret_query_params:
+            request.query.pop(name, None)
+    client_state.update(headers=client.headers.fields, path=client.data.path)
     flow.metadata[STRIPPED_KEY] = True
 
 
@@ -144,9 +144,7 @@ class Recorder:
         if not flow.metadata.pop(_RECORDING, False) or self.path is None:
             return
         if not ctx.options.gateway_record_credentials:
-            decision = Decision.recorded(flow)
-            secret_params = list(decision.secret_query_params) if decision is not None else []
-            strip_credentials(flow, flow.metadata[CLIENT_REQUEST_KEY], secret_params)
+            strip_credentials(flow, flow.metadata[CLIENT_REQUEST_KEY])
         try:
             writer = self._open()
             writer.add(flow)

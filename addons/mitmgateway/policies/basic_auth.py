@@ -100,7 +100,7 @@ class BasicAuthPolicy(Policy):
 
     @staticmethod
     def credentials(ctx: RequestContext) -> tuple[str, str] | None:
-        encoded = scheme_credential(ctx.flow.request.headers.get("authorization", ""), "basic")
+        encoded = scheme_credential(ctx.header_credential("authorization") or "", "basic")
         if encoded is None:
             return None
         try:

@@ -214,13 +214,12 @@ class JwtPolicy(Policy):
         )
 
     def extract_token(self, ctx: RequestContext) -> str | None:
-        request = ctx.flow.request
         extractor = self.action.jwt_extractor
         if extractor == "header":
-            return request.headers.get(self.action.jwt_extractor_field or "")
+            return ctx.header_credential(self.action.jwt_extractor_field or "")
         if extractor == "query":
             return ctx.query_credential(self.action.jwt_extractor_field or "")
-        return scheme_credential(request.headers.get("authorization", ""), self.scheme)
+        return scheme_credential(ctx.header_credential("authorization") or "", self.scheme)
 
     def verify(self, token: str, key: VerificationKey | None) -> Mapping[str, Any]:
         """The token's claims if `key` verifies it now; raises jwt.InvalidTokenError if not."""

@@ -70,7 +70,7 @@ class KeyAuthPolicy(Policy):
     def extract_key(self, ctx: RequestContext) -> str | None:
         action = self.action
         request = ctx.flow.request
-        if not action.disable_headers and (value := request.headers.get(action.api_key_header)):
+        if not action.disable_headers and (value := ctx.header_credential(action.api_key_header)):
             if action.disable_headers_scheme:
                 return value.strip()
             if (key := scheme_credential(value, self.scheme)) is not None:
