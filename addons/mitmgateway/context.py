@@ -6,6 +6,7 @@ never in globals.
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -74,6 +75,12 @@ class RequestContext:
     @property
     def client_ip(self) -> str:
         return self.client.ip
+
+    @property
+    def now(self) -> float:
+        """The request's time (epoch seconds): what token expiry, rate-limit windows and cache
+        freshness are judged by, so that a replay of a recorded request judges it as it was."""
+        return self.flow.request.timestamp_start or time.time()
 
     def authenticate(self, who: Authenticated, claims: Mapping[str, Any] | None = None) -> bool:
         """Record the consumer a credential proved; False, answered 403, when it lacks a scope

@@ -91,7 +91,7 @@ def _memory_hits(algorithm: str):  # type: ignore[no-untyped-def]
     store = MemoryStore(100)
 
     async def hit() -> int:
-        return store.hit("client", 1000, algorithm, 3).count  # type: ignore[arg-type]
+        return store.hit("client", 1000, algorithm, 3, time.time()).count  # type: ignore[arg-type]
 
     return hit
 
@@ -100,7 +100,7 @@ def _redis_hits(url: str, algorithm: str):  # type: ignore[no-untyped-def]
     store = open_store(StoreSettings(type="redis", url=url, namespace=f"test-{algorithm}"))
 
     async def hit() -> int:
-        result = await store.hit("client", 1000, algorithm, 3)  # type: ignore[arg-type, misc]
+        result = await store.hit("client", 1000, algorithm, 3, time.time())  # type: ignore[arg-type, misc]
         assert result is not None
         return result.count
 
@@ -119,11 +119,11 @@ def test_sliding_window_blocks_the_edge_burst_fixed_window_allows(store, redis_s
 def test_redis_fixed_window_counts_and_expires(redis_server):
     async def main() -> None:
         store = open_store(StoreSettings(type="redis", url=redis_server.url, namespace="test"))
-        hits = [await store.hit("client", 300, "fixed-window", 5) for _ in range(3)]
+        hits = [await store.hit("client", 300, "fixed-window", 5, time.time()) for _ in range(3)]
         assert [h.count for h in hits if h] == [1, 2, 3]
         assert all(h is not None and 0 < h.reset_after <= 0.3 for h in hits)
         await asyncio.sleep(0.35)
-        again = await store.hit("client", 300, "fixed-window", 5)
+        again = await store.hit("client", 300, "fixed-window", 5, time.time())
         assert again is not None and again.count == 1
 
     asyncio.run(main())
@@ -133,12 +133,12 @@ def test_memory_store_stays_within_its_bound(caplog):
     store = MemoryStore(1000)
     with caplog.at_level(logging.WARNING, logger="mitmgateway"):
         for i in range(1_000_000):
-            store.hit(f"client-{i}", 60_000, "fixed-window", 5)
+            store.hit(f"client-{i}", 60_000, "fixed-window", 5, 1000.0)
     assert len(store.entries) <= 1000
     warnings = [r for r in caplog.records if "memory store is full" in r.message]
     assert len(warnings) == 1
     # The newest clients are the ones kept.
-    assert store.hit("client-999999", 60_000, "fixed-window", 5).count == 2
+    assert store.hit("client-999999", 60_000, "fixed-window", 5, 1000.0).count == 2
 
 
 def test_delay_after_slows_requests_past_it(tmp_path):

@@ -33,7 +33,7 @@ def test_the_header_a_step_read_a_credential_from_is_left_out(tmp_path):
         assert "X-Api-Key" not in request.headers and "Cookie" not in request.headers
         assert request.headers["X-Tier"] == "gold"
         assert request.query["page"] == "2"
-    assert flow.metadata[STRIPPED_KEY] is True
+    assert flow.metadata[STRIPPED_KEY] == ["cookie", "x-api-key"]
 
 
 def test_a_query_string_credential_is_left_out_too(tmp_path):

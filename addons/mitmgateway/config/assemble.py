@@ -24,7 +24,7 @@ from ..paths import PathRules
 from ..pipeline import Pipeline
 from ..policies import StepState
 from ..routing import Router
-from ..stores import StoreSettings, open_store
+from ..stores import StoreSettings
 from ..stores.base import parse_store_settings
 from ..upstreams.endpoints import build_upstream_trust, parse_service_endpoint
 from ..upstreams.tls import UpstreamTrust
@@ -186,7 +186,7 @@ def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
 
     store_settings: StoreSettings = parts["rateLimitStore"]
     store_key = ("rateLimitStore", store_settings.identity())
-    store = state.get(store_key, lambda: open_store(store_settings), set())
+    store = state.get(store_key, lambda: state.open_store(store_settings), set())
     consumers: Consumers = parts["consumers"]
     builder = PipelineBuilder(
         file.parent, state, parts["policies"], parts["serviceEndpoints"], store, consumers

@@ -3,7 +3,6 @@ and the response side conclude a request."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,6 +10,7 @@ from mitmproxy import http
 
 from ..answers import as_json_error, closing_answer_to, make_answer
 from ..decision import Decision
+from ..ids import new_request_id
 from ..observe.decision_view import show_in_mitmweb
 
 
@@ -36,7 +36,7 @@ def decide(
     )
     if refused and decision.json_errors:
         if decision.request_id is None:
-            decision.request_id = secrets.token_hex(16)
+            decision.request_id = new_request_id()
         flow.response = as_json_error(flow.response, decision.request_id)  # type: ignore[arg-type]
     show_in_mitmweb(flow, decision, refused)
 

@@ -16,7 +16,8 @@ Options: ``gateway_record`` (the file; empty: off), ``gateway_record_max_bytes``
 rotated to FILE.1, FILE.2... beyond this size; ``gateway_record_keep`` of them are kept),
 ``gateway_record_sample`` (percent of requests recorded), ``gateway_record_credentials`` (false:
 Authorization, Proxy-Authorization, Cookie, and every header and query parameter an auth step
-read a credential from, are removed before writing, and the flow says so). A recording holds
+read a credential from, are removed before writing, and ``gatewayCredentialsStripped`` names
+them). A recording holds
 credentials: the file is created readable by its owner only.
 """
 
@@ -47,15 +48,19 @@ def strip_credentials(flow: http.HTTPFlow, client_state: dict[str, Any]) -> None
     forwarded): the usual credential headers, and the headers and query parameters an auth step
     of this request read one from."""
     decision = Decision.recorded(flow) or Decision()
-    headers = {*CREDENTIAL_HEADERS, *decision.secret_headers}
+    headers = {*CREDENTIAL_HEADERS, *(h.lower() for h in decision.secret_headers)}
     client = http.Request.from_state(dict(client_state))
+    removed = sorted({h for h in headers if h in client.headers})
+    removed += sorted({f"?{q}" for q in decision.secret_query_params if q in client.query})
     for request in (client, flow.request):
         for name in headers:
             request.headers.pop(name, None)  # every field of that name, in any case
         for name in decision.secret_query_params:
             request.query.pop(name, None)
     client_state.update(headers=client.headers.fields, path=client.data.path)
-    flow.metadata[STRIPPED_KEY] = True
+    # What was removed (``?name``: a query parameter), so that a replay knows which requests
+    # carried a credential it cannot check again.
+    flow.metadata[STRIPPED_KEY] = removed
 
 
 class RecordingTap:

@@ -8,11 +8,11 @@ dropped), so upstreams and the access log always see one.
 from __future__ import annotations
 
 import re
-import secrets
 
 from mitmproxy import http
 
 from ..headers import set_headers
+from ..ids import new_traceparent
 
 TRACEPARENT = "traceparent"
 # version-traceid-parentid-flags; versions after 00 may append fields, "ff" is forbidden.
@@ -28,10 +28,6 @@ def is_valid_traceparent(value: str) -> bool:
     if version == "ff" or (version == "00" and rest):
         return False
     return trace_id != _ZERO_TRACE and parent_id != _ZERO_PARENT
-
-
-def new_traceparent() -> str:
-    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
 
 
 def ensure_traceparent(request: http.Request) -> str:

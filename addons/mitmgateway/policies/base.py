@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -10,11 +11,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from ..config.errors import KeyPath
 from ..credentials import CredentialType, register_credential_type
+from ..jwks import KeySet, RemoteKeySet
+from ..stores import RateLimitStore, StoreSettings, open_store
 
 if TYPE_CHECKING:
     from ..consumers import Consumers
     from ..context import RequestContext
-    from ..stores import RateLimitStore
     from ..upstreams.endpoints import ServiceEndpoint
 
 S = TypeVar("S")
@@ -36,6 +38,19 @@ class StepState:
         if key not in self._items:
             self._items[key] = create()
         return self._items[key]
+
+    # What a step reaches beyond the request. A replay (whatif/) judges recorded requests offline
+    # with a state that gives a store in memory, the key sets it was handed, and no waiting.
+
+    def open_store(self, settings: StoreSettings) -> RateLimitStore:
+        return open_store(settings)
+
+    def remote_key_set(self, uri: str, refresh_interval: float, timeout: float) -> KeySet:
+        return RemoteKeySet(uri, refresh_interval, timeout)
+
+    def delay(self, seconds: float) -> Awaitable[None]:
+        """What a step awaits to hold a request back (a rate limit's delayMs)."""
+        return asyncio.sleep(seconds)
 
     def keep_only(self, used: set[Any]) -> None:
         """Drop what `used` does not name; what holds resources (a Redis client) has close()."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from dataclasses import dataclass
 
 from cachetools import TLRUCache
@@ -86,10 +85,16 @@ class CachePolicy(Policy):
         self.entries: TLRUCache[tuple[object, ...], _Entry] = TLRUCache(
             maxsize=action.max_bytes,
             ttu=lambda _key, entry, _now: entry.expires,
-            timer=time.monotonic,
+            timer=self._clock,
             getsizeof=lambda entry: len(entry.response.raw_content or b"") + ENTRY_OVERHEAD,
         )
         self.vary: dict[tuple[object, ...], tuple[str, ...]] = {}
+        self.now = 0.0
+        """The time of the request being looked up or stored (its clock, so a replay of recorded
+        requests finds what was fresh then), never going back."""
+
+    def _clock(self) -> float:
+        return self.now
 
     def handle(self, ctx: RequestContext) -> None:
         request = ctx.flow.request
@@ -102,6 +107,7 @@ class CachePolicy(Policy):
             return
         if any(name in headers for name in _UNKEYED):
             return
+        self.now = max(self.now, ctx.now)
         who = (ctx.decision.consumer or (ctx.user or {}).get("sub")) if personal else None
         base = (request.method, ctx.hostname, request.path, who)
         names = self.vary.get(base, ())
@@ -109,7 +115,7 @@ class CachePolicy(Policy):
         entry = None if "no-cache" in _tokens(request, "cache-control") else self.entries.get(key)
         if entry is not None:
             answer = entry.response.copy()
-            answer.headers["Age"] = str(max(0, math.floor(time.monotonic() - entry.stored)))
+            answer.headers["Age"] = str(max(0, math.floor(self.now - entry.stored)))
             answer.headers["X-Cache"] = "HIT"
             ctx.decision.cache = "hit"
             ctx.serve(answer)
@@ -135,6 +141,6 @@ class CachePolicy(Policy):
             self.vary.clear()  # bounded: at worst a few misses, never growth without end
         stored = response.copy()
         stored.headers.pop("X-Cache", None)
-        now = time.monotonic()
+        now = self.now = max(self.now, ctx.now)
         key = (*base, names, *(sent.get(n) for n in names))
         self.entries[key] = _Entry(stored, now, now + seconds)

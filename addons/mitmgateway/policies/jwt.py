@@ -15,13 +15,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
+import math
 from collections.abc import Awaitable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import jwt
-from cachetools import TLRUCache
+from cachetools import LRUCache
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -106,7 +106,7 @@ def _configured_keys(action: JwtAction, build: BuildContext) -> KeySet:
             raise ConfigError(path, f"must be an https:// (or http://) URL, got {action.jwks_uri!r}")
         settings = (action.jwks_uri, action.jwks_refresh_interval, action.jwks_timeout)
         # Kept across reloads: a reload must not send every token back to the provider.
-        return build.step_state(settings, lambda: RemoteKeySet(*settings))
+        return build.step_state(settings, lambda: build.state.remote_key_set(*settings))
     if action.secret_or_public_key is not None:
         path = build.path.key("secretOrPublicKey")
         return KeySet({None: load_verification_key(action.secret_or_public_key.encode(), path)})
@@ -159,6 +159,23 @@ _FAILURE_REASONS: tuple[tuple[type[jwt.InvalidTokenError], str], ...] = (
 )
 
 
+def check_times(claims: Mapping[str, Any], now: float, leeway: float) -> None:
+    """exp and nbf against `now` (epoch seconds), as pyjwt judges them against its clock; raises
+    jwt.InvalidTokenError."""
+    for claim in NUMERIC_DATE_CLAIMS:
+        value = claims.get(claim)
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or (isinstance(value, float) and not math.isfinite(value))
+        ):
+            raise NotNumericDateError(f"{claim} is not a number")
+    if "exp" in claims and claims["exp"] <= now - leeway:
+        raise jwt.ExpiredSignatureError("Signature has expired")
+    if "nbf" in claims and claims["nbf"] > now + leeway:
+        raise jwt.ImmatureSignatureError("The token is not yet valid (nbf)")
+
+
 def failure_reason(error: jwt.InvalidTokenError) -> str:
     """A short, stable name for why a token was refused (a metrics label, a log field)."""
     for kind, reason in _FAILURE_REASONS:
@@ -205,10 +222,15 @@ class JwtPolicy(Policy):
         # these before any step runs (even when a condition skips this one).
         self.identity_headers = tuple(header for _claim, header in action.forward_claims)
         self.claim_headers = tuple((claim, header.encode()) for claim, header in action.forward_claims)
-        self.options = {"verify_aud": action.audience is not None, "verify_iat": False}
-        self.verified: TLRUCache[str, tuple[Mapping[str, Any], float]] = TLRUCache(
-            maxsize=VERIFIED_TOKENS, ttu=lambda _token, entry, _now: entry[1], timer=time.monotonic
-        )
+        # exp and nbf are judged by the request's time (`check_times`), not by pyjwt's clock.
+        self.options = {
+            "verify_aud": action.audience is not None,
+            "verify_iat": False,
+            "verify_exp": False,
+            "verify_nbf": False,
+        }
+        # Token → (claims, until when it is remembered, epoch seconds).
+        self.verified: LRUCache[str, tuple[Mapping[str, Any], float]] = LRUCache(maxsize=VERIFIED_TOKENS)
         self.scheme = (
             "bearer" if action.jwt_extractor == "authBearer" else (action.jwt_extractor_field or "").lower()
         )
@@ -221,8 +243,8 @@ class JwtPolicy(Policy):
             return ctx.query_credential(self.action.jwt_extractor_field or "")
         return scheme_credential(ctx.header_credential("authorization") or "", self.scheme)
 
-    def verify(self, token: str, key: VerificationKey | None) -> Mapping[str, Any]:
-        """The token's claims if `key` verifies it now; raises jwt.InvalidTokenError if not."""
+    def verify(self, token: str, key: VerificationKey | None, now: float) -> Mapping[str, Any]:
+        """The token's claims if `key` verifies it at `now`; raises jwt.InvalidTokenError if not."""
         if key is None:
             raise UnknownKeyError("no key for this token's kid")
         algorithms = (
@@ -237,17 +259,14 @@ class JwtPolicy(Policy):
             leeway=self.action.clock_tolerance,
             options=self.options,  # type: ignore[arg-type]
         )
-        for claim in NUMERIC_DATE_CLAIMS:
-            value = claims.get(claim)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-                raise NotNumericDateError(f"{claim} is not a number")
+        check_times(claims, now, self.action.clock_tolerance)
         # Remember it until it expires (the same leeway as verification gives), and never long.
-        lifetime = REMEMBER_SECONDS
+        until = now + REMEMBER_SECONDS
         # (An exp beyond any clock, 10**400 say, is remembered the longest: no float holds it.)
         if "exp" in claims and claims["exp"] < FAR_FUTURE:
-            lifetime = min(lifetime, claims["exp"] + self.action.clock_tolerance - time.time())
-        if lifetime > 0:
-            self.verified[token] = (claims, time.monotonic() + lifetime)
+            until = min(until, claims["exp"] + self.action.clock_tolerance)
+        if until > now:
+            self.verified[token] = (claims, until)
         return claims
 
     def handle(self, ctx: RequestContext) -> Coroutine[Any, Any, None] | None:
@@ -258,8 +277,10 @@ class JwtPolicy(Policy):
             return None
         cached = self.verified.get(token)
         if cached is not None:
-            self._accept(ctx, cached[0])
-            return None
+            if ctx.now < cached[1]:
+                self._accept(ctx, cached[0])
+                return None
+            del self.verified[token]  # expired: verified again, which refuses it
         if not token.isascii():  # a JWT is base64url and dots; anything else is not one
             self._reject(ctx, jwt.DecodeError("not ASCII"))
             return None
@@ -287,7 +308,7 @@ class JwtPolicy(Policy):
 
     def _verify(self, ctx: RequestContext, token: str, key: VerificationKey | None) -> None:
         try:
-            claims = self.verify(token, key)
+            claims = self.verify(token, key, ctx.now)
         except jwt.InvalidTokenError as e:
             self._reject(ctx, e)
             return

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import secrets
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,6 +21,7 @@ from ..config.schema import non_negative, not_supported_yet, option, unknown
 from ..context import RequestContext
 from ..decision import Decision
 from ..headers import closes_connection, encode, set_headers, strip_hop_by_hop
+from ..ids import new_request_id
 from ..mitm.injection import answer_as_upstream
 from ..paths import has_dot_segment
 from ..upstreams.endpoints import Upstream
@@ -137,7 +137,7 @@ class ProxyPolicy(Policy):
                 added.append((b"X-Forwarded-Host", encode(original_host)))
         request_id = request.headers.get(REQUEST_ID)
         if request_id is None or not SAFE_REQUEST_ID.match(request_id):
-            request_id = secrets.token_hex(16)
+            request_id = new_request_id()
             added.append((REQUEST_ID.encode(), request_id.encode()))
         if added:
             set_headers(request, tuple(added))

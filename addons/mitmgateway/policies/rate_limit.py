@@ -8,10 +8,8 @@ With the memory store a hit is answered at once; with redis the step awaits one 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
-import time
 from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +55,7 @@ class RateLimitPolicy(Policy):
     def __init__(self, action: RateLimitAction, build: BuildContext) -> None:
         self.action = action
         self.store = build.rate_limit_store
+        self.delay = build.state.delay
         # The step's counters keep across reloads while its window and algorithm stay the same.
         self.prefix = f"{build.step_id}:{action.window_ms}:{action.algorithm}:"
         self._no_key_logged = False
@@ -82,7 +81,7 @@ class RateLimitPolicy(Policy):
         if not action.max and not action.delays:
             return None  # neither a limit nor a delay: nothing to count
         hit = self.store.hit(
-            self.prefix + self.client_key(ctx), action.window_ms, action.algorithm, action.max
+            self.prefix + self.client_key(ctx), action.window_ms, action.algorithm, action.max, ctx.now
         )
         if isinstance(hit, Hit):
             return self._decide(ctx, hit)
@@ -112,7 +111,7 @@ class RateLimitPolicy(Policy):
             headers = {
                 "X-RateLimit-Limit": str(limit),
                 "X-RateLimit-Remaining": str(remaining),
-                "X-RateLimit-Reset": str(math.ceil(time.time() + reset_after)),
+                "X-RateLimit-Reset": str(math.ceil(ctx.now + reset_after)),
                 # The IETF draft's fields (draft-ietf-httpapi-ratelimit-headers): quota and window,
                 # then what is left and the seconds until it resets.
                 "RateLimit-Policy": self.policy_field,
@@ -128,5 +127,5 @@ class RateLimitPolicy(Policy):
         if action.delays and hit.count > (action.delay_after or 0):
             # Never past the window: a longer wait would hold the request for nothing.
             delay = (hit.count - action.delay_after) * action.delay_ms / 1000
-            return asyncio.sleep(min(delay, action.window_ms / 1000))
+            return self.delay(min(delay, action.window_ms / 1000))
         return None

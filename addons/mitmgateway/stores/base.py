@@ -59,8 +59,11 @@ def sliding_hit(current: int, previous: int, elapsed_ms: float, window_ms: int, 
 
 class RateLimitStore(ABC):
     @abstractmethod
-    def hit(self, key: str, window_ms: int, algorithm: Algorithm, limit: int) -> Hit | Awaitable[Hit | None]:
-        """Count a hit. An awaitable's None means: store unreachable, fail open (let it through)."""
+    def hit(
+        self, key: str, window_ms: int, algorithm: Algorithm, limit: int, now: float
+    ) -> Hit | Awaitable[Hit | None]:
+        """Count a hit at `now` (the request's time, epoch seconds; a shared store may go by its
+        own clock). An awaitable's None means: store unreachable, fail open (let it through)."""
 
     def close(self) -> None:  # noqa: B027 (most stores hold nothing to release)
         """Release connections: the config that used this store was replaced."""

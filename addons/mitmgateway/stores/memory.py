@@ -9,7 +9,6 @@ clients (or spoofed keys) arrive. A hit is a dict lookup and a heap push (amorti
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from cachetools import TLRUCache
@@ -20,11 +19,18 @@ logger = logging.getLogger("mitmgateway")
 
 
 class _Entries(TLRUCache):
-    """A TLRU map that says, once, when it starts evicting live entries to stay in bounds."""
+    """A TLRU map that says, once, when it starts evicting live entries to stay in bounds.
+
+    Its clock is the time of the request being counted (`now`), not the machine's: a replay of
+    recorded requests counts them as they were counted when they came."""
 
     def __init__(self, maxsize: int) -> None:
-        super().__init__(maxsize=maxsize, ttu=lambda _key, entry, _now: entry.expires, timer=time.monotonic)
+        super().__init__(maxsize=maxsize, ttu=lambda _key, entry, _now: entry.expires, timer=self._clock)
+        self.now = 0.0
         self.warned = False
+
+    def _clock(self) -> float:
+        return self.now
 
     def popitem(self) -> tuple[Any, Any]:
         item = super().popitem()
@@ -60,8 +66,9 @@ class MemoryStore(RateLimitStore):
     def __init__(self, max_keys: int) -> None:
         self.entries = _Entries(max_keys)
 
-    def hit(self, key: str, window_ms: int, algorithm: Algorithm, limit: int) -> Hit:
-        now = time.monotonic()
+    def hit(self, key: str, window_ms: int, algorithm: Algorithm, limit: int, now: float) -> Hit:
+        # Time goes on: a request that began before the last one counted is counted at its time.
+        now = self.entries.now = max(now, self.entries.now)
         if algorithm == "fixed-window":
             window = self.entries.get(key)
             if window is None:
@@ -69,7 +76,7 @@ class MemoryStore(RateLimitStore):
             window.count += 1
             self.entries[key] = window  # a hit makes it the most recently used
             return Hit(window.count, window.expires - now)
-        now_ms = time.time() * 1000
+        now_ms = now * 1000
         index, elapsed = divmod(now_ms, window_ms)
         sliding = self.entries.get(key)
         if sliding is None or sliding.index < index - 1 or sliding.index > index:

@@ -86,7 +86,7 @@ class RedisStore(RateLimitStore):
         self.outage = Outage(f"rate-limit store {_without_password(self.url)}")
 
     def hit(
-        self, key: str, window_ms: int, algorithm: Algorithm, limit: int
+        self, key: str, window_ms: int, algorithm: Algorithm, limit: int, now: float
     ) -> Coroutine[Any, Any, Hit | None]:
         if len(key) > MAX_KEY_LENGTH:
             key = key[:64] + hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
