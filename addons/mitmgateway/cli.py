@@ -1,4 +1,5 @@
-"""The ``mitmgateway`` console script: ``run`` serves a config, ``check`` validates one."""
+"""The ``mitmgateway`` console script: ``run`` serves a config, ``check`` validates one,
+``whatif`` replays recorded traffic against one, ``consumers`` manages consumers.yml."""
 
 from __future__ import annotations
 
@@ -46,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "consumers", help="manage consumers.yml (mitmgateway consumers --help)", add_help=False
     )
+    commands.add_parser(
+        "whatif",
+        help="replay recorded flows against a candidate config (mitmgateway whatif --help)",
+        add_help=False,
+    )
     return parser
 
 
@@ -56,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         consumers_tool.main(argv[1:])
         return 0
+    if argv[:1] == ["whatif"]:
+        from .whatif import cli as whatif_cli
+
+        return whatif_cli.main(argv[1:])
     args = _parser().parse_args(argv)
     config_path = args.config.expanduser().absolute()
     if args.command == "check":

@@ -38,6 +38,7 @@ class RequestContext:
         "decision",
         "flow",
         "hostname",
+        "recorded_identity",
         "route",
         "routed",
         "target",
@@ -52,6 +53,7 @@ class RequestContext:
         hostname: str,
         client: ClientIdentification,
         decision: Decision | None = None,
+        recorded_identity: Callable[[RequestContext], None] | None = None,
     ) -> None:
         self.flow = flow
         self.decision = Decision.of(flow) if decision is None else decision
@@ -71,6 +73,9 @@ class RequestContext:
         self._finish_callbacks: list[Callback] = []
         self._body_callbacks: list[ResponseCallback] = []
         self.wants_request_body = False
+        self.recorded_identity = recorded_identity
+        """Stands in for each step that authenticates: a replay of a request recorded without
+        its credentials applies the identity the recording kept (whatif/)."""
 
     @property
     def client_ip(self) -> str:

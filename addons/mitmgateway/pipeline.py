@@ -44,7 +44,11 @@ class Pipeline:
             if step.condition is not None and not step.condition(ctx):
                 decision.add_step(step.policy_name, "skipped")
                 continue
-            pending = step.policy.handle(ctx)
+            if step.policy.authenticates and ctx.recorded_identity is not None:
+                ctx.recorded_identity(ctx)
+                pending = None
+            else:
+                pending = step.policy.handle(ctx)
             if pending is not None:
                 return self._run_after(ctx, index, pending)
             if flow.response is not None:

@@ -9,7 +9,7 @@ refusal answers (decide.py's `refuse`) and is recorded as the decision.
 from __future__ import annotations
 
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from mitmproxy import connection, http
@@ -107,7 +107,7 @@ class RequestGate:
             refuse(flow, 503, NO_CONFIG, "no config")
             return None
         try:
-            pending = self._handle(flow, config)
+            pending = self.judge(flow, config)
         except Exception:
             self._fail_closed(flow)
             pending = None
@@ -130,7 +130,14 @@ class RequestGate:
         )
         refuse(flow, 500, INTERNAL_ERROR, "gateway error")
 
-    def _handle(self, flow: http.HTTPFlow, config: GatewayConfig) -> Coroutine[Any, Any, None] | None:
+    def judge(
+        self,
+        flow: http.HTTPFlow,
+        config: GatewayConfig,
+        recorded_identity: Callable[[RequestContext], None] | None = None,
+    ) -> Coroutine[Any, Any, None] | None:
+        """Admit, route and run the pipeline for `flow` under `config`: the request's whole
+        decision, or the coroutine that completes it. (An offline replay calls it too.)"""
         _replayed_as_first_sent(flow)
         request = flow.request
         client = config.clients.identify(flow)
@@ -160,7 +167,7 @@ class RequestGate:
         if route is None:
             refuse(flow, 404, NOT_FOUND, "no apiEndpoint")
             return None
-        context = RequestContext(flow, route, hostname, client, decision)
+        context = RequestContext(flow, route, hostname, client, decision, recorded_identity)
         if route.pipeline.identity_headers:
             remove_headers(request, route.pipeline.identity_headers)
         answered_by = route.pipeline.run(context)

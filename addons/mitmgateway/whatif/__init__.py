@@ -1,0 +1,12 @@
+"""What-if: recorded traffic decided again under another config, and the requests whose decision
+would change listed (``mitmgateway whatif``).
+
+- recorded.py: the flows a recording holds, read for replay;
+- offline.py: `OfflineGateway`, the gateway's own hooks deciding them with no socket;
+- outcome.py: what a request came to (`Outcome`), and how two outcomes differ;
+- report.py: transitions grouped and counted, JSON, the changed flows, progress;
+- cases.py: hand-written requests and the decision each must get;
+- cli.py: the command.
+
+Recording is the gateway's (hooks/recorder.py, ``gateway_record``).
+"""

@@ -1,0 +1,179 @@
+"""Deciding recorded requests again, offline, with the gateway's own code: `OfflineGateway`.
+
+Each request goes through the same `RequestGate.judge` and `ResponseSide` hooks as live traffic,
+in the order mitmproxy calls them, with no socket: the upstream's answer is the recorded one. What
+a step would reach beyond the request is given by `ReplayState`: a rate-limit store in memory
+(started afresh, fed the requests in recorded order), the key sets of jwksUris handed to it as
+documents, no delay. What cannot be worked out that way raises `Indeterminate`, and the request is
+reported so, with the reason, rather than guessed.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Awaitable, Mapping
+from pathlib import Path
+
+from mitmproxy import http
+
+from ..answers import FORBIDDEN, make_answer
+from ..config.assemble import load_config
+from ..config.model import GatewayConfig
+from ..context import Exchanges, RequestContext
+from ..hooks.config_service import CurrentConfig
+from ..hooks.gate import RequestGate
+from ..hooks.response_side import ResponseSide
+from ..hooks.upstream_connections import UpstreamConnections
+from ..ids import ids_from
+from ..jwks import KeySet, RemoteKeySet, VerificationKey
+from ..observe.access_log import AccessLog
+from ..policies import StepState
+from ..stores import RateLimitStore, StoreSettings
+from ..stores.memory import MemoryStore
+from .outcome import Outcome
+from .recorded import Recorded
+
+SHARED_COUNTS = "rate limits counted from this recording alone (the config shares them in Redis)"
+
+
+class Indeterminate(Exception):
+    """What a request's decision rests on cannot be worked out offline (the reason)."""
+
+
+class _CountedHere(MemoryStore):
+    """A Redis store's counters, kept in memory for the replay: it says when it was used."""
+
+    def __init__(self, max_keys: int) -> None:
+        super().__init__(max_keys)
+        self.hits = 0
+
+    def hit(self, key, window_ms, algorithm, limit, now):  # type: ignore[no-untyped-def]
+        self.hits += 1
+        return super().hit(key, window_ms, algorithm, limit, now)
+
+
+class _GivenKeySet(RemoteKeySet):
+    """A jwksUri's keys as handed to the replay (never fetched); without them, indeterminate."""
+
+    def __init__(self, uri: str, keys: dict[str | None, VerificationKey] | None) -> None:
+        super().__init__(uri, 0, 1)
+        self.given = keys is not None
+        self.keys = dict(keys or {})
+        self.expires = float("inf")
+
+    def get(self, kid: str | None) -> VerificationKey | None:
+        if not self.given:
+            raise Indeterminate(
+                f"jwt's keys at {self.uri} are not fetched offline (give them: --jwks URI=FILE)"
+            )
+        return KeySet.get(self, kid)
+
+    def fetch_for_unknown_kid(self) -> None:
+        return None  # the document given is all there is
+
+
+async def _no_delay() -> None:
+    return None
+
+
+class ReplayState(StepState):
+    """Step state for a replay: in memory, handed its key sets, never waiting."""
+
+    def __init__(self, jwks: Mapping[str, dict[str | None, VerificationKey]]) -> None:
+        super().__init__()
+        self.jwks = jwks
+        self.shared_stores: list[_CountedHere] = []
+
+    def open_store(self, settings: StoreSettings) -> RateLimitStore:
+        if settings.type == "memory":
+            return MemoryStore(settings.max_keys)
+        store = _CountedHere(settings.max_keys)
+        self.shared_stores.append(store)
+        return store
+
+    def remote_key_set(self, uri: str, refresh_interval: float, timeout: float) -> KeySet:
+        return _GivenKeySet(uri, self.jwks.get(uri))
+
+    def delay(self, seconds: float) -> Awaitable[None]:
+        return _no_delay()
+
+    @property
+    def shared_hits(self) -> int:
+        return sum(store.hits for store in self.shared_stores)
+
+
+class _RecordedIdentity:
+    """For a request recorded without its credentials: each authenticating step takes the
+    identity the recording kept (or, when it kept none, the request is indeterminate)."""
+
+    def __init__(self, recorded: Recorded) -> None:
+        decision = recorded.decision
+        self.user = decision.user if decision is not None else None
+        self.consumer = decision.consumer if decision is not None else None
+        self.removed = ", ".join(recorded.removed_credentials)
+        self.used = False
+
+    def __call__(self, ctx: RequestContext) -> None:
+        if self.user is None and self.consumer is None:
+            raise Indeterminate(
+                f"its credentials ({self.removed}) were left out of the recording, which names no identity"
+            )
+        self.used = True
+        ctx.user = self.user
+        ctx.decision.consumer = self.consumer
+        required = ctx.route.api_endpoint.scopes
+        scopes = set((self.user or {}).get("scopes") or ())
+        if required and not scopes.issuperset(required):
+            ctx.decision.missing_scopes = sorted(set(required) - scopes)
+            ctx.answer(make_answer(ctx.flow.request, 403, FORBIDDEN))
+
+
+class OfflineGateway:
+    """One config, deciding recorded requests one after the other (in recorded order)."""
+
+    def __init__(self, config_file: Path, jwks: Mapping[str, dict[str | None, VerificationKey]]) -> None:
+        self.state = ReplayState(jwks)
+        self.config: GatewayConfig = load_config(config_file, self.state)
+        current = CurrentConfig()
+        current.config = self.config
+        exchanges: Exchanges = weakref.WeakKeyDictionary()
+        self.gate = RequestGate(current, exchanges, UpstreamConnections())
+        self.response_side = ResponseSide(exchanges, AccessLog())
+
+    async def decide(self, recorded: Recorded) -> tuple[http.HTTPFlow, Outcome]:
+        """The flow as this config would have it (its decision, its answer), and its outcome."""
+        flow = recorded.fresh_flow()
+        identity = _RecordedIdentity(recorded) if recorded.removed_credentials else None
+        shared_hits = self.state.shared_hits
+        try:
+            with ids_from(recorded.ids()):
+                await self._run(flow, recorded, identity)
+        except Indeterminate as e:
+            return flow, Outcome(status=None, indeterminate=str(e))
+        assumed = []
+        if identity is not None and identity.used:
+            assumed.append(f"identity from the recording (its {identity.removed} left out)")
+        if self.state.shared_hits != shared_hits:
+            assumed.append(SHARED_COUNTS)
+        # (Proxied where the recording has no upstream answer, its decision having answered: the
+        # outcome's status is unknown.)
+        return flow, Outcome.of_flow(flow, tuple(assumed))
+
+    async def _run(self, flow: http.HTTPFlow, recorded: Recorded, identity: _RecordedIdentity | None) -> None:
+        # The hooks live traffic goes through, in mitmproxy's order.
+        pending = self.gate.judge(flow, self.config, identity)
+        if pending is not None:
+            await pending
+        self.gate.request(flow)
+        if flow.response is None:
+            flow.response = recorded.upstream_response()
+            if flow.response is None:
+                self.response_side.error(flow)
+                return
+            if recorded.by_gateway is False and flow.response.status_code >= 400:
+                raise Indeterminate(
+                    f"it would be proxied, and the recorded {flow.response.status_code} may be the "
+                    "old gateway's own answer as well as the upstream's"
+                )
+        self.response_side.responseheaders(flow)
+        self.response_side.response(flow)
