@@ -4,7 +4,10 @@ nothing else."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import pty
 import stat
 import subprocess
 import sys
@@ -337,3 +340,47 @@ def test_a_plain_mitmdump_recording_is_a_migration_check(capsys, tmp_path, upstr
     candidate.write_text(config_text(free_port()))
     found = transitions(changed_entries(capsys, recording, candidate, tmp_path))
     assert found == [("/o/2", "orders: 200 → 401 by jwt")]
+
+
+def test_a_baseline_config_decides_before_as_the_candidate_decides_after(capsys, recording, tmp_path):
+    flows, config = recording
+    baseline = edited(config, tmp_path, ("{action: {max: 3,", "{action: {max: 30,"))
+    candidate = tmp_path / "candidate-2.yml"
+    candidate.write_text(
+        baseline.read_text().replace("serviceEndpoint: orders,", "serviceEndpoint: customers,")
+    )
+    report = tmp_path / "baseline-report.json"
+    status, out = whatif_run(capsys, flows, "-c", candidate, "--baseline", baseline, "--json", report)
+    assert status == 1
+    assert f"(before: {baseline})" in out
+    # Both sides decided now: the requests the live limit refused are decided under the raised one
+    # (and answered the same by both configs), so only the moved ones differ.
+    assert transitions(json.loads(report.read_text())) == [
+        (f"/o/{i}", "orders: proxied 200 → proxied 200 (serviceEndpoint orders → customers)")
+        for i in range(3)
+    ]
+
+
+def test_progress_shows_on_a_terminal(recording):
+    flows, config = recording
+    primary, secondary = pty.openpty()
+    try:
+        run = subprocess.run(
+            [MITMGATEWAY, "whatif", flows, "-c", config],
+            stdout=subprocess.PIPE,
+            stderr=secondary,
+            cwd=ROOT,
+            timeout=120,
+        )
+        os.close(secondary)
+        secondary = -1
+        shown = b""
+        with contextlib.suppress(OSError):  # the terminal's other end is closed: all is read
+            while chunk := os.read(primary, 4096):
+                shown += chunk
+    finally:
+        os.close(primary)
+        if secondary >= 0:
+            os.close(secondary)
+    assert run.returncode == 0
+    assert b"10/10 flows" in shown and b"flows/s" in shown and b"s left" in shown

@@ -16,14 +16,15 @@ A request gives ``method`` (GET), ``host``, ``path`` (/), ``headers``, ``body``,
 address) and ``token``: ``valid``, ``expired``, ``not-yet-valid``, ``forged`` (signed by another
 key), ``alg-none`` or ``malformed``, sent as a bearer token. ``expect`` names any of ``status``,
 ``policy`` (``proxied`` when the request goes upstream), ``apiEndpoint``, ``pipeline`` and
-``serviceEndpoint``; a proxied request's upstream answers 200.
+``serviceEndpoint``; a proxied request's upstream answers 200. Each case is decided afresh (no
+counter or cache carries over from another); ``repeat: N`` sends its request N times, and the
+last must get what ``expect`` says (a rate limit's answer, say).
 """
 
 from __future__ import annotations
 
-import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -35,7 +36,7 @@ from mitmproxy import connection, http
 from mitmproxy.proxy import mode_specs
 
 from ..config.errors import ROOT, ConfigError, KeyPath
-from ..config.schema import check_type, option, parse_fields, require_list, require_mapping
+from ..config.schema import check_type, option, parse_fields, positive, require_list, require_mapping
 from ..config.source import load_document
 from ..hooks.recorder import CLIENT_REQUEST_KEY, UPSTREAM_RESPONSE_KEY
 from .offline import OfflineGateway
@@ -100,6 +101,8 @@ class Case:
     request: CaseRequest = option("request", parse=_request)
     expect: CaseExpectation = option("expect", parse=_expectation)
     name: str | None = option("name", None)
+    repeat: int = option("repeat", 1, parse=positive)
+    """The request is sent this many times (a rate limit's count); the last must get `expect`."""
 
     @property
     def title(self) -> str:
@@ -168,7 +171,12 @@ def _flow(request: CaseRequest, tokens: _Tokens, now: float, token_path: KeyPath
     headers = [("Host", request.host), *request.headers]
     if request.token is not None:
         headers.append(("Authorization", f"Bearer {tokens.make(request.token, now, token_path)}"))
-    sent = http.Request.make(request.method, f"http://{request.host}{request.path}", request.body, headers)
+    sent = http.Request.make(
+        request.method,
+        f"http://{request.host}{request.path}",
+        request.body,
+        http.Headers([(k.encode(), v.encode()) for k, v in headers]),
+    )
     sent.timestamp_start = now
     client = connection.Client(
         peername=(request.client, 50000),
@@ -189,11 +197,15 @@ def _origin_form(request: http.Request) -> http.Request:
     return copy
 
 
-async def check_cases(cases: list[tuple[Case, http.HTTPFlow]], gateway: OfflineGateway) -> int:
-    """Each case decided by `gateway`; prints each result, returns how many failed."""
+async def check_cases(cases: list[tuple[Case, http.HTTPFlow]], gateway: Callable[[], OfflineGateway]) -> int:
+    """Each case decided by a fresh `gateway()` (its counters and caches new: cases do not
+    depend on each other); prints each result, returns how many failed."""
     failed = 0
     for case, flow in cases:
-        outcome = (await gateway.decide(Recorded(flow)))[1]
+        decide = gateway().decide
+        for _ in range(case.repeat - 1):
+            await decide(Recorded(flow))
+        outcome = (await decide(Recorded(flow)))[1]
         problems = (
             [f"indeterminate: {outcome.indeterminate}"]
             if outcome.indeterminate
@@ -204,5 +216,5 @@ async def check_cases(cases: list[tuple[Case, http.HTTPFlow]], gateway: OfflineG
             f"{'FAIL' if problems else 'ok  '}  {case.title}"
             + (f": {'; '.join(problems)}" if problems else "")
         )
-    print(f"whatif cases: {len(cases) - failed} passed, {failed} failed", file=sys.stdout)
+    print(f"whatif cases: {len(cases) - failed} passed, {failed} failed")
     return failed

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..config.errors import ConfigError
 from ..jwks import VerificationKey, parse_jwks
-from .cases import CaseError, read_cases
+from .cases import CaseError, check_cases, read_cases
 from .offline import OfflineGateway
 from .outcome import Outcome
 from .recorded import Recorded, UnreadableFlows, read_flows
@@ -131,8 +131,6 @@ def main(argv: Sequence[str]) -> int:
             report.write_changed(args.changed)
         status = 1 if report.unexpected(expectations) else 0
     if cases:
-        from .cases import check_cases
-
-        failed = asyncio.run(check_cases(cases, candidate))
+        failed = asyncio.run(check_cases(cases, lambda: OfflineGateway(args.candidate, key_sets)))
         status = max(status, 1 if failed else 0)
     return status
