@@ -63,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         consumers_tool.main(argv[1:])
         return 0
     if argv[:1] == ["whatif"]:
+        _optimized(argv)  # a replay builds two requests and a response per flow and config
         from .whatif import cli as whatif_cli
 
         return whatif_cli.main(argv[1:])
@@ -70,10 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config_path = args.config.expanduser().absolute()
     if args.command == "check":
         return check(config_path)
-    if not args.debug and not sys.flags.optimize:
-        # As `python -O`: mitmproxy skips the type checks it runs, under __debug__, on every
-        # request and response it builds (a tenth of its time per request). Same PID.
-        os.execv(sys.executable, [sys.executable, "-O", "-m", "mitmgateway", *argv])
+    if not args.debug:
+        _optimized(argv)
     from . import runner  # imports mitmproxy's proxy core, which check does not need
 
     if args.workers < 1:
@@ -90,6 +89,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .pool import WorkerPool
 
     return WorkerPool(config_path, args.settings, args.workers, admin).run()
+
+
+def _optimized(argv: list[str]) -> None:
+    """Go on as `python -O`: mitmproxy skips the type checks it runs, under __debug__, on every
+    request and response it builds (a tenth of its time per request). Same PID."""
+    if not sys.flags.optimize:
+        os.execv(sys.executable, [sys.executable, "-O", "-m", "mitmgateway", *argv])
 
 
 def check(config_path: Path) -> int:

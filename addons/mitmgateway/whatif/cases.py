@@ -202,10 +202,10 @@ async def check_cases(cases: list[tuple[Case, http.HTTPFlow]], gateway: Callable
     depend on each other); prints each result, returns how many failed."""
     failed = 0
     for case, flow in cases:
-        decide = gateway().decide
+        decide, recorded = gateway().decide, Recorded.of_flow(flow)
         for _ in range(case.repeat - 1):
-            await decide(Recorded(flow))
-        outcome = (await decide(Recorded(flow)))[1]
+            await decide(recorded)
+        outcome = (await decide(recorded))[1]
         problems = (
             [f"indeterminate: {outcome.indeterminate}"]
             if outcome.indeterminate

@@ -72,14 +72,23 @@ class Outcome:
 
     @classmethod
     def of_flow(cls, flow: http.HTTPFlow, assumed: tuple[str, ...] = ()) -> Outcome:
-        """The outcome `flow` (decided by the gateway, live or replayed) came to."""
-        decision = Decision.recorded(flow) or Decision()
+        """The outcome `flow` (decided by the gateway, replayed) came to."""
+        return cls.of(Decision.recorded(flow) or Decision(), flow.request, flow.response, assumed)
+
+    @classmethod
+    def of(
+        cls,
+        decision: Decision,
+        request: http.Request,
+        response: http.Response | None,
+        assumed: tuple[str, ...] = (),
+    ) -> Outcome:
+        """The outcome of a decision: `request` as it went upstream, `response` as the client
+        got it."""
         proxied = decision.answered_by is None
         forwarded = None
         if proxied:
-            request = flow.request
             forwarded = (request.method, request.path, _fingerprint(request, _FORWARDED_UNCOMPARED))
-        response = flow.response
         return cls(
             status=None if response is None else response.status_code,
             api_endpoint=decision.api_endpoint,
@@ -92,9 +101,9 @@ class Outcome:
         )
 
     @classmethod
-    def recorded_status(cls, flow: http.HTTPFlow) -> Outcome:
+    def recorded_status(cls, status: int | None) -> Outcome:
         """A flow recorded by plain mitmproxy (in front of another gateway, say): its status."""
-        return cls(status=None if flow.response is None else flow.response.status_code, status_only=True)
+        return cls(status=status, status_only=True)
 
     @property
     def label(self) -> str:

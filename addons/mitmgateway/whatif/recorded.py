@@ -11,82 +11,136 @@ and its status is the baseline.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
-from mitmproxy import connection, exceptions, http, io
+from mitmproxy import connection, http
+from mitmproxy.io import compat, tnetstring
+from mitmproxy.proxy import mode_specs
 
-from ..decision import Decision
+from ..decision import METADATA_KEY, Decision
 from ..hooks.recorder import CLIENT_REQUEST_KEY, STRIPPED_KEY, UPSTREAM_RESPONSE_KEY
 from ..ids import IdSource
+from .outcome import Outcome
 
 
 class UnreadableFlows(Exception):
     """A file that is not a flow file (its name and why)."""
 
 
-def read_flows(paths: Iterable[Path]) -> list[http.HTTPFlow]:
-    """The HTTP flows in `paths`, in the order their requests came (then as recorded)."""
-    flows: list[http.HTTPFlow] = []
+def read_flows(paths: Iterable[Path]) -> list[Recorded]:
+    """The HTTP flows in `paths`, in the order their requests came (then as recorded).
+
+    Each is kept as the state mitmproxy saved (migrated to this mitmproxy's version), not as a
+    flow: a replay needs only a few of its parts, and building whole flows (four objects each)
+    would cost as much as reading the file."""
+    flows: list[Recorded] = []
     for path in paths:
         try:
             with open(path, "rb") as file:
-                flows.extend(f for f in io.FlowReader(file).stream() if isinstance(f, http.HTTPFlow))
-        except (OSError, exceptions.FlowReadException, ValueError) as e:
-            raise UnreadableFlows(f"{path}: {e}") from None
-    return sorted(flows, key=lambda f: f.request.timestamp_start)  # stable: ties keep their order
+                flows.extend(_states(file))
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            raise UnreadableFlows(f"{path}: {e or 'not a flow file'}") from None
+    return sorted(flows, key=lambda f: f.started)  # stable: ties keep their order
 
 
-@dataclass(frozen=True)
+def _states(file: BinaryIO) -> Iterator[Recorded]:
+    # As mitmproxy.io.FlowReader reads them, without making flows of them.
+    while file.peek(1):  # type: ignore[attr-defined]
+        state = compat.migrate_flow(tnetstring.load(file))  # type: ignore[arg-type]
+        if state.get("type") == "http":
+            yield Recorded(state)
+
+
 class Recorded:
-    """One recorded flow, read for replay."""
+    """One recorded flow, read for replay (from the state mitmproxy saved it as)."""
 
-    flow: http.HTTPFlow
+    def __init__(self, state: dict[str, Any]) -> None:
+        self.state = state
+
+    @classmethod
+    def of_flow(cls, flow: http.HTTPFlow) -> Recorded:
+        return cls(flow.get_state())
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self.state["metadata"]
+
+    @property
+    def id(self) -> str:
+        return self.state["id"]
+
+    @property
+    def started(self) -> float:
+        return self.state["request"]["timestamp_start"] or 0.0
 
     @property
     def by_gateway(self) -> bool:
-        return CLIENT_REQUEST_KEY in self.flow.metadata
+        return CLIENT_REQUEST_KEY in self.metadata
 
     @property
     def decision(self) -> Decision | None:
-        return Decision.recorded(self.flow) if self.by_gateway else None
+        return Decision(self.metadata.get(METADATA_KEY) or {}) if self.by_gateway else None
 
     @property
     def removed_credentials(self) -> list[str]:
         """What a recording without credentials removed from this request (nothing: it kept
         them, or there were none)."""
-        removed = self.flow.metadata.get(STRIPPED_KEY)
+        removed = self.metadata.get(STRIPPED_KEY)
         return list(removed) if isinstance(removed, list) else []
 
     def client_request(self) -> http.Request:
         """A fresh copy of the request as the client sent it."""
-        state = self.flow.metadata.get(CLIENT_REQUEST_KEY) if self.by_gateway else None
-        return http.Request.from_state(dict(state) if state is not None else self.flow.request.get_state())
+        state = self.metadata[CLIENT_REQUEST_KEY] if self.by_gateway else self.state["request"]
+        return http.Request.from_state(dict(state))
+
+    def recorded_request(self) -> http.Request:
+        """The request as recorded: as the gateway forwarded it, for the gateway's recordings."""
+        return http.Request.from_state(dict(self.state["request"]))
+
+    def recorded_response(self) -> http.Response | None:
+        """The response as recorded: what the client got."""
+        state = self.state.get("response")
+        return None if state is None else http.Response.from_state(dict(state))
 
     def upstream_response(self) -> http.Response | None:
         """A fresh copy of what the upstream answered, if the recording has it."""
-        if self.by_gateway:
-            state = self.flow.metadata.get(UPSTREAM_RESPONSE_KEY)
-            return None if state is None else http.Response.from_state(dict(state))
-        # Plain mitmproxy: the other gateway's answer, the upstream's when it proxied.
-        return None if self.flow.response is None else self.flow.response.copy()
+        if not self.by_gateway:
+            # Plain mitmproxy: the other gateway's answer, the upstream's when it proxied.
+            return self.recorded_response()
+        state = self.metadata.get(UPSTREAM_RESPONSE_KEY)
+        return None if state is None else http.Response.from_state(dict(state))
+
+    def outcome(self) -> Outcome:
+        """What the recording says the request came to: its decision, or (recorded by plain
+        mitmproxy) its status."""
+        response = self.recorded_response()
+        if not self.by_gateway:
+            return Outcome.recorded_status(None if response is None else response.status_code)
+        return Outcome.of(Decision(self.metadata.get(METADATA_KEY) or {}), self.recorded_request(), response)
+
+    @functools.cached_property
+    def _connections(self) -> tuple[connection.Client, connection.Server]:
+        # Shared by the configs that decide this flow: the gateway reads them, never changes them.
+        recorded = self.state["client_conn"]
+        client = connection.Client(
+            peername=tuple(recorded["peername"]),  # type: ignore[arg-type]
+            sockname=tuple(recorded["sockname"]),  # type: ignore[arg-type]
+            timestamp_start=recorded["timestamp_start"],
+            proxy_mode=mode_specs.ProxyMode.parse(recorded["proxy_mode"]),
+        )
+        client.tls = recorded["tls"]
+        client.sni = recorded["sni"]
+        client.alpn = recorded["alpn"]
+        return client, connection.Server(address=None)
 
     def fresh_flow(self) -> http.HTTPFlow:
         """A new flow holding the client's request, from the recorded client's address and
         listener, to decide again."""
-        recorded = self.flow.client_conn
-        client = connection.Client(
-            peername=recorded.peername,
-            sockname=recorded.sockname,
-            timestamp_start=recorded.timestamp_start,
-            proxy_mode=recorded.proxy_mode,
-        )
-        client.tls = recorded.tls
-        client.sni = recorded.sni
-        client.alpn = recorded.alpn
-        flow = http.HTTPFlow(client, connection.Server(address=None))
+        flow = http.HTTPFlow(*self._connections)
         flow.request = self.client_request()
         return flow
 
@@ -98,14 +152,14 @@ class Recorded:
         request = self.client_request()
         decision = self.decision
         client = decision.client if decision is not None and decision.client else None
-        peer = self.flow.client_conn.peername
+        peer = self.state["client_conn"]["peername"]
         return {
             "method": request.method,
             "host": request.host_header or request.pretty_host,
             "path": request.path,
             "client": client or (peer[0] if peer else None),
             "time": request.timestamp_start,
-            "flow": self.flow.id,
+            "flow": self.id,
         }
 
 
@@ -117,7 +171,7 @@ class RecordedIds(IdSource):
         decision = recorded.decision
         self._request_id = decision.request_id if decision is not None else None
         self._traceparent = decision.traceparent if decision is not None else None
-        self._seed = recorded.flow.id
+        self._seed = recorded.id
 
     def _derived(self, what: str, nbytes: int) -> str:
         return hashlib.blake2b(f"{self._seed}:{what}".encode(), digest_size=nbytes).hexdigest()
@@ -127,7 +181,3 @@ class RecordedIds(IdSource):
 
     def traceparent(self) -> str:
         return self._traceparent or f"00-{self._derived('trace', 16)}-{self._derived('span', 8)}-01"
-
-
-def recorded_flows(flows: Iterable[http.HTTPFlow]) -> Iterator[Recorded]:
-    return (Recorded(f) for f in flows)
