@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,7 +64,9 @@ class Relay:
                 self._held.append(line)
 
     @contextmanager
-    def held(self) -> Iterator[None]:
+    def held(self, show: bool = True) -> Iterator[None]:
+        """Hold the children's lines back meanwhile, then show them (or, `show` false, drop
+        them: a minute of recorded traffic logs a line per request)."""
         with self._lock:
             self._held = []
         try:
@@ -71,7 +74,7 @@ class Relay:
         finally:
             with self._lock:
                 held, self._held = self._held or [], None
-            if held:
+            if held and show:
                 print("\nMeanwhile, in the logs:", flush=True)
                 print("\n".join(held), flush=True)
 
@@ -83,9 +86,9 @@ def wait_listening(port: int, process: subprocess.Popen[str], what: str) -> None
         sys.exit(f"{what} did not start on port {port}")
 
 
-def call(host: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+def call(host: str, headers: dict[str, str] | None = None, path: str = "/") -> tuple[int, str]:
     conn = http.client.HTTPConnection("127.0.0.1", GATEWAY_PORT, timeout=5)
-    conn.request("GET", "/", headers={"Host": host, **(headers or {})})
+    conn.request("GET", path, headers={"Host": host, **(headers or {})})
     response = conn.getresponse()
     body = response.read().decode(errors="replace")
     conn.close()
@@ -106,10 +109,39 @@ def walkthrough(token: str) -> bool:
     return ok
 
 
+def record_traffic(token: str, seconds: float) -> Counter[int]:
+    """The walkthrough's kind of traffic for `seconds`, some three requests a second: customers and
+    orders, with the token and without, on a few paths; how many got each status."""
+    bearer = {"Authorization": f"Bearer {token}"}
+    steps = [
+        ("customers.local", {}, "/"),
+        ("orders.local", bearer, "/orders/{n}"),
+        ("customers.local", bearer, "/customers/{n}"),
+        ("orders.local", {}, "/orders/{n}"),
+        ("customers.local", bearer, "/customers/{n}/orders"),
+    ]
+    statuses: Counter[int] = Counter()
+    deadline = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < deadline:
+        host, headers, path = steps[n % len(steps)]
+        statuses[call(host, headers, path.format(n=n // len(steps)))[0]] += 1
+        n += 1
+        time.sleep(0.4)
+    return statuses
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run the bundled demo")
     parser.add_argument("--web", action="store_true", help="run under mitmweb instead of mitmdump")
     parser.add_argument("--check", action="store_true", help="run the walkthrough once and exit")
+    parser.add_argument(
+        "--record",
+        type=Path,
+        metavar="FILE",
+        help="record the walkthrough and --seconds of such traffic to FILE (gateway_record), then exit",
+    )
+    parser.add_argument("--seconds", type=float, default=60, help="of traffic --record makes (default 60)")
     args = parser.parse_args()
 
     os.chdir(ROOT)
@@ -136,7 +168,10 @@ def main() -> None:
         if listening(GATEWAY_PORT):
             sys.exit(f"port {GATEWAY_PORT} is taken: set GATEWAY_PORT to a free one")
         runner = "mitmweb" if args.web else "mitmdump"
-        gateway = relay.start("gateway", [str(BIN / runner), "-s", "addons/gateway.py"])
+        command = [str(BIN / runner), "-s", "addons/gateway.py"]
+        if args.record:
+            command += ["--set", f"gateway_record={args.record}"]
+        gateway = relay.start("gateway", command)
         children.append(gateway)
         wait_listening(GATEWAY_PORT, gateway, "the gateway")
 
@@ -153,6 +188,14 @@ def main() -> None:
         )
         print("  (.venv/bin/python scripts/mint_token.py prints a fresh token; edit gateway.config.yml live)")
         if args.check:
+            sys.exit(0 if ok else 1)
+        if args.record:
+            print(f"\nRecording {args.seconds:g} s of such traffic to {args.record}...", flush=True)
+            with relay.held(show=False):
+                statuses = record_traffic(token, args.seconds)
+            counts = ", ".join(f"{n} x {status}" for status, n in sorted(statuses.items()))
+            print(f"recorded {sum(statuses.values()) + 3} requests ({counts}, and the walkthrough's 3)")
+            print(f"  .venv/bin/mitmgateway whatif {args.record} -c CANDIDATE.yml  replays them against it")
             sys.exit(0 if ok else 1)
         if args.web:
             print("\nmitmweb shows every flow at http://127.0.0.1:8081")

@@ -4,6 +4,7 @@ that this file does not judge fails the first test."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -174,7 +175,27 @@ def echo_service(checkout: Checkout, command: str, log: Path) -> None:
         process.wait(timeout=30)
 
 
+def records_the_demo(checkout: Checkout, command: str, log: Path) -> None:
+    succeeds("recorded ")(checkout, command, log)
+    recording = checkout.path / "logs" / "walkthrough.mitm"
+    assert stat.S_IMODE(recording.stat().st_mode) == 0o600
+    with recording.open("rb") as f:
+        assert len(list(io.FlowReader(f).stream())) >= 5
+
+
+def reports_what_changes(checkout: Checkout, command: str, log: Path) -> None:
+    """The walkthrough's second anonymous request: 429 by rate-limit → 401 by jwt."""
+    succeeds("customers: 429 by rate-limit → 401 by jwt", exit_code=1)(checkout, command, log)
+    entries = json.loads((checkout.path / "logs" / "whatif.json").read_text())
+    assert entries and all({"method", "host", "path", "before", "after"} <= e.keys() for e in entries)
+    changed = checkout.path / "logs" / "changed.mitm"
+    assert stat.S_IMODE(changed.stat().st_mode) == 0o600
+    with changed.open("rb") as f:
+        assert len(list(io.FlowReader(f).stream())) == len(entries)
+
+
 CONSUMERS = ".venv/bin/mitmgateway consumers"
+WHATIF = ".venv/bin/mitmgateway whatif"
 JUDGES: dict[str, Callable[[Checkout, str, Path], None] | None] = {
     "scripts/demo": demo_serves,
     THIS_SUITE: None,
@@ -201,10 +222,19 @@ JUDGES: dict[str, Callable[[Checkout, str, Path], None] | None] = {
     ".venv/bin/python scripts/demo_upstream.py orders 9002": echo_service,
     "scripts/bench --rounds 5 --seconds 5": succeeds("x mitmdump", "wrote "),
     "scripts/soak --requests 30000 --runner mitmgateway": succeeds('"failures": []'),
+    "scripts/demo --record logs/walkthrough.mitm --seconds 60": records_the_demo,
+    f"{WHATIF} logs/walkthrough.mitm -c examples/whatif/rate-limit-after-jwt.yml --json logs/whatif.json "
+    "--changed logs/changed.mitm": reports_what_changes,
+    f"{WHATIF} --cases examples/whatif/cases.yml -c gateway.config.yml": succeeds("7 passed, 0 failed"),
+    "scripts/bench whatif": succeeds("flows/s per config", "wrote "),
 }
 SHORTENED = {
     # The same commands with less load: the README's run for minutes.
     "scripts/bench --rounds 5 --seconds 5": "scripts/bench --rounds 1 --seconds 1",
+    "scripts/bench whatif": "scripts/bench whatif --flows 300 --seconds 1",
+    "scripts/demo --record logs/walkthrough.mitm --seconds 60": (
+        "scripts/demo --record logs/walkthrough.mitm --seconds 3"
+    ),
     "scripts/soak --requests 30000 --runner mitmgateway": (
         "scripts/soak --requests 1500 --reloads 4 --max-keys 300 --runner mitmgateway"
     ),

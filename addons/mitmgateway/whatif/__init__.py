@@ -4,6 +4,7 @@ would change listed (``mitmgateway whatif``).
 - recorded.py: the flows a recording holds, read for replay;
 - offline.py: `OfflineGateway`, the gateway's own hooks deciding them with no socket;
 - outcome.py: what a request came to (`Outcome`), and how two outcomes differ;
+- replay.py: each flow decided under the candidate (and a baseline) and compared;
 - report.py: transitions grouped and counted, JSON, the changed flows, progress;
 - cases.py: hand-written requests and the decision each must get;
 - cli.py: the command.

@@ -11,21 +11,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing
 import sys
 from collections.abc import Sequence
-from multiprocessing.connection import Connection
 from pathlib import Path
-
-from mitmproxy import http
 
 from ..config.errors import ConfigError
 from ..jwks import VerificationKey, parse_jwks
 from .cases import CaseError, check_cases, read_cases
 from .offline import OfflineGateway
-from .outcome import Outcome
-from .recorded import Recorded, UnreadableFlows, read_flows
-from .report import Expectations, Progress, Replayed, Report
+from .recorded import UnreadableFlows, read_flows
+from .replay import replay
+from .report import Expectations, Progress, Report
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,55 +84,6 @@ def _key_sets(given: list[str]) -> dict[str, dict[str | None, VerificationKey]]:
         except (OSError, ValueError) as e:
             raise ValueError(f"--jwks {file}: {e}") from None
     return key_sets
-
-
-async def _outcomes(flows: list[Recorded], gateway: OfflineGateway) -> list[Outcome]:
-    return [(await gateway.decide(recorded))[1] for recorded in flows]
-
-
-def _baseline_outcomes(flows: list[Recorded], baseline: OfflineGateway, to_parent: Connection) -> None:
-    to_parent.send(asyncio.run(_outcomes(flows, baseline)))
-    to_parent.close()
-
-
-def replay(
-    flows: list[Recorded], candidate: OfflineGateway, baseline: OfflineGateway | None, progress: Progress
-) -> list[Replayed]:
-    """Each flow decided under the candidate (and the baseline), in recorded order.
-
-    The baseline decides in a process of its own, forked once the flows are read (they are not
-    copied): the two configs share nothing, and a machine's second core halves the time."""
-    if baseline is None:
-        befores = None
-    else:
-        from_child, to_parent = multiprocessing.get_context("fork").Pipe(duplex=False)
-        child = multiprocessing.get_context("fork").Process(
-            target=_baseline_outcomes, args=(flows, baseline, to_parent), daemon=True
-        )
-        child.start()
-        to_parent.close()
-    afters = asyncio.run(_candidate_flows(flows, candidate, progress))
-    if baseline is not None:
-        try:
-            befores = from_child.recv()
-        except EOFError:
-            raise RuntimeError("the baseline's replay ended without its outcomes") from None
-        child.join()
-    return [
-        Replayed(recorded, befores[i] if befores is not None else recorded.outcome(), after, flow)
-        for i, (recorded, (flow, after)) in enumerate(zip(flows, afters, strict=True))
-    ]
-
-
-async def _candidate_flows(
-    flows: list[Recorded], candidate: OfflineGateway, progress: Progress
-) -> list[tuple[http.HTTPFlow, Outcome]]:
-    decided = []
-    for done, recorded in enumerate(flows, 1):
-        decided.append(await candidate.decide(recorded))
-        progress.advance(done)
-    progress.end()
-    return decided
 
 
 def main(argv: Sequence[str]) -> int:

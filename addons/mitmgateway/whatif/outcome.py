@@ -11,6 +11,7 @@ left), so that only changes a config makes are reported.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,32 +23,39 @@ from ..decision import Decision
 # cache state that a replay starts afresh.
 _VALUE_VARIES = frozenset(
     {
-        "date",
-        "age",
-        "x-cache",
-        "retry-after",
-        "x-ratelimit-remaining",
-        "x-ratelimit-reset",
-        "ratelimit",
+        b"date",
+        b"age",
+        b"x-cache",
+        b"retry-after",
+        b"x-ratelimit-remaining",
+        b"x-ratelimit-reset",
+        b"ratelimit",
     }
 )
+_VARIES = b"..."
 # Not compared in the forwarded request: which url of a serviceEndpoint takes it (round-robin from
 # wherever the live gateway had got to) is not a change of config.
-_FORWARDED_UNCOMPARED = frozenset({"host"})
+_FORWARDED_UNCOMPARED = frozenset({b"host"})
 
-Fingerprint = tuple[tuple[tuple[str, str], ...], str]
+Fingerprint = tuple[tuple[tuple[bytes, bytes], ...], str]
+"""A message as compared: its header fields (names lower-cased, sorted) and its body's digest."""
 
 
-def _fingerprint(message: http.Message, uncompared: frozenset[str] = frozenset()) -> Fingerprint:
-    headers = tuple(
-        sorted(
-            (name.lower(), "…" if name.lower() in _VALUE_VARIES else value)
-            for name, value in message.headers.items(multi=True)
-            if name.lower() not in uncompared
-        )
-    )
-    body = message.raw_content
-    return headers, "streamed" if body is None else hashlib.sha256(body).hexdigest()
+def fingerprint(
+    fields: Iterable[Sequence[bytes]], body: bytes | None, uncompared: frozenset[bytes] = frozenset()
+) -> Fingerprint:
+    """`fields` as mitmproxy holds them (raw (name, value) pairs), and the raw body."""
+    headers = []
+    for name, value in fields:
+        lower = name.lower()
+        if lower not in uncompared:
+            headers.append((lower, _VARIES if lower in _VALUE_VARIES else value))
+    headers.sort()
+    return tuple(headers), "streamed" if body is None else hashlib.sha256(body).hexdigest()
+
+
+def message_fingerprint(message: http.Message, uncompared: frozenset[bytes] = frozenset()) -> Fingerprint:
+    return fingerprint(message.headers.fields, message.raw_content, uncompared)
 
 
 @dataclass(frozen=True)
@@ -85,17 +93,57 @@ class Outcome:
     ) -> Outcome:
         """The outcome of a decision: `request` as it went upstream, `response` as the client
         got it."""
-        proxied = decision.answered_by is None
         forwarded = None
-        if proxied:
-            forwarded = (request.method, request.path, _fingerprint(request, _FORWARDED_UNCOMPARED))
+        if decision.answered_by is None:
+            fields = message_fingerprint(request, _FORWARDED_UNCOMPARED)
+            forwarded = (request.method, request.path, fields)
+        return cls.of_parts(
+            decision,
+            forwarded,
+            None if response is None else response.status_code,
+            None if response is None else message_fingerprint(response),
+            assumed,
+        )
+
+    @classmethod
+    def of_states(
+        cls, decision: Decision, request: dict[str, Any], response: dict[str, Any] | None
+    ) -> Outcome:
+        """`of` for a request and a response as mitmproxy saved them (their states)."""
+        forwarded = None
+        if decision.answered_by is None:
+            fields = fingerprint(request["headers"], request["content"], _FORWARDED_UNCOMPARED)
+            text = (
+                request["method"].decode("utf-8", "surrogateescape").upper(),
+                request["path"].decode("utf-8", "surrogateescape"),
+            )
+            forwarded = (*text, fields)
+        if response is None:
+            return cls.of_parts(decision, forwarded, None, None)
+        return cls.of_parts(
+            decision,
+            forwarded,
+            response["status_code"],
+            fingerprint(response["headers"], response["content"]),
+        )
+
+    @classmethod
+    def of_parts(
+        cls,
+        decision: Decision,
+        forwarded: tuple[str, str, Fingerprint] | None,
+        status: int | None,
+        response: Fingerprint | None,
+        assumed: tuple[str, ...] = (),
+    ) -> Outcome:
+        proxied = decision.answered_by is None
         return cls(
-            status=None if response is None else response.status_code,
+            status=status,
             api_endpoint=decision.api_endpoint,
             pipeline=decision.pipeline,
             policy=decision.answered_by,
             service_endpoint=decision.service_endpoint if proxied else None,
-            response=None if response is None else _fingerprint(response),
+            response=response,
             forwarded=forwarded,
             assumed=assumed,
         )
@@ -166,7 +214,8 @@ def describe_change(before: Outcome, after: Outcome) -> str:
 
 def _header_diff(a: Fingerprint, b: Fingerprint) -> str:
     """``headers +x-new -x-gone ~content-type, body`` (what was added, removed, changed)."""
-    before, after = dict(a[0]), dict(b[0])
+    before = {k.decode("latin-1"): v for k, v in a[0]}
+    after = {k.decode("latin-1"): v for k, v in b[0]}
     words = [f"+{k}" for k in sorted(after.keys() - before.keys())]
     words += [f"-{k}" for k in sorted(before.keys() - after.keys())]
     words += [f"~{k}" for k in sorted(k for k in before.keys() & after.keys() if before[k] != after[k])]

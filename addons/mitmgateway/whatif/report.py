@@ -30,8 +30,8 @@ class Replayed:
     recorded: Recorded
     before: Outcome
     after: Outcome
-    flow: http.HTTPFlow
-    """The flow as the candidate decided it."""
+    flow: http.HTTPFlow | None
+    """The flow as the candidate decided it (kept where the decision changed)."""
 
     @property
     def changes(self) -> tuple[str, ...]:
@@ -143,6 +143,10 @@ class Report:
             count = f"{len(members):,} request{'s' * (len(members) != 1)}"
             lines.append(f"  {text:<{width}}  {count}{allowed}")
             lines += [f"      {m.example()}" for m in members[:EXAMPLES]]
+        if any(None in (r.before.status, r.after.status) for r in self.changed):
+            lines.append(
+                "  ? proxied, but the recording has no answer from upstream (live, it was answered first)"
+            )
         assumed = Counter(a for r in self.replayed for a in {*r.before.assumed, *r.after.assumed})
         if assumed:
             lines.append("")
@@ -164,6 +168,7 @@ class Report:
             writer = io.FlowWriter(file)
             for replayed in (*self.changed, *self.indeterminate):
                 flow = replayed.flow
+                assert flow is not None
                 flow.marked = CHANGED_MARKER
                 flow.comment = f"whatif: {replayed.transition}"
                 flow.metadata[WHATIF_KEY] = replayed.as_json()

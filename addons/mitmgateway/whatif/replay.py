@@ -1,0 +1,80 @@
+"""Each recorded flow decided under the candidate and compared, as it goes, with its "before": the
+recorded decision, or the baseline config's (decided in a process of its own).
+
+The baseline's process is forked once the flows are read (they are not copied) and sends its
+outcomes back in batches while the candidate decides: the two configs share nothing, and a
+machine's second core halves the time. Only the flows whose decision changed are kept whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from collections.abc import Iterable, Iterator
+from multiprocessing.connection import Connection
+
+from .offline import OfflineGateway
+from .outcome import Outcome
+from .recorded import Recorded
+from .report import Progress, Replayed
+
+BATCH = 256
+"""Baseline outcomes sent to the candidate's side at a time (the last batch is shorter)."""
+
+
+def replay(
+    flows: list[Recorded], candidate: OfflineGateway, baseline: OfflineGateway | None, progress: Progress
+) -> list[Replayed]:
+    """Each flow decided under the candidate (and the baseline), in recorded order."""
+    if baseline is None:
+        return asyncio.run(_compare(flows, candidate, (r.outcome() for r in flows), progress))
+    context = multiprocessing.get_context("fork")
+    from_child, to_parent = context.Pipe(duplex=False)
+    child = context.Process(target=_baseline, args=(flows, baseline, to_parent), daemon=True)
+    child.start()
+    to_parent.close()
+    try:
+        return asyncio.run(_compare(flows, candidate, _received(from_child), progress))
+    finally:
+        from_child.close()
+        child.join()
+
+
+async def _compare(
+    flows: list[Recorded], candidate: OfflineGateway, befores: Iterable[Outcome], progress: Progress
+) -> list[Replayed]:
+    replayed = []
+    for done, (recorded, before) in enumerate(zip(flows, befores, strict=True), 1):
+        flow, after = await candidate.decide(recorded)
+        entry = Replayed(recorded, before, after, flow)
+        if not entry.changes and entry.indeterminate is None:
+            entry = Replayed(recorded, before, after, None)
+        replayed.append(entry)
+        progress.advance(done)
+    progress.end()
+    return replayed
+
+
+def _baseline(flows: list[Recorded], baseline: OfflineGateway, to_parent: Connection) -> None:
+    async def decide_all() -> None:
+        batch = []
+        for recorded in flows:
+            batch.append((await baseline.decide(recorded))[1])
+            if len(batch) == BATCH:
+                to_parent.send(batch)
+                batch = []
+        to_parent.send(batch)
+
+    asyncio.run(decide_all())
+    to_parent.close()
+
+
+def _received(from_child: Connection) -> Iterator[Outcome]:
+    while True:
+        try:
+            batch = from_child.recv()
+        except EOFError:
+            raise RuntimeError("the baseline's replay ended before its last outcome") from None
+        yield from batch
+        if len(batch) < BATCH:
+            return
