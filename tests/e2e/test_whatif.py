@@ -384,3 +384,18 @@ def test_progress_shows_on_a_terminal(recording):
             os.close(secondary)
     assert run.returncode == 0
     assert b"10/10 flows" in shown and b"flows/s" in shown and b"s left" in shown
+
+
+def test_rate_limits_shared_in_redis_are_counted_from_the_recording_and_said_so(capsys, recording, tmp_path):
+    flows, config = recording
+    # Nothing listens on port 1: a replay that tried to reach Redis would fail, not decide.
+    candidate = edited(
+        config,
+        tmp_path,
+        ("policies: [", "rateLimitStore: {type: redis, url: 'redis://127.0.0.1:1/0'}\npolicies: ["),
+    )
+    status, out = whatif_run(capsys, flows, "-c", candidate)
+    assert status == 0, out
+    assert "10 unchanged" in out
+    # Every request a rate-limit step counted (all but the one no apiEndpoint served).
+    assert "assumed for 9 requests: rate limits counted from this recording alone" in out
