@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from mitmproxy import http
@@ -19,10 +19,13 @@ from .decision import Decision
 if TYPE_CHECKING:
     from .clients import ClientIdentification
     from .consumers import Authenticated
+    from .pipeline import Step
     from .routing import RouteMatch
     from .upstreams.health import UpstreamTarget
 
 ResponseCallback = Callable[[http.Response], None]
+RecordedIdentity = Callable[["RequestContext", "Step"], "Awaitable[None] | None"]
+"""Runs in place of an authenticating step (a replay of a request recorded without credentials)."""
 Callback = Callable[[], None]
 
 
@@ -53,7 +56,7 @@ class RequestContext:
         hostname: str,
         client: ClientIdentification,
         decision: Decision | None = None,
-        recorded_identity: Callable[[RequestContext], None] | None = None,
+        recorded_identity: RecordedIdentity | None = None,
     ) -> None:
         self.flow = flow
         self.decision = Decision.of(flow) if decision is None else decision

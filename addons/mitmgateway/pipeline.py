@@ -45,8 +45,7 @@ class Pipeline:
                 decision.add_step(step.policy_name, "skipped")
                 continue
             if step.policy.authenticates and ctx.recorded_identity is not None:
-                ctx.recorded_identity(ctx)
-                pending = None
+                pending = ctx.recorded_identity(ctx, step)
             else:
                 pending = step.policy.handle(ctx)
             if pending is not None:

@@ -251,3 +251,12 @@ def test_sliding_retry_after_is_when_a_request_fits_again(current, previous, ela
     assert count_of_next_request_at(elapsed + wait_ms + 1) <= limit
     if wait_ms > 2:
         assert count_of_next_request_at(elapsed + wait_ms - 2) > limit, "no later than needed"
+
+
+@pytest.mark.parametrize("algorithm", ["fixed-window", "sliding-window"])
+def test_a_memory_window_starts_afresh_when_the_clock_goes_back(algorithm):
+    # Windows go by the requests' wall-clock time: a clock stepped back an hour must not hold a
+    # client's window (and its 429s) for that hour.
+    store = MemoryStore(100)
+    assert [store.hit("client", 1000, algorithm, 2, 7200.5).count for _ in range(3)] == [1, 2, 3]
+    assert store.hit("client", 1000, algorithm, 2, 3600.5).count == 1

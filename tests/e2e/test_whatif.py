@@ -31,7 +31,8 @@ def _traffic(gateway: Gateway, token: str) -> None:
     """Anonymous customers requests until the limit answers, then a valid one (limited too);
     orders with a token, then one without (past the limit); a host no apiEndpoint serves."""
     for i in range(4):
-        gateway.send(f"/c/{i}", host="customers.local")
+        # A browser's: without credentials recorded, the cookie goes (and the request had none).
+        gateway.send(f"/c/{i}", host="customers.local", headers={"Cookie": "theme=dark"})
     gateway.send("/c/ok", host="customers.local", headers=bearer(token))
     for i in range(3):
         gateway.send(f"/o/{i}", host="orders.local", headers=bearer(token))
@@ -302,6 +303,14 @@ def test_a_recording_without_credentials_replays_with_the_identity_it_kept(
     assumed = {e["path"]: e["after"].get("assumed") for e in entries}
     assert assumed["/o/1"] is None, "refused by the rate limit before any identity was needed"
     assert entries[0]["before"].get("assumed") is None
+    # Let through the limit, /c/ok reaches jwt, which never judged its (removed) token.
+    candidate = edited(config, tmp_path, *[("{action: {max: 3,", "{action: {max: 30,")])
+    entries = changed_entries(capsys, flows, candidate, tmp_path)
+    unknown = [e for e in entries if e.get("indeterminate")]
+    assert [e["path"] for e in unknown] == ["/c/ok"]
+    assert "does not say what jwt would make of them" in unknown[0]["reason"]
+    # The anonymous ones (their cookie removed) are decided again: jwt found no token then.
+    assert {e["path"]: e["after"]["policy"] for e in entries}["/c/3"] == "jwt"
 
 
 def test_a_plain_mitmdump_recording_is_a_migration_check(capsys, tmp_path, upstreams, config_text, token):

@@ -266,8 +266,10 @@ def test_the_token_cache_holds_at_most_its_bound(gateway_with, rsa_keys, monkeyp
         {"iat": "1767225600"},
         {"nbf": False},
         {"iat": [1]},
+        {"exp": None},
+        {"nbf": None},
     ],
-    ids=["exp-string", "nbf-string", "iat-string", "nbf-boolean", "iat-list"],
+    ids=["exp-string", "nbf-string", "iat-string", "nbf-boolean", "iat-list", "exp-null", "nbf-null"],
 )
 def test_a_date_claim_that_is_no_json_number_is_refused_with_its_own_reason(gateway_with, rsa_keys, claims):
     # RFC 7519 2: NumericDate is a JSON number (Express Gateway refuses the others too).

@@ -9,14 +9,14 @@ refusal answers (decide.py's `refuse`) and is recorded as the decision.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
 from mitmproxy import connection, http
 
 from ..answers import BAD_REQUEST, FORBIDDEN, INTERNAL_ERROR, NOT_FOUND, make_answer
 from ..config.model import GatewayConfig, RequestLimits
-from ..context import Exchanges, RequestContext
+from ..context import Exchanges, RecordedIdentity, RequestContext
 from ..decision import Decision
 from ..front_door import Refusal, admit
 from ..headers import declared_length, remove_headers
@@ -109,7 +109,7 @@ class RequestGate:
         try:
             pending = self.judge(flow, config)
         except Exception:
-            self._fail_closed(flow)
+            self.fail_closed(flow)
             pending = None
         if pending is not None:
             # Only a step that waits (a shared rate-limit store) makes mitmproxy await this hook.
@@ -121,7 +121,7 @@ class RequestGate:
         """Answer a request over `limits` (its head here, or its body as it comes) and close."""
         refuse(flow, status, message, LIMITS, closing=True, routed=True)
 
-    def _fail_closed(self, flow: http.HTTPFlow) -> None:
+    def fail_closed(self, flow: http.HTTPFlow) -> None:
         # A request the gateway could not judge never reaches an upstream.
         # Without the query string: it may carry a credential.
         request = flow.request
@@ -134,7 +134,7 @@ class RequestGate:
         self,
         flow: http.HTTPFlow,
         config: GatewayConfig,
-        recorded_identity: Callable[[RequestContext], None] | None = None,
+        recorded_identity: RecordedIdentity | None = None,
     ) -> Coroutine[Any, Any, None] | None:
         """Admit, route and run the pipeline for `flow` under `config`: the request's whole
         decision, or the coroutine that completes it. (An offline replay calls it too.)"""
@@ -185,7 +185,7 @@ class RequestGate:
         try:
             await pending
         except Exception:
-            self._fail_closed(flow)
+            self.fail_closed(flow)
         _refuse_body_if_answered(flow)
 
     def _conclude(self, context: RequestContext, answered_by: str | None, limits: RequestLimits) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from ..answers import FORBIDDEN, make_answer
 from ..config.errors import KeyPath
 from ..credentials import CredentialType, register_credential_type
 from ..jwks import KeySet, RemoteKeySet
@@ -105,6 +106,22 @@ class Policy(ABC):
         pipeline awaits it before the next step. Returning None keeps the request path
         synchronous, which is what most policies should do.
         """
+
+    def accept_recorded(self, ctx: RequestContext, user: Mapping[str, Any], consumer: str | None) -> None:
+        """Let the request go on as `user` (and `consumer`), proven when it was recorded: what a
+        replay of a request recorded without its credentials does in place of `handle`
+        (whatif/). By default the identity is taken as it was, its scopes checked against the
+        apiEndpoint's; a step that does more once it accepts a credential says so here."""
+        ctx.user = user
+        if consumer is None:
+            return  # without a consumer, the gate's rule for scoped endpoints applies
+        ctx.decision.consumer = consumer
+        scopes = user.get("scopes") or ()
+        held = set(scopes.split() if isinstance(scopes, str) else scopes)
+        required = ctx.route.api_endpoint.scopes
+        if required and not held.issuperset(required):
+            ctx.decision.missing_scopes = sorted(set(required) - held)
+            ctx.answer(make_answer(ctx.flow.request, 403, FORBIDDEN))
 
 
 POLICIES: dict[str, type[Policy]] = {}

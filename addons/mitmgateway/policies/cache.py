@@ -90,8 +90,8 @@ class CachePolicy(Policy):
         )
         self.vary: dict[tuple[object, ...], tuple[str, ...]] = {}
         self.now = 0.0
-        """The time of the request being looked up or stored (its clock, so a replay of recorded
-        requests finds what was fresh then), never going back."""
+        """The time of the request being looked up or stored (its clock, so that a replay of
+        recorded requests finds what was fresh then)."""
 
     def _clock(self) -> float:
         return self.now
@@ -107,12 +107,14 @@ class CachePolicy(Policy):
             return
         if any(name in headers for name in _UNKEYED):
             return
-        self.now = max(self.now, ctx.now)
+        self.now = ctx.now
         who = (ctx.decision.consumer or (ctx.user or {}).get("sub")) if personal else None
         base = (request.method, ctx.hostname, request.path, who)
         names = self.vary.get(base, ())
         key = (*base, names, *(headers.get(n) for n in names))
         entry = None if "no-cache" in _tokens(request, "cache-control") else self.entries.get(key)
+        if entry is not None and entry.stored > self.now:
+            entry = None  # stored "later": the clock went back, and its freshness is unknown
         if entry is not None:
             answer = entry.response.copy()
             answer.headers["Age"] = str(max(0, math.floor(self.now - entry.stored)))
@@ -141,6 +143,6 @@ class CachePolicy(Policy):
             self.vary.clear()  # bounded: at worst a few misses, never growth without end
         stored = response.copy()
         stored.headers.pop("X-Cache", None)
-        now = self.now = max(self.now, ctx.now)
+        now = self.now = ctx.now
         key = (*base, names, *(sent.get(n) for n in names))
         self.entries[key] = _Entry(stored, now, now + seconds)

@@ -159,16 +159,18 @@ _FAILURE_REASONS: tuple[tuple[type[jwt.InvalidTokenError], str], ...] = (
 )
 
 
+def _is_numeric_date(value: Any) -> bool:
+    # A JSON number: not a string, a boolean, null, NaN or an infinity.
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def check_times(claims: Mapping[str, Any], now: float, leeway: float) -> None:
     """exp and nbf against `now` (epoch seconds), as pyjwt judges them against its clock; raises
     jwt.InvalidTokenError."""
     for claim in NUMERIC_DATE_CLAIMS:
-        value = claims.get(claim)
-        if value is not None and (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or (isinstance(value, float) and not math.isfinite(value))
-        ):
+        if claim in claims and not _is_numeric_date(claims[claim]):
             raise NotNumericDateError(f"{claim} is not a number")
     if "exp" in claims and claims["exp"] <= now - leeway:
         raise jwt.ExpiredSignatureError("Signature has expired")
@@ -315,6 +317,12 @@ class JwtPolicy(Policy):
         except jwt.PyJWTError as e:  # a key pyjwt will not use (e.g. a PEM-like HMAC secret)
             self._reject(ctx, jwt.InvalidTokenError(str(e)))
             return
+        self._accept(ctx, claims)
+
+    def accept_recorded(self, ctx: RequestContext, user: Mapping[str, Any], consumer: str | None) -> None:
+        # The recorded claims go through what follows a verified token here (the consumer's
+        # lookup in this config, its scopes, forwardClaims, removeToken).
+        claims = {k: v for k, v in user.items() if k not in ("id", "scopes")} if consumer else user
         self._accept(ctx, claims)
 
     def _accept(self, ctx: RequestContext, claims: Mapping[str, Any]) -> None:

@@ -67,11 +67,11 @@ class MemoryStore(RateLimitStore):
         self.entries = _Entries(max_keys)
 
     def hit(self, key: str, window_ms: int, algorithm: Algorithm, limit: int, now: float) -> Hit:
-        # Time goes on: a request that began before the last one counted is counted at its time.
-        now = self.entries.now = max(now, self.entries.now)
+        self.entries.now = now
         if algorithm == "fixed-window":
             window = self.entries.get(key)
-            if window is None:
+            if window is None or window.expires - now > window_ms / 1000:
+                # New, or the clock went back (a window never outlasts its length).
                 window = _FixedWindow(now + window_ms / 1000)
             window.count += 1
             self.entries[key] = window  # a hit makes it the most recently used

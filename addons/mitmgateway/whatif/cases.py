@@ -23,6 +23,7 @@ last must get what ``expect`` says (a rate limit's answer, say).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -43,7 +44,6 @@ from .offline import OfflineGateway
 from .outcome import Outcome
 from .recorded import Recorded
 
-CaseError = ConfigError
 TokenKind = Literal["valid", "expired", "not-yet-valid", "forged", "alg-none", "malformed"]
 
 
@@ -121,7 +121,11 @@ class _Tokens:
                 self.key = serialization.load_pem_private_key(key_file.read_bytes(), None)
             except (OSError, ValueError, TypeError) as e:
                 raise ConfigError(path, f"cannot read a private key from {key_file}: {e}") from None
-        self.other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    @functools.cached_property
+    def _other_key(self) -> rsa.RSAPrivateKey:
+        """A key nobody trusts, made when a case first asks for a forged token."""
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
     def make(self, kind: str, now: float, path: KeyPath) -> str:
         if kind == "malformed":
@@ -130,7 +134,7 @@ class _Tokens:
         if kind == "alg-none":
             return jwt.encode(claims, None, algorithm="none")
         if kind == "forged":
-            return jwt.encode(claims, self.other_key, algorithm="RS256")  # type: ignore[arg-type]
+            return jwt.encode(claims, self._other_key, algorithm="RS256")  # type: ignore[arg-type]
         if self.key is None:
             raise ConfigError(path, f"token {kind} needs signingKey (the private key) in the cases file")
         if kind == "expired":

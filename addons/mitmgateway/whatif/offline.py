@@ -16,10 +16,10 @@ from pathlib import Path
 
 from mitmproxy import http
 
-from ..answers import FORBIDDEN, make_answer
 from ..config.assemble import load_config
 from ..config.model import GatewayConfig
 from ..context import Exchanges, RequestContext
+from ..decision import Decision
 from ..hooks.config_service import CurrentConfig
 from ..hooks.gate import RequestGate
 from ..hooks.response_side import ResponseSide
@@ -27,13 +27,18 @@ from ..hooks.upstream_connections import UpstreamConnections
 from ..ids import ids_from
 from ..jwks import KeySet, RemoteKeySet, VerificationKey
 from ..observe.access_log import AccessLog
+from ..pipeline import Step
 from ..policies import StepState
-from ..stores import RateLimitStore, StoreSettings
+from ..stores import Algorithm, Hit, RateLimitStore, StoreSettings
 from ..stores.memory import MemoryStore
 from .outcome import Outcome
 from .recorded import Recorded
 
 SHARED_COUNTS = "rate limits counted from this recording alone (the config shares them in Redis)"
+INCOMPLETE = (
+    "the flow was saved without the request as the client sent it (mitmweb's Save, -w): record "
+    "with gateway_record"
+)
 
 
 class Indeterminate(Exception):
@@ -47,7 +52,7 @@ class _CountedHere(MemoryStore):
         super().__init__(max_keys)
         self.hits = 0
 
-    def hit(self, key, window_ms, algorithm, limit, now):  # type: ignore[no-untyped-def]
+    def hit(self, key: str, window_ms: int, algorithm: Algorithm, limit: int, now: float) -> Hit:
         self.hits += 1
         return super().hit(key, window_ms, algorithm, limit, now)
 
@@ -103,29 +108,32 @@ class ReplayState(StepState):
 
 
 class _RecordedIdentity:
-    """For a request recorded without its credentials: each authenticating step takes the
-    identity the recording kept (or, when it kept none, the request is indeterminate)."""
+    """For a request recorded without its credentials, in place of each authenticating step:
+
+    - the recording shows the same policy found no credential: the step runs (and refuses again);
+    - it shows the same policy accepted one: the step accepts the identity recorded with it;
+    - otherwise (another auth policy, a credential it refused): the request is indeterminate.
+    """
 
     def __init__(self, recorded: Recorded) -> None:
-        decision = recorded.decision
-        self.user = decision.user if decision is not None else None
-        self.consumer = decision.consumer if decision is not None else None
+        decision = recorded.decision or Decision()
+        self.decision = decision
+        self.outcomes = {policy: outcome for policy, outcome in decision.steps}
         self.removed = ", ".join(recorded.removed_credentials)
         self.used = False
 
-    def __call__(self, ctx: RequestContext) -> None:
-        if self.user is None and self.consumer is None:
-            raise Indeterminate(
-                f"its credentials ({self.removed}) were left out of the recording, which names no identity"
-            )
-        self.used = True
-        ctx.user = self.user
-        ctx.decision.consumer = self.consumer
-        required = ctx.route.api_endpoint.scopes
-        scopes = set((self.user or {}).get("scopes") or ())
-        if required and not scopes.issuperset(required):
-            ctx.decision.missing_scopes = sorted(set(required) - scopes)
-            ctx.answer(make_answer(ctx.flow.request, 403, FORBIDDEN))
+    def __call__(self, ctx: RequestContext, step: Step) -> Awaitable[None] | None:
+        recorded, decision = self.outcomes.get(step.policy_name), self.decision
+        if recorded is not None and "missing" in (decision.jwt_failure, decision.auth_failure):
+            return step.policy.handle(ctx)
+        if recorded == "passed" and (decision.user is not None or decision.consumer is not None):
+            self.used = True
+            step.policy.accept_recorded(ctx, decision.user or {}, decision.consumer)
+            return None
+        raise Indeterminate(
+            f"its credentials ({self.removed}) were left out of the recording, which does not say "
+            f"what {step.policy_name} would make of them"
+        )
 
 
 class OfflineGateway:
@@ -143,6 +151,8 @@ class OfflineGateway:
     async def decide(self, recorded: Recorded) -> tuple[http.HTTPFlow, Outcome]:
         """The flow as this config would have it (its decision, its answer), and its outcome."""
         flow = recorded.fresh_flow()
+        if recorded.incomplete:
+            return flow, Outcome(status=None, indeterminate=INCOMPLETE)
         identity = _RecordedIdentity(recorded) if recorded.removed_credentials else None
         shared_hits = self.state.shared_hits
         try:
@@ -160,17 +170,23 @@ class OfflineGateway:
         return flow, Outcome.of_flow(flow, tuple(assumed))
 
     async def _run(self, flow: http.HTTPFlow, recorded: Recorded, identity: _RecordedIdentity | None) -> None:
-        # The hooks live traffic goes through, in mitmproxy's order.
-        pending = self.gate.judge(flow, self.config, identity)
-        if pending is not None:
-            await pending
+        # The hooks live traffic goes through, in mitmproxy's order; a step that fails answers
+        # 500 as it does live (the request goes nowhere).
+        try:
+            pending = self.gate.judge(flow, self.config, identity)
+            if pending is not None:
+                await pending
+        except Indeterminate:
+            raise
+        except Exception:
+            self.gate.fail_closed(flow)
         self.gate.request(flow)
         if flow.response is None:
             flow.response = recorded.upstream_response()
             if flow.response is None:
                 self.response_side.error(flow)
                 return
-            if recorded.by_gateway is False and flow.response.status_code >= 400:
+            if not recorded.by_gateway and flow.response.status_code >= 400:
                 raise Indeterminate(
                     f"it would be proxied, and the recorded {flow.response.status_code} may be the "
                     "old gateway's own answer as well as the upstream's"

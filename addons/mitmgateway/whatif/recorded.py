@@ -52,7 +52,6 @@ def read_flows(paths: Iterable[Path]) -> list[Recorded]:
                 raise UnreadableFlows(f"{path}: {e or 'not a flow file'}") from None
     finally:
         gc.enable()
-    gc.freeze()  # and later passes leave them out (a forked replay then shares their pages too)
     return sorted(flows, key=lambda f: f.started)  # stable: ties keep their order
 
 
@@ -94,15 +93,26 @@ class Recorded:
         return CLIENT_REQUEST_KEY in self.metadata
 
     @property
+    def incomplete(self) -> bool:
+        """Decided by the gateway, but saved without the request as the client sent it."""
+        return not self.by_gateway and METADATA_KEY in self.metadata
+
+    @property
     def decision(self) -> Decision | None:
         return Decision(self.metadata.get(METADATA_KEY) or {}) if self.by_gateway else None
 
     @property
     def removed_credentials(self) -> list[str]:
-        """What a recording without credentials removed from this request (nothing: it kept
-        them, or there were none)."""
+        """What a recording without credentials removed from this request that an auth step may
+        have read (nothing: it kept them, or there were none). A cookie counts only where a step
+        read one: none of the gateway's own do."""
         removed = self.metadata.get(STRIPPED_KEY)
-        return list(removed) if isinstance(removed, list) else []
+        if removed is True:  # recorded before the names were kept
+            return ["credentials"]
+        if not isinstance(removed, list):
+            return []
+        read = {h.lower() for h in (self.decision or Decision()).secret_headers}
+        return [name for name in removed if name != "cookie" or name in read]
 
     def client_request(self) -> http.Request:
         """A fresh copy of the request as the client sent it."""

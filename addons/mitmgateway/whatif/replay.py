@@ -18,6 +18,11 @@ from .outcome import Outcome
 from .recorded import Recorded
 from .report import Progress, Replayed
 
+
+class ReplayFailed(Exception):
+    """The baseline's process failed (it says why on standard error)."""
+
+
 BATCH = 256
 """Baseline outcomes sent to the candidate's side at a time (the last batch is shorter)."""
 
@@ -30,14 +35,21 @@ def replay(
         return asyncio.run(_compare(flows, candidate, (r.outcome() for r in flows), progress))
     context = multiprocessing.get_context("fork")
     from_child, to_parent = context.Pipe(duplex=False)
-    child = context.Process(target=_baseline, args=(flows, baseline, to_parent), daemon=True)
+    child = context.Process(target=_baseline, args=(flows, baseline, from_child, to_parent), daemon=True)
     child.start()
     to_parent.close()
     try:
-        return asyncio.run(_compare(flows, candidate, _received(from_child), progress))
+        replayed = asyncio.run(_compare(flows, candidate, _received(from_child), progress))
     finally:
+        # Closed, the pipe ends a child still sending (the candidate's side failed): it exits.
         from_child.close()
-        child.join()
+        child.join(timeout=10)
+        if child.is_alive():
+            child.kill()
+            child.join()
+    if child.exitcode != 0:
+        raise ReplayFailed(f"the baseline's replay failed (exit status {child.exitcode})")
+    return replayed
 
 
 async def _compare(
@@ -55,7 +67,11 @@ async def _compare(
     return replayed
 
 
-def _baseline(flows: list[Recorded], baseline: OfflineGateway, to_parent: Connection) -> None:
+def _baseline(
+    flows: list[Recorded], baseline: OfflineGateway, from_child: Connection, to_parent: Connection
+) -> None:
+    from_child.close()  # the parent's end: with it closed here, the parent's close ends a send
+
     async def decide_all() -> None:
         batch = []
         for recorded in flows:
@@ -74,7 +90,7 @@ def _received(from_child: Connection) -> Iterator[Outcome]:
         try:
             batch = from_child.recv()
         except EOFError:
-            raise RuntimeError("the baseline's replay ended before its last outcome") from None
+            raise ReplayFailed("the baseline's replay ended before its last outcome") from None
         yield from batch
         if len(batch) < BATCH:
             return

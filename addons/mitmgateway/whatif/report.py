@@ -134,10 +134,9 @@ class Report:
             lines.append("")
         width = max((len(t) for t in groups), default=0)
         # Other answers first, then the same answers with other details, then what is unknown.
-        order = {False: 0, True: 1}
         for text, members in sorted(
             groups.items(),
-            key=lambda g: (g[1][0].indeterminate is not None, order[g[1][0].same_answer], -len(g[1]), g[0]),
+            key=lambda g: (g[1][0].indeterminate is not None, g[1][0].same_answer, -len(g[1]), g[0]),
         ):
             allowed = " (expected)" if expectations.allow(members[0]) else ""
             count = f"{len(members):,} request{'s' * (len(members) != 1)}"
