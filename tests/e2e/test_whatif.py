@@ -408,3 +408,18 @@ def test_rate_limits_shared_in_redis_are_counted_from_the_recording_and_said_so(
     assert "10 unchanged" in out
     # Every request a rate-limit step counted (all but the one no apiEndpoint served).
     assert "assumed for 9 requests: rate limits counted from this recording alone" in out
+
+
+def test_a_large_recording_is_read_by_two_processes_as_by_one(recording, monkeypatch):
+    from mitmgateway.whatif import recorded
+
+    flows, _ = recording
+    alone = [r.state for r in recorded.read_flows([flows])]
+    monkeypatch.setattr(recorded, "PARALLEL_BYTES", 0)  # any file is large
+    assert [r.state for r in recorded.read_flows([flows])] == alone
+    with open(flows, "rb") as f:
+        assert sorted(state["id"] for state in alone) == sorted(flow.id for flow in io.FlowReader(f).stream())
+    truncated = flows.with_name("truncated.mitm")
+    truncated.write_bytes(flows.read_bytes()[:-10])
+    with pytest.raises(recorded.UnreadableFlows, match=r"truncated\.mitm"):
+        recorded.read_flows([truncated])
