@@ -17,8 +17,9 @@ from mitmproxy import http
 
 T = TypeVar("T")
 METADATA_KEY = "gateway"
-StepOutcome = Literal["skipped", "passed", "answered"]
-"""A pipeline step's outcome: its condition was false, it let the request go on, it answered."""
+StepOutcome = Literal["skipped", "passed", "answered", "reported"]
+"""A pipeline step's outcome: its condition was false, it let the request go on, it answered, or
+(a step in ``mode: report``) it would have answered and the request went on."""
 
 
 class _Field(Generic[T]):
@@ -87,6 +88,8 @@ class Decision:
     """The answer is content the gateway held for the client (a cache hit), not a refusal."""
     refusal: _Field[str | None] = _Field("refusal", None)
     """Why a step refused, where its answer alone does not say."""
+    reports: _Field[Sequence[Sequence[Any]]] = _Field("reports", ())
+    """``[policy, status]`` for each answer a step in ``mode: report`` would have given."""
 
     # Who the client is.
     user: _Field[dict[str, Any] | None] = _Field("user", None)
@@ -141,6 +144,9 @@ class Decision:
 
     def add_step(self, policy: str, outcome: StepOutcome) -> None:
         self.data.setdefault("steps", []).append([policy, outcome])
+
+    def add_report(self, policy: str, status: int) -> None:
+        self.data.setdefault("reports", []).append([policy, status])
 
     def add_upstream_failure(self, url: str, reason: str) -> None:
         self.data.setdefault("upstreamFailures", []).append([url, reason])

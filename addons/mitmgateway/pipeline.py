@@ -1,4 +1,5 @@
-"""Running a pipeline: its steps in order, each with an optional condition; the first answer ends it."""
+"""Running a pipeline: its steps in order, each with an optional condition; the first answer ends it
+(unless its step only reports: ``mode: report``)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ class Step:
     policy_name: str
     condition: Condition | None
     policy: Policy
+    reporting: bool = False
+    """``mode: report``: an answer the step gives is recorded in the decision, not sent, and the
+    pipeline goes on (to try a rule on live traffic before enforcing it)."""
 
 
 @dataclass(frozen=True)
@@ -50,18 +54,32 @@ class Pipeline:
                 pending = step.policy.handle(ctx)
             if pending is not None:
                 return self._run_after(ctx, index, pending)
-            if flow.response is not None:
+            if flow.response is None:
+                decision.add_step(step.policy_name, "passed")
+            elif step.reporting:
+                _report(ctx, step)
+            else:
                 decision.add_step(step.policy_name, "answered")
                 return step.policy_name
-            decision.add_step(step.policy_name, "passed")
         return None
 
     async def _run_after(self, ctx: RequestContext, index: int, pending: Awaitable[None]) -> str | None:
         await pending
-        name = self.steps[index].policy_name
-        if ctx.flow.response is not None:
-            ctx.decision.add_step(name, "answered")
-            return name
-        ctx.decision.add_step(name, "passed")
+        step = self.steps[index]
+        if ctx.flow.response is None:
+            ctx.decision.add_step(step.policy_name, "passed")
+        elif step.reporting:
+            _report(ctx, step)
+        else:
+            ctx.decision.add_step(step.policy_name, "answered")
+            return step.policy_name
         rest = self.run(ctx, index + 1)
         return rest if rest is None or isinstance(rest, str) else await rest
+
+
+def _report(ctx: RequestContext, step: Step) -> None:
+    """Record the answer a step in ``mode: report`` gave, instead of sending it."""
+    assert ctx.flow.response is not None
+    ctx.decision.add_report(step.policy_name, ctx.flow.response.status_code)
+    ctx.decision.add_step(step.policy_name, "reported")
+    ctx.flow.response = None

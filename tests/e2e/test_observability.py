@@ -12,22 +12,10 @@ import pytest
 
 from conftest import one_pipeline
 from consumers_fixture import write_consumers
-from harness import admin_get, free_port, send, wait_until
+from harness import admin_get, free_port, metric, send, wait_until
 from mint_token import mint
 from mitmgateway.observe.admin import AdminServer
 from mitmgateway.observe.tracing import is_valid_traceparent
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text format (0 when absent)."""
-    for line in text.splitlines():
-        match = re.match(r"([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$", line)
-        if not match or match.group(1) != name:
-            continue
-        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
-        if all(found.get(k) == v for k, v in labels.items()):
-            return float(match.group(3))
-    return 0.0
 
 
 @pytest.fixture
@@ -115,6 +103,7 @@ def test_access_log_has_one_json_line_per_request(start_gateway, observed_walkth
         "apiEndpoint": "customers",
         "pipeline": "customers",
         "answeredBy": None,
+        "reported": None,
         "consumer": None,
         "upstream": f"127.0.0.1:{upstreams['customers'].port}",
         "durationMs": None,

@@ -144,7 +144,7 @@ def test_valid_config_builds_router_and_pipelines(tmp_path):
                 "- proxy: [{action: {serviceEndpoint: backend}, when: 1}]",
             ),
             "pipelines.main.policies[1].proxy[0].when",
-            "unknown key (accepted: condition, action)",
+            "unknown key (accepted: condition, action, mode)",
         ),
         (
             ("- proxy: [{action: {serviceEndpoint: backend}}]", "- proxy: [{action: {}}]"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..conditions import parse_condition
 from ..consumers import Consumers
@@ -123,7 +123,8 @@ class PipelineBuilder:
 
     def step(self, pipeline: str, policy_name: str, raw: Any, path: KeyPath, position: str) -> Step:
         raw = require_mapping(raw, path)
-        check_unknown_keys(raw, ("condition", "action"), path)
+        check_unknown_keys(raw, ("condition", "action", "mode"), path)
+        mode = check_type(Literal["enforce", "report"], raw.get("mode", "enforce"), path.key("mode"))
         condition = parse_condition(raw["condition"], path.key("condition")) if "condition" in raw else None
         policy_cls = POLICIES[policy_name]
         action_path = path.key("action")
@@ -138,4 +139,4 @@ class PipelineBuilder:
             self.state,
             self.used_state,
         )
-        return Step(policy_name, condition, policy_cls(action, build))
+        return Step(policy_name, condition, policy_cls(action, build), reporting=mode == "report")

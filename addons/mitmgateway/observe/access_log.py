@@ -62,6 +62,7 @@ def access_record(flow: http.HTTPFlow, decision: Decision) -> dict[str, Any]:
         "apiEndpoint": decision.api_endpoint,
         "pipeline": decision.pipeline,
         "answeredBy": decision.answered_by,
+        "reported": [{"policy": policy, "status": status} for policy, status in decision.reports] or None,
         "consumer": decision.consumer,
         "upstream": decision.upstream,
         "durationMs": _ms(request.timestamp_start, end),

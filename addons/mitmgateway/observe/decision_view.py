@@ -25,6 +25,13 @@ _OWN_ANSWER_PRIORITY = 2.0
 
 REJECTED_MARKER = ":no_entry:"
 ANSWERED_MARKER = ":zap:"
+REPORTED_MARKER = ":eyes:"
+"""A step in ``mode: report`` would have answered this flow."""
+
+
+def reported(decision: Decision) -> str:
+    """``report: would answer 429 by rate-limit`` (each such answer), or nothing."""
+    return "; ".join(f"report: would answer {status} by {policy}" for policy, status in decision.reports)
 
 
 def why(decision: Decision) -> str | None:
@@ -63,6 +70,10 @@ def show_in_mitmweb(flow: http.HTTPFlow, decision: Decision, refused: bool) -> N
         # mitmweb lists a proxied flow under its upstream: the comment keeps the client's view.
         asked = f"{decision.host or ''}{decision.path or ''}"
         flow.comment = f"gateway: {where}; {asked} proxied to {flow.request.host}:{flow.request.port}"
+    if decision.reports:
+        flow.comment += f"; {reported(decision)}"
+        if not flow.marked:
+            flow.marked = REPORTED_MARKER
 
 
 def decision_lines(flow: http.HTTPFlow, decision: Decision) -> list[tuple[str, str]]:
@@ -81,6 +92,8 @@ def decision_lines(flow: http.HTTPFlow, decision: Decision) -> list[tuple[str, s
         rows.append(("answered by", f"{answered_by} → {status}" + (f" ({reason})" if reason else "")))
     elif decision.upstream:
         rows.append(("proxied to", decision.upstream))
+    if decision.reports:
+        rows.append(("report only", reported(decision).replace("report: ", "")))
     if decision.consumer:
         rows.append(("consumer", decision.consumer))
     elif (user := decision.user) and "sub" in user:

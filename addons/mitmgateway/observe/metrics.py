@@ -65,6 +65,12 @@ class GatewayMetrics:
             ["pipeline", "reason"],
             registry=registry,
         )
+        self._reported = Counter(
+            "mitmgateway_policy_reported",
+            "Answers steps in mode: report would have given (not sent), by pipeline, policy and status",
+            ["pipeline", "policy", "status"],
+            registry=registry,
+        )
         self._reloads = Counter(
             "mitmgateway_config_reloads",
             "Config changes seen on disk, by result (ok or failed)",
@@ -94,6 +100,7 @@ class GatewayMetrics:
         self.upstream_seconds = _cached(self._upstream_seconds.labels)
         self.rate_limited = _cached(self._rate_limited.labels)
         self.jwt_failures = _cached(self._jwt_failures.labels)
+        self.reported = _cached(self._reported.labels)
 
     def config_reloaded(self, ok: bool) -> None:
         self._reloads.labels("ok" if ok else "failed").inc()
@@ -108,6 +115,8 @@ class GatewayMetrics:
             self.rate_limited(pipeline).inc()
         if reason := decision.jwt_failure:
             self.jwt_failures(pipeline, reason).inc()
+        for policy, would_answer in decision.reports:
+            self.reported(pipeline, policy, str(would_answer)).inc()
         service = decision.service_endpoint
         if decision.upstream_failures or decision.upstream_up:
             self._observe_upstream_health(service or "", decision)
