@@ -89,7 +89,8 @@ class Decision:
     refusal: _Field[str | None] = _Field("refusal", None)
     """Why a step refused, where its answer alone does not say."""
     reports: _Field[Sequence[Sequence[Any]]] = _Field("reports", ())
-    """``[policy, status]`` for each answer a step in ``mode: report`` would have given."""
+    """``[policy, status, reason]`` for each answer a step in ``mode: report`` would have given
+    (what it found, as `why` says it, or None)."""
 
     # Who the client is.
     user: _Field[dict[str, Any] | None] = _Field("user", None)
@@ -145,8 +146,20 @@ class Decision:
     def add_step(self, policy: str, outcome: StepOutcome) -> None:
         self.data.setdefault("steps", []).append([policy, outcome])
 
-    def add_report(self, policy: str, status: int) -> None:
-        self.data.setdefault("reports", []).append([policy, status])
+    def add_report(self, policy: str, status: int, reason: str | None) -> None:
+        self.data.setdefault("reports", []).append([policy, status, reason])
+
+    def why(self) -> str | None:
+        """The reason behind a step's answer (the record holds them all), in a few words."""
+        if reason := self.jwt_failure:
+            return f"token {reason}"
+        if reason := self.auth_failure:
+            return f"credential {reason}"
+        if missing := self.missing_scopes:
+            return f"missing scopes {', '.join(missing)}"
+        if self.rate_limit_store == "unavailable":
+            return "rate-limit store unavailable"
+        return None
 
     def add_upstream_failure(self, url: str, reason: str) -> None:
         self.data.setdefault("upstreamFailures", []).append([url, reason])

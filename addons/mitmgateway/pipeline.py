@@ -48,28 +48,31 @@ class Pipeline:
             if step.condition is not None and not step.condition(ctx):
                 decision.add_step(step.policy_name, "skipped")
                 continue
+            before = _Before(ctx) if step.reporting else None
             if step.policy.authenticates and ctx.recorded_identity is not None:
                 pending = ctx.recorded_identity(ctx, step)
             else:
                 pending = step.policy.handle(ctx)
             if pending is not None:
-                return self._run_after(ctx, index, pending)
+                return self._run_after(ctx, index, pending, before)
             if flow.response is None:
                 decision.add_step(step.policy_name, "passed")
-            elif step.reporting:
-                _report(ctx, step)
+            elif before is not None:
+                before.report(ctx, step)
             else:
                 decision.add_step(step.policy_name, "answered")
                 return step.policy_name
         return None
 
-    async def _run_after(self, ctx: RequestContext, index: int, pending: Awaitable[None]) -> str | None:
+    async def _run_after(
+        self, ctx: RequestContext, index: int, pending: Awaitable[None], before: _Before | None
+    ) -> str | None:
         await pending
         step = self.steps[index]
         if ctx.flow.response is None:
             ctx.decision.add_step(step.policy_name, "passed")
-        elif step.reporting:
-            _report(ctx, step)
+        elif before is not None:
+            before.report(ctx, step)
         else:
             ctx.decision.add_step(step.policy_name, "answered")
             return step.policy_name
@@ -77,9 +80,24 @@ class Pipeline:
         return rest if rest is None or isinstance(rest, str) else await rest
 
 
-def _report(ctx: RequestContext, step: Step) -> None:
-    """Record the answer a step in ``mode: report`` gave, instead of sending it."""
-    assert ctx.flow.response is not None
-    ctx.decision.add_report(step.policy_name, ctx.flow.response.status_code)
-    ctx.decision.add_step(step.policy_name, "reported")
-    ctx.flow.response = None
+class _Before:
+    """What a step in ``mode: report`` may change in the decision (what it found, who the client
+    is, a cache hit), kept so that an answer it gives leaves the request as it found it."""
+
+    __slots__ = ("data", "user")
+
+    def __init__(self, ctx: RequestContext) -> None:
+        self.data = dict(ctx.decision.data)
+        self.user = ctx.user
+
+    def report(self, ctx: RequestContext, step: Step) -> None:
+        """Record the answer the step gave, instead of sending it."""
+        decision, response = ctx.decision, ctx.flow.response
+        assert response is not None
+        status, reason = response.status_code, decision.why()
+        decision.data.clear()
+        decision.data.update(self.data)
+        decision.add_report(step.policy_name, status, reason)
+        decision.add_step(step.policy_name, "reported")
+        ctx.user = self.user
+        ctx.flow.response = None

@@ -44,7 +44,7 @@ def test_a_report_only_limit_lets_all_through_counts_its_429s_and_enforces_after
     if workers == 1:
         log = [json.loads(line) for line in (tmp_path / "logs" / "access.log").read_text().splitlines()]
         assert [entry["reported"] for entry in log] == [None] * 3 + [
-            [{"policy": "rate-limit", "status": 429}]
+            [{"policy": "rate-limit", "status": 429, "reason": None}]
         ] * 7
         assert {entry["status"] for entry in log} == {200}
 

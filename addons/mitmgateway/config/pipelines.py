@@ -138,5 +138,6 @@ class PipelineBuilder:
             self.consumers,
             self.state,
             self.used_state,
+            reporting=mode == "report",
         )
-        return Step(policy_name, condition, policy_cls(action, build), reporting=mode == "report")
+        return Step(policy_name, condition, policy_cls(action, build), reporting=build.reporting)

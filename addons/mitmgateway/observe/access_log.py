@@ -62,7 +62,11 @@ def access_record(flow: http.HTTPFlow, decision: Decision) -> dict[str, Any]:
         "apiEndpoint": decision.api_endpoint,
         "pipeline": decision.pipeline,
         "answeredBy": decision.answered_by,
-        "reported": [{"policy": policy, "status": status} for policy, status in decision.reports] or None,
+        "reported": [
+            {"policy": policy, "status": status, "reason": reason}
+            for policy, status, reason in decision.reports
+        ]
+        or None,
         "consumer": decision.consumer,
         "upstream": decision.upstream,
         "durationMs": _ms(request.timestamp_start, end),

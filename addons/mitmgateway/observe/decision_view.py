@@ -30,21 +30,11 @@ REPORTED_MARKER = ":eyes:"
 
 
 def reported(decision: Decision) -> str:
-    """``report: would answer 429 by rate-limit`` (each such answer), or nothing."""
-    return "; ".join(f"report: would answer {status} by {policy}" for policy, status in decision.reports)
-
-
-def why(decision: Decision) -> str | None:
-    """The reason behind a step's answer (the record holds them all), in a few words."""
-    if reason := decision.jwt_failure:
-        return f"token {reason}"
-    if reason := decision.auth_failure:
-        return f"credential {reason}"
-    if missing := decision.missing_scopes:
-        return f"missing scopes {', '.join(missing)}"
-    if decision.rate_limit_store == "unavailable":
-        return "rate-limit store unavailable"
-    return None
+    """``report: would answer 401 by jwt (token expired)`` (each such answer), or nothing."""
+    return "; ".join(
+        f"report: would answer {status} by {policy}" + (f" ({reason})" if reason else "")
+        for policy, status, reason in decision.reports
+    )
 
 
 def show_in_mitmweb(flow: http.HTTPFlow, decision: Decision, refused: bool) -> None:
@@ -62,7 +52,7 @@ def show_in_mitmweb(flow: http.HTTPFlow, decision: Decision, refused: bool) -> N
         # rather than reverse mode's placeholder target.
         flow.request.data.host = hostname_of(flow.request.host_header or "") or flow.request.host
         status = flow.response.status_code if flow.response else ""
-        reason = why(decision)
+        reason = decision.why()
         because = f" ({reason})" if reason else ""
         flow.comment = f"gateway: {where}; answered {status} by {decision.answered_by}{because}"
         flow.marked = REJECTED_MARKER if refused else ANSWERED_MARKER
@@ -88,7 +78,7 @@ def decision_lines(flow: http.HTTPFlow, decision: Decision) -> list[tuple[str, s
         rows.append(("pipeline", decision.pipeline))
     if answered_by := decision.answered_by:
         status = flow.response.status_code if flow.response else "no response"
-        reason = why(decision)
+        reason = decision.why()
         rows.append(("answered by", f"{answered_by} → {status}" + (f" ({reason})" if reason else "")))
     elif decision.upstream:
         rows.append(("proxied to", decision.upstream))

@@ -115,7 +115,7 @@ class GatewayMetrics:
             self.rate_limited(pipeline).inc()
         if reason := decision.jwt_failure:
             self.jwt_failures(pipeline, reason).inc()
-        for policy, would_answer in decision.reports:
+        for policy, would_answer, _reason in decision.reports:
             self.reported(pipeline, policy, str(would_answer)).inc()
         service = decision.service_endpoint
         if decision.upstream_failures or decision.upstream_up:

@@ -76,6 +76,9 @@ class BuildContext:
     consumers: Consumers
     state: StepState
     used_state: set[Any] = field(default_factory=set)
+    reporting: bool = False
+    """The step is in ``mode: report``: what it does to traffic beyond answering (a delay,
+    headers telling clients of a limit) it leaves out, since it enforces nothing."""
 
     def step_state(self, settings: Any, create: Callable[[], S]) -> S:
         return self.state.get((self.step_id, settings), create, self.used_state)

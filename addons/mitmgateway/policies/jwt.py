@@ -320,10 +320,26 @@ class JwtPolicy(Policy):
         self._accept(ctx, claims)
 
     def accept_recorded(self, ctx: RequestContext, user: Mapping[str, Any], consumer: str | None) -> None:
-        # The recorded claims go through what follows a verified token here (the consumer's
-        # lookup in this config, its scopes, forwardClaims, removeToken).
+        # The recorded claims are judged as a verified token's would be here (this step's
+        # audience, issuer and clock; the signature was checked when they were recorded), then
+        # go through what follows (the consumer's lookup in this config, forwardClaims...).
         claims = {k: v for k, v in user.items() if k not in ("id", "scopes")} if consumer else user
+        try:
+            check_times(claims, ctx.now, self.action.clock_tolerance)
+            self._check_audience_and_issuer(claims)
+        except jwt.InvalidTokenError as e:
+            self._reject(ctx, e)
+            return
         self._accept(ctx, claims)
+
+    def _check_audience_and_issuer(self, claims: Mapping[str, Any]) -> None:
+        if self.action.audience is not None:
+            audience = claims.get("aud")
+            given = [audience] if isinstance(audience, str) else list(audience or ())
+            if not set(given) & set(self.action.audience):
+                raise jwt.InvalidAudienceError("Audience doesn't match")
+        if self.action.issuer is not None and claims.get("iss") not in self.action.issuer:
+            raise jwt.InvalidIssuerError("Invalid issuer")
 
     def _accept(self, ctx: RequestContext, claims: Mapping[str, Any]) -> None:
         if self.consumers is None:

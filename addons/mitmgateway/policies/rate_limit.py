@@ -56,6 +56,8 @@ class RateLimitPolicy(Policy):
         self.action = action
         self.store = build.rate_limit_store
         self.delay = build.state.delay
+        # Reporting only: counting, without slowing anyone or telling clients of a limit.
+        self.quiet = build.reporting
         # The step's counters keep across reloads while its window and algorithm stay the same.
         self.prefix = f"{build.step_id}:{action.window_ms}:{action.algorithm}:"
         self._no_key_logged = False
@@ -106,7 +108,7 @@ class RateLimitPolicy(Policy):
         limit = action.max
         reset_after = max(0.0, hit.reset_after)
         headers = {}
-        if action.headers and limit:
+        if action.headers and limit and not self.quiet:
             remaining = max(0, limit - hit.count)
             headers = {
                 "X-RateLimit-Limit": str(limit),
@@ -124,7 +126,7 @@ class RateLimitPolicy(Policy):
         if headers:
             fields = tuple((n.encode(), v.encode()) for n, v in headers.items())
             ctx.on_response(lambda response: set_headers(response, fields))
-        if action.delays and hit.count > (action.delay_after or 0):
+        if action.delays and hit.count > (action.delay_after or 0) and not self.quiet:
             # Never past the window: a longer wait would hold the request for nothing.
             delay = (hit.count - action.delay_after) * action.delay_ms / 1000
             return self.delay(min(delay, action.window_ms / 1000))

@@ -111,8 +111,10 @@ class _RecordedIdentity:
     """For a request recorded without its credentials, in place of each authenticating step:
 
     - the recording shows the same policy found no credential: the step runs (and refuses again);
-    - it shows the same policy accepted one: the step accepts the identity recorded with it;
-    - otherwise (another auth policy, a credential it refused): the request is indeterminate.
+    - it shows the same policy accepted one: the step accepts the identity recorded with it (see
+      `Policy.accept_recorded`);
+    - otherwise (another auth policy, a credential it refused or passed through): the request is
+      indeterminate.
     """
 
     def __init__(self, recorded: Recorded) -> None:
@@ -124,9 +126,15 @@ class _RecordedIdentity:
 
     def __call__(self, ctx: RequestContext, step: Step) -> Awaitable[None] | None:
         recorded, decision = self.outcomes.get(step.policy_name), self.decision
-        if recorded is not None and "missing" in (decision.jwt_failure, decision.auth_failure):
+        # What this policy found then (jwt records its own finding; key-auth and basic-auth theirs).
+        found = decision.jwt_failure if step.policy_name == "jwt" else decision.auth_failure
+        if recorded is not None and found == "missing":
             return step.policy.handle(ctx)
-        if recorded == "passed" and (decision.user is not None or decision.consumer is not None):
+        if (
+            recorded == "passed"
+            and found is None
+            and (decision.user is not None or decision.consumer is not None)
+        ):
             self.used = True
             step.policy.accept_recorded(ctx, decision.user or {}, decision.consumer)
             return None

@@ -82,6 +82,7 @@ def _read(data: bytes) -> list[dict[str, Any]]:
         child.join(timeout=10)
         if child.is_alive():
             child.kill()
+            child.join()
     if not ok:
         raise ValueError(second)
     return first + second

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import one_pipeline
-from gateway_unit import gateway_for, make_flow, request_status
+from gateway_unit import gateway_for, make_flow, request_status, upstream_response
 from mitmgateway.config.assemble import load_config
 from mitmgateway.config.errors import ConfigError
 from mitmgateway.decision import Decision
@@ -24,11 +24,30 @@ def test_a_report_only_jwt_step_lets_the_request_through_and_says_what_it_would_
         assert request_status(gateway, flow) == 200
         decision = Decision.recorded(flow)
         assert decision.answered_by is None and decision.upstream == "127.0.0.1:9"
-        assert decision.reports == [["jwt", 401]]
+        assert decision.reports == [["jwt", 401, "token missing"]]
         assert decision.steps == [["jwt", "reported"], ["proxy", "passed"]]
-        assert decision.jwt_failure == "missing"
-        assert flow.comment.endswith("; report: would answer 401 by jwt")
+        # What the step found is in its report, not left behind for what comes after.
+        assert decision.jwt_failure is None
+        assert flow.comment.endswith("; report: would answer 401 by jwt (token missing)")
         assert flow.marked == ":eyes:"
+
+
+def test_a_report_only_rate_limit_counts_without_telling_or_slowing_clients(tmp_path):
+    steps = """\
+- rate-limit: [{mode: report, action: {max: 1, windowMs: 60000, delayAfter: 1, delayMs: 5000}}]
+- proxy: [{action: {serviceEndpoint: backend}}]"""
+    with gateway_for(
+        tmp_path, one_pipeline("http://127.0.0.1:9", steps).replace("{port}", "8080")
+    ) as gateway:
+        flows = [make_flow(path=f"/{i}") for i in range(3)]
+        assert [request_status(gateway, flow) for flow in flows] == [200, 200, 200]
+        assert [Decision.recorded(f).reports for f in flows] == [
+            (),
+            [["rate-limit", 429, None]],
+            [["rate-limit", 429, None]],
+        ]
+        upstream_response(flows[0], gateway)
+        assert "X-RateLimit-Limit" not in flows[0].response.headers
 
 
 def test_a_mode_other_than_enforce_or_report_is_refused_with_its_key_path(tmp_path):
