@@ -29,6 +29,12 @@ def _parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=1, help="processes sharing the port (default 1; use one per core)"
     )
     run.add_argument(
+        "--shadow",
+        type=Path,
+        metavar="CANDIDATE",
+        help="a candidate config that decides every request too, without serving it (gateway_shadow)",
+    )
+    run.add_argument(
         "--set",
         dest="settings",
         action="append",
@@ -74,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.debug:
         _optimized(argv)
     from . import runner  # imports mitmproxy's proxy core, which check does not need
+
+    if args.shadow is not None:
+        args.settings.append(f"gateway_shadow={args.shadow.expanduser().absolute()}")
 
     if args.workers < 1:
         print("mitmgateway: --workers must be at least 1", file=sys.stderr)

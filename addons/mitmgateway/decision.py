@@ -120,6 +120,9 @@ class Decision:
     upstream_retried: _Field[bool] = _Field("upstreamRetried", False)
     upstream_timed_out: _Field[bool] = _Field("upstreamTimedOut", False)
     upstream_switched_protocols: _Field[bool] = _Field("upstreamSwitchedProtocols", False)
+    shadow: _Field[dict[str, Any] | None] = _Field("shadow", None)
+    """The shadow config's decision (``gateway_shadow``): status, apiEndpoint, pipeline, policy..."""
+    shadow_differs: _Field[bool] = _Field("shadowDiffers", False)
     bytes_streamed: _Field[int | None] = _Field("bytesStreamed", None)
     """Response body bytes passed on while streaming (the body itself is not kept)."""
 

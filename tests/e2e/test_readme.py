@@ -209,6 +209,8 @@ JUDGES: dict[str, Callable[[Checkout, str, Path], None] | None] = {
     ".venv/bin/mitmweb -s addons/gateway.py": serves(),
     ".venv/bin/mitmgateway run -c gateway.config.yml": serves(),
     ".venv/bin/mitmgateway run -c gateway.config.yml --workers 2": serves(),
+    ".venv/bin/mitmgateway run -c gateway.config.yml --shadow "
+    "examples/whatif/rate-limit-after-jwt.yml": serves(),
     ".venv/bin/mitmgateway check -c gateway.config.yml": succeeds("gateway.config.yml: OK"),
     f"{CONSUMERS} add partner-acme --scope orders:read": consumers_file_is_private,
     f"{CONSUMERS} credential partner-acme key-auth": succeeds("API key (shown once): "),

@@ -6,10 +6,12 @@ In mitmproxy's calling order:
 - `Listeners`: reverse mode on the config's ports, its certificates, the ``tls_*`` hooks (first:
   it refuses options that would weaken TLS before any config is served);
 - `ConfigService`: gateway.config.yml loaded, watched and swapped whole (`CurrentConfig`);
-- `RecordingTap`: with ``gateway_record``, what the client sent and the upstream answered;
+- `RecordingTap`: with ``gateway_record`` or ``gateway_shadow``, what the client sent and the
+  upstream answered;
 - `RequestGate`: each request admitted or refused, routed, run through its pipeline;
 - `UpstreamConnections`: the connection to each request's upstream, checked against its health;
 - `ResponseSide`: what the steps asked of the response; a 101 nobody asked for refused;
+- `ShadowConfig`: with ``gateway_shadow``, each request decided again under a candidate config;
 - `Observation`: metrics, the access log, the admin port, mitmweb's Gateway view;
 - `GracefulShutdown`: SIGTERM drains the requests in flight;
 - `Recorder`: with ``gateway_record``, each flow written (to replay it against another config).
@@ -34,6 +36,7 @@ from .listeners import Listeners
 from .observation import Observation
 from .recorder import Recorder, RecordingTap
 from .response_side import ResponseSide
+from .shadow import ShadowConfig
 from .shutdown import GracefulShutdown
 from .upstream_connections import UpstreamConnections
 
@@ -51,13 +54,15 @@ def gateway_addons() -> list[Any]:
     for follower in (listeners, gate, observation):
         current.follow(follower.apply)
     recorder = Recorder()
+    shadow = ShadowConfig(metrics)
     return [
         listeners,
         config_service,
-        RecordingTap(recorder),
+        RecordingTap(recorder, also_for=lambda: shadow.active),
         gate,
         upstreams,
         ResponseSide(exchanges, access_log),
+        shadow,
         observation,
         GracefulShutdown(on_drain=observation.stop_accepting),
         recorder,

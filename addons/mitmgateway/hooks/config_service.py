@@ -45,7 +45,7 @@ class CurrentConfig:
             apply(config, previous)
 
 
-def _file_signature(path: Path) -> tuple[int, int, int] | None:
+def file_signature(path: Path) -> tuple[int, int, int] | None:
     try:
         st = os.stat(path)
     except OSError:
@@ -104,7 +104,7 @@ class ConfigService:
 
     def _load(self, path: Path) -> None:
         """Load `path` and swap it in (a ConfigError leaves the config in service as it is)."""
-        first = _file_signature(path)
+        first = file_signature(path)
         try:
             config = load_config(path, self.state)
             self.state.keep_only(set(config.used_state))
@@ -120,7 +120,7 @@ class ConfigService:
         return (config_file, *(config.watched_files[1:] if config is not None else ()))
 
     def _signature(self, config_file: Path) -> tuple[object, ...]:
-        return tuple(_file_signature(f) for f in self._watched(config_file))
+        return tuple(file_signature(f) for f in self._watched(config_file))
 
     async def _watch_config(self) -> None:
         while True:

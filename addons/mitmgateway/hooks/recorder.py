@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -65,19 +66,24 @@ def strip_credentials(flow: http.HTTPFlow, client_state: dict[str, Any]) -> None
 
 class RecordingTap:
     """Before the gate and the response side: what the client sent, and what the upstream
-    answered, for the flows `recorder` will write."""
+    answered, for the flows `recorder` will write and those a shadow config decides again
+    (`also_for`: whether one is in place)."""
 
-    def __init__(self, recorder: Recorder) -> None:
+    def __init__(self, recorder: Recorder, also_for: Callable[[], bool] = lambda: False) -> None:
         self.recorder = recorder
+        self.also_for = also_for
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if self.recorder.path is None or not flow.live or flow.is_replay:
+        if not flow.live or flow.is_replay:
             return
-        sample = ctx.options.gateway_record_sample
-        if sample < 100 and random.uniform(0, 100) >= sample:
-            return
-        flow.metadata[CLIENT_REQUEST_KEY] = flow.request.get_state()
-        flow.metadata[_RECORDING] = True
+        recording = self.recorder.path is not None
+        if recording:
+            sample = ctx.options.gateway_record_sample
+            recording = sample >= 100 or random.uniform(0, 100) < sample
+        if recording or self.also_for():
+            flow.metadata[CLIENT_REQUEST_KEY] = flow.request.get_state()
+        if recording:
+            flow.metadata[_RECORDING] = True
 
     def request(self, flow: http.HTTPFlow) -> None:
         state = flow.metadata.get(CLIENT_REQUEST_KEY)
@@ -85,7 +91,7 @@ class RecordingTap:
             state["content"] = flow.request.raw_content
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        if not flow.metadata.get(_RECORDING) or flow.response is None:
+        if CLIENT_REQUEST_KEY not in flow.metadata or flow.response is None:
             return
         decision = Decision.recorded(flow)
         if decision is not None and decision.answered_by is None:  # proxied: the upstream answered

@@ -68,6 +68,7 @@ def access_record(flow: http.HTTPFlow, decision: Decision) -> dict[str, Any]:
         ]
         or None,
         "consumer": decision.consumer,
+        "shadow": decision.shadow,
         "upstream": decision.upstream,
         "durationMs": _ms(request.timestamp_start, end),
         "upstreamMs": _ms(request.timestamp_end, response.timestamp_start) if proxied else None,  # type: ignore[union-attr]

@@ -71,6 +71,12 @@ class GatewayMetrics:
             ["pipeline", "policy", "status"],
             registry=registry,
         )
+        self._shadow_differences = Counter(
+            "mitmgateway_shadow_differences",
+            "Requests the shadow config (gateway_shadow) decides otherwise than the serving one",
+            ["serving_pipeline", "candidate_pipeline", "serving_status", "candidate_status"],
+            registry=registry,
+        )
         self._reloads = Counter(
             "mitmgateway_config_reloads",
             "Config changes seen on disk, by result (ok or failed)",
@@ -101,6 +107,18 @@ class GatewayMetrics:
         self.rate_limited = _cached(self._rate_limited.labels)
         self.jwt_failures = _cached(self._jwt_failures.labels)
         self.reported = _cached(self._reported.labels)
+
+    def shadow_difference(
+        self,
+        serving_pipeline: str | None,
+        candidate_pipeline: str | None,
+        serving: int | None,
+        candidate: int | None,
+    ) -> None:
+        # Label values: pipeline names of the two configs, statuses: bounded.
+        self._shadow_differences.labels(
+            serving_pipeline or "", candidate_pipeline or "", str(serving or ""), str(candidate or "")
+        ).inc()
 
     def config_reloaded(self, ok: bool) -> None:
         self._reloads.labels("ok" if ok else "failed").inc()

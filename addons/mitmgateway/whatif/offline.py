@@ -147,9 +147,17 @@ class _RecordedIdentity:
 class OfflineGateway:
     """One config, deciding recorded requests one after the other (in recorded order)."""
 
-    def __init__(self, config_file: Path, jwks: Mapping[str, dict[str | None, VerificationKey]]) -> None:
-        self.state = ReplayState(jwks)
+    def __init__(
+        self,
+        config_file: Path,
+        jwks: Mapping[str, dict[str | None, VerificationKey]],
+        state: ReplayState | None = None,
+    ) -> None:
+        """`state`: that of the gateway this one replaces (a reloaded shadow config keeps the
+        counters of its unchanged steps)."""
+        self.state = ReplayState(jwks) if state is None else state
         self.config: GatewayConfig = load_config(config_file, self.state)
+        self.state.keep_only(set(self.config.used_state))
         current = CurrentConfig()
         current.config = self.config
         exchanges: Exchanges = weakref.WeakKeyDictionary()

@@ -175,6 +175,8 @@ class Outcome:
             data["assumed"] = list(self.assumed)
         if self.status_only:
             data["recordedStatusOnly"] = True
+        if self.indeterminate is not None:
+            data["indeterminate"] = self.indeterminate
         return data
 
 

@@ -137,6 +137,28 @@ class Recorded:
     def of_flow(cls, flow: http.HTTPFlow) -> Recorded:
         return cls(flow.get_state())
 
+    @classmethod
+    def of_live(cls, flow: http.HTTPFlow) -> Recorded:
+        """A live flow the gateway just decided (its client's request and upstream's answer
+        kept by `RecordingTap`), read as a recording of it, without copying it."""
+        client = flow.client_conn
+        return cls(
+            {
+                "id": flow.id,
+                "metadata": flow.metadata,
+                "request": {"timestamp_start": flow.request.timestamp_start},
+                "client_conn": {
+                    "peername": client.peername,
+                    "sockname": client.sockname,
+                    "timestamp_start": client.timestamp_start,
+                    "proxy_mode": client.proxy_mode.full_spec,
+                    "tls": client.tls,
+                    "sni": client.sni,
+                    "alpn": client.alpn,
+                },
+            }
+        )
+
     @property
     def metadata(self) -> dict[str, Any]:
         return self.state["metadata"]
