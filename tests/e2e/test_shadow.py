@@ -79,7 +79,11 @@ def test_a_shadow_config_reports_exactly_the_requests_it_decides_otherwise(
 
     # A broken candidate: refused, the last good one still decides, serving untouched.
     candidate.write_text("pipelines: [")
-    assert wait_until(lambda: "shadow config change refused" in gateway.log_path.read_text())
+    assert wait_until(
+        lambda: (
+            "shadow config change refused, the last good one still decides" in gateway.log_path.read_text()
+        )
+    )
     assert gateway.send("/o/3", host="orders.local", headers=bearer(token)).status == 200
     # The candidate made the same as serving: no more differences.
     candidate.write_text(serving)
@@ -91,3 +95,17 @@ def test_a_shadow_config_reports_exactly_the_requests_it_decides_otherwise(
         ("/o/3", "key-auth", 401),
         ("/c/2", None, 200),
     ]
+
+
+def test_a_broken_shadow_config_at_startup_never_stops_serving(
+    start_gateway, upstreams, tmp_path, rsa_keys, token
+):
+    candidate = tmp_path / "candidate.yml"
+    candidate.write_text("pipelines: [")
+    urls = upstreams["customers"].url, upstreams["orders"].url
+    gateway = start_gateway(
+        lambda port: walkthrough_config(port, *urls, rsa_keys[1], max_requests=100),
+        options=(f"gateway_shadow={candidate}",),
+    )
+    assert gateway.send("/o", host="orders.local", headers=bearer(token)).status == 200
+    assert "invalid shadow config, no shadow decides until it is fixed" in gateway.log_path.read_text()

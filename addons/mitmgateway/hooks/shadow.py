@@ -18,7 +18,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import ctx, http
 
 from ..config.errors import ConfigError
 from ..decision import Decision
@@ -79,9 +79,19 @@ class ShadowConfig:
         try:
             self._load(self.path)
         except ConfigError as e:
-            raise exceptions.OptionsError(f"invalid shadow config: {e}") from None
+            # Never a reason not to serve: a warning (mitmdump exits on errors logged at startup),
+            # and loaded once the file is fixed.
+            logger.warning("invalid shadow config, %s: %s", self._meanwhile(), e)
+            return
         assert self.gateway is not None
         logger.info("shadow config %s decides every request too: %s", self.path, self.gateway.config.summary)
+
+    def _meanwhile(self) -> str:
+        return (
+            "the last good one still decides"
+            if self.gateway is not None
+            else "no shadow decides until it is fixed"
+        )
 
     def running(self) -> None:
         if self._watcher is None:
@@ -111,7 +121,7 @@ class ShadowConfig:
             try:
                 self._load(self.path)
             except ConfigError as e:
-                logger.error("shadow config change refused, the last good one still decides: %s", e)
+                logger.error("shadow config change refused, %s: %s", self._meanwhile(), e)
                 continue
             logger.info("shadow config reloaded: %s", self.path)
 
