@@ -3,7 +3,8 @@
 Starts nginx as a fast upstream on 127.0.0.1, then, in alternating rounds, loads each target with
 wrk: the upstream directly, bare `mitmdump --mode reverse:...`, `mitmdump -s addons/gateway.py`
 with the walkthrough's full pipeline (rate-limit with a high max, jwt with a valid RS256 token,
-proxy with changeOrigin), and the lean runner (`mitmgateway run`) with 1 and N workers. Each
+proxy with changeOrigin), and the lean runner (`mitmgateway run`) with 1 and N workers, and with
+1 worker and the same config as its shadow (``gateway_shadow``). Each
 target is started fresh for its turn and stopped after it. Prints requests/s and p50/p99 latency
 (medians over the rounds) with the ratios to bare mitmdump, and writes a JSON of every figure and
 a PNG chart beside it.
@@ -129,6 +130,12 @@ class Bench:
             BASELINE: [*bare, "--mode", f"reverse:{upstream}@{self.port}"],
             "gateway (mitmdump -s)": gateway_command("mitmdump", config, confdir),
             "lean runner, 1 worker": gateway_command("mitmgateway", config, confdir),
+            # The same config as its own shadow: every request decided twice (#15's cost).
+            "lean runner, 1 worker, shadow": [
+                *gateway_command("mitmgateway", config, confdir),
+                "--set",
+                f"gateway_shadow={config}",
+            ],
             f"lean runner, {workers} workers": gateway_command("mitmgateway", config, confdir, workers),
         }
         self.workers = {f"lean runner, {workers} workers": workers}
