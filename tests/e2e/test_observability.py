@@ -105,6 +105,7 @@ def test_access_log_has_one_json_line_per_request(start_gateway, observed_walkth
         "answeredBy": None,
         "reported": None,
         "consumer": None,
+        "shadow": None,
         "upstream": f"127.0.0.1:{upstreams['customers'].port}",
         "durationMs": None,
         "upstreamMs": None,
