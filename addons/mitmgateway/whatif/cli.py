@@ -19,9 +19,10 @@ from pathlib import Path
 from ..config.errors import ConfigError
 from ..jwks import VerificationKey, parse_jwks
 from .cases import check_cases, read_cases
+from .forked import ForkFailed
 from .offline import OfflineGateway
 from .recorded import UnreadableFlows, read_flows
-from .replay import ReplayFailed, replay
+from .replay import replay
 from .report import Expectations, Progress, Report
 
 
@@ -111,7 +112,7 @@ def main(argv: Sequence[str]) -> int:
             report = Report(
                 replay(flows, candidate, baseline, Progress(len(flows))), args.candidate, args.baseline
             )
-        except ReplayFailed as e:
+        except ForkFailed as e:
             print(f"mitmgateway whatif: {e}", file=sys.stderr)
             return 2
         print(report.summary(expectations))

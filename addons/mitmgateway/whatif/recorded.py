@@ -15,7 +15,6 @@ import functools
 import gc
 import hashlib
 import io
-import multiprocessing
 import os
 from collections.abc import Iterable
 from multiprocessing.connection import Connection
@@ -29,6 +28,7 @@ from mitmproxy.proxy import mode_specs
 from ..decision import METADATA_KEY, Decision
 from ..hooks.recorder import CLIENT_REQUEST_KEY, STRIPPED_KEY, UPSTREAM_RESPONSE_KEY
 from ..ids import IdSource
+from .forked import ForkFailed, forked, received
 from .outcome import Outcome
 
 
@@ -36,6 +36,7 @@ class UnreadableFlows(Exception):
     """A file that is not a flow file (its name and why)."""
 
 
+SECOND_PART = "the process reading the file's second part"
 PARALLEL_BYTES = 4 << 20
 """A file this large is read by two processes (parsing is most of a replay's time)."""
 
@@ -61,35 +62,22 @@ def _read(data: bytes) -> list[dict[str, Any]]:
     starts = _flow_starts(data)
     # The other process also pickles its states and sends them: it takes the smaller part.
     middle = starts[len(starts) * 3 // 5]
-    context = multiprocessing.get_context("fork")
-    from_child, to_parent = context.Pipe(duplex=False)
-    child = context.Process(
-        target=_parse_for_parent, args=(data[middle:], from_child, to_parent), daemon=True
-    )
-    child.start()
-    to_parent.close()
     try:
-        first = _parse(data[:middle])
-        gc.disable()  # as in _parse: unpickling the other half is ten times faster without it
-        try:
-            ok, second = from_child.recv()
-        finally:
-            gc.enable()
-    except EOFError:
-        raise ValueError("the process reading its second half failed") from None
-    finally:
-        from_child.close()
-        child.join(timeout=10)
-        if child.is_alive():
-            child.kill()
-            child.join()
+        with forked(lambda to_parent: _parse_for_parent(data[middle:], to_parent), SECOND_PART) as from_child:
+            first = _parse(data[:middle])
+            gc.disable()  # as in _parse: unpickling the other part is ten times faster without it
+            try:
+                ok, second = received(from_child, SECOND_PART)  # type: ignore[misc]
+            finally:
+                gc.enable()
+    except ForkFailed as e:
+        raise ValueError(str(e)) from None
     if not ok:
         raise ValueError(second)
     return first + second
 
 
-def _parse_for_parent(data: bytes, from_child: Connection, to_parent: Connection) -> None:
-    from_child.close()
+def _parse_for_parent(data: bytes, to_parent: Connection) -> None:
     try:
         to_parent.send((True, _parse(data)))
     except (ValueError, TypeError, KeyError) as e:

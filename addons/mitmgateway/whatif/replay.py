@@ -9,20 +9,16 @@ machine's second core halves the time. Only the flows whose decision changed are
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 from collections.abc import Iterable, Iterator
 from multiprocessing.connection import Connection
 
+from .forked import forked, received
 from .offline import OfflineGateway
 from .outcome import Outcome
 from .recorded import Recorded
 from .report import Progress, Replayed
 
-
-class ReplayFailed(Exception):
-    """The baseline's process failed (it says why on standard error)."""
-
-
+BASELINE = "the baseline's replay"
 BATCH = 256
 """Baseline outcomes sent to the candidate's side at a time (the last batch is shorter)."""
 
@@ -33,23 +29,8 @@ def replay(
     """Each flow decided under the candidate (and the baseline), in recorded order."""
     if baseline is None:
         return asyncio.run(_compare(flows, candidate, (r.outcome() for r in flows), progress))
-    context = multiprocessing.get_context("fork")
-    from_child, to_parent = context.Pipe(duplex=False)
-    child = context.Process(target=_baseline, args=(flows, baseline, from_child, to_parent), daemon=True)
-    child.start()
-    to_parent.close()
-    try:
-        replayed = asyncio.run(_compare(flows, candidate, _received(from_child), progress))
-    finally:
-        # Closed, the pipe ends a child still sending (the candidate's side failed): it exits.
-        from_child.close()
-        child.join(timeout=10)
-        if child.is_alive():
-            child.kill()
-            child.join()
-    if child.exitcode != 0:
-        raise ReplayFailed(f"the baseline's replay failed (exit status {child.exitcode})")
-    return replayed
+    with forked(lambda to_parent: _baseline(flows, baseline, to_parent), BASELINE) as from_child:
+        return asyncio.run(_compare(flows, candidate, _received(from_child), progress))
 
 
 async def _compare(
@@ -67,11 +48,7 @@ async def _compare(
     return replayed
 
 
-def _baseline(
-    flows: list[Recorded], baseline: OfflineGateway, from_child: Connection, to_parent: Connection
-) -> None:
-    from_child.close()  # the parent's end: with it closed here, the parent's close ends a send
-
+def _baseline(flows: list[Recorded], baseline: OfflineGateway, to_parent: Connection) -> None:
     async def decide_all() -> None:
         batch = []
         for recorded in flows:
@@ -82,15 +59,11 @@ def _baseline(
         to_parent.send(batch)
 
     asyncio.run(decide_all())
-    to_parent.close()
 
 
 def _received(from_child: Connection) -> Iterator[Outcome]:
     while True:
-        try:
-            batch = from_child.recv()
-        except EOFError:
-            raise ReplayFailed("the baseline's replay ended before its last outcome") from None
+        batch: list[Outcome] = received(from_child, BASELINE)  # type: ignore[assignment]
         yield from batch
         if len(batch) < BATCH:
             return
