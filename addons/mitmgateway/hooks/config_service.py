@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from mitmproxy import ctx, exceptions
@@ -45,12 +46,39 @@ class CurrentConfig:
             apply(config, previous)
 
 
-def file_signature(path: Path) -> tuple[int, int, int] | None:
+def _file_signature(path: Path) -> tuple[int, int, int] | None:
     try:
         st = os.stat(path)
     except OSError:
         return None
     return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+class WatchedFiles:
+    """Which of a config's files (the config file first, then what it was read from) changed
+    since it was last loaded; shared by the serving config and the shadow config."""
+
+    def __init__(self) -> None:
+        self._seen: tuple[tuple[int, int, int] | None, ...] = ()
+
+    @contextmanager
+    def loading(self, config_file: Path, others: Callable[[], Iterable[Path]]) -> Iterator[None]:
+        """Around a load: afterwards (loaded or refused) the config file counts as it was before
+        loading (an edit meanwhile is seen next poll), and `others()`, the files of the config now
+        in service, as they are now."""
+        first = _file_signature(config_file)
+        try:
+            yield
+        finally:
+            self._seen = (first, *(_file_signature(f) for f in others()))
+
+    def changed(self, files: tuple[Path, ...]) -> list[Path]:
+        """The files that changed since the last load (none while the config file is missing)."""
+        now = tuple(_file_signature(f) for f in files)
+        if now[0] is None or now == self._seen:
+            return []
+        seen = self._seen
+        return [f for i, f in enumerate(files) if i >= len(seen) or seen[i] != now[i]] or [files[0]]
 
 
 class ConfigService:
@@ -59,7 +87,7 @@ class ConfigService:
         self.metrics = metrics
         self.state = StepState()
         self.config_file: Path | None = None
-        self._config_signature: tuple[object, ...] | None = None
+        self.files = WatchedFiles()
         self._watcher: asyncio.Task[None] | None = None
 
     def load(self, loader) -> None:
@@ -104,36 +132,24 @@ class ConfigService:
 
     def _load(self, path: Path) -> None:
         """Load `path` and swap it in (a ConfigError leaves the config in service as it is)."""
-        first = file_signature(path)
-        try:
+        with self.files.loading(path, lambda: self._watched(path)[1:]):
             config = load_config(path, self.state)
             self.state.keep_only(set(config.used_state))
             self.current.swap(config)
-        finally:
-            # The config file as it was before loading (an edit meanwhile is seen next poll), and
-            # the files the config in service was read from as they are now.
-            self._config_signature = (first, *self._signature(path)[1:])
 
     def _watched(self, config_file: Path) -> tuple[Path, ...]:
         """The config file (first) and every other file the config in service was read from."""
         config = self.current.config
         return (config_file, *(config.watched_files[1:] if config is not None else ()))
 
-    def _signature(self, config_file: Path) -> tuple[object, ...]:
-        return tuple(file_signature(f) for f in self._watched(config_file))
-
     async def _watch_config(self) -> None:
         while True:
             await asyncio.sleep(CONFIG_POLL_SECONDS)
             if self.config_file is None:
                 continue
-            signature = self._signature(self.config_file)
-            if signature[0] is None or signature == self._config_signature:
+            changed = self.files.changed(self._watched(self.config_file))
+            if not changed:
                 continue
-            before = self._config_signature or ()
-            files = self._watched(self.config_file)
-            # The files whose change the signature shows, for the reload's log line.
-            changed = [f for i, f in enumerate(files) if i >= len(before) or before[i] != signature[i]]
             try:
                 self._load(self.config_file)
             except ConfigError as e:
@@ -141,4 +157,4 @@ class ConfigService:
                 logger.error("config change refused, still serving the last good config: %s", e)
                 continue
             self.metrics.config_reloaded(True)
-            logger.info("config reloaded: %s changed", ", ".join(map(str, changed or [self.config_file])))
+            logger.info("config reloaded: %s changed", ", ".join(map(str, changed)))

@@ -27,7 +27,7 @@ from ..observe.metrics import GatewayMetrics
 from ..whatif.offline import OfflineGateway, ReplayState
 from ..whatif.outcome import Outcome, changes
 from ..whatif.recorded import Recorded
-from .config_service import CONFIG_POLL_SECONDS, file_signature
+from .config_service import CONFIG_POLL_SECONDS, WatchedFiles
 from .recorder import CLIENT_REQUEST_KEY
 
 logger = logging.getLogger("mitmgateway")
@@ -52,7 +52,7 @@ class ShadowConfig:
         self.gateway: OfflineGateway | None = None
         self.path: Path | None = None
         self._state = _ShadowState()
-        self._signature: tuple[object, ...] = ()
+        self.files = WatchedFiles()
         self._watcher: asyncio.Task[None] | None = None
 
     @property
@@ -107,16 +107,13 @@ class ShadowConfig:
         return (self.path, *(self.gateway.config.watched_files[1:] if self.gateway else ()))
 
     def _load(self, path: Path) -> None:
-        signature = tuple(file_signature(f) for f in self._files())
-        try:
+        with self.files.loading(path, lambda: self._files()[1:]):
             self.gateway = OfflineGateway(path, {}, self._state)
-        finally:
-            self._signature = signature
 
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(CONFIG_POLL_SECONDS)
-            if self.path is None or tuple(file_signature(f) for f in self._files()) == self._signature:
+            if self.path is None or not self.files.changed(self._files()):
                 continue
             try:
                 self._load(self.path)
