@@ -39,6 +39,13 @@ def _redacted(path: str, secret_params: list[str]) -> str:
     return f"{base}?{urlencode(pairs)}"
 
 
+def iso_time(timestamp: float) -> str:
+    """``2026-12-02T05:12:49.123Z``: an epoch time in UTC, to the millisecond."""
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp)) + f".{int(timestamp * 1000) % 1000:03d}Z"
+    )
+
+
 def access_record(flow: http.HTTPFlow, decision: Decision) -> dict[str, Any]:
     request, response = flow.request, flow.response
     # The path as matched and forwarded (canonical), and the target exactly as the client sent it.
@@ -51,8 +58,7 @@ def access_record(flow: http.HTTPFlow, decision: Decision) -> dict[str, Any]:
     sent = 0 if response is None else streamed if streamed is not None else len(response.raw_content or b"")
     proxied = response is not None and decision.upstream and not decision.answered_by
     return {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(request.timestamp_start))
-        + f".{int(request.timestamp_start * 1000) % 1000:03d}Z",
+        "time": iso_time(request.timestamp_start),
         "client": decision.client or flow.client_conn.peername[0],
         "host": decision.host,
         "method": request.method,

@@ -212,6 +212,7 @@ class JwtPolicy(Policy):
             )
         self.keys = _configured_keys(action, build)
         self.algorithms = None if action.algorithms is None else frozenset(action.algorithms)
+        self.audiences = frozenset(action.audience or ())
         if self.algorithms is not None and not isinstance(self.keys, RemoteKeySet):
             allowed = list(dict.fromkeys(a for key in self.keys.keys.values() for a in key.algorithms))
             for i, algorithm in enumerate(action.algorithms):
@@ -336,7 +337,7 @@ class JwtPolicy(Policy):
         if self.action.audience is not None:
             audience = claims.get("aud")
             given = [audience] if isinstance(audience, str) else list(audience or ())
-            if not set(given) & set(self.action.audience):
+            if self.audiences.isdisjoint(given):
                 raise jwt.InvalidAudienceError("Audience doesn't match")
         if self.action.issuer is not None and claims.get("iss") not in self.action.issuer:
             raise jwt.InvalidIssuerError("Invalid issuer")

@@ -16,6 +16,7 @@ from typing import IO, Any, BinaryIO
 
 from mitmproxy import http, io
 
+from ..observe.access_log import iso_time
 from .outcome import Outcome, changes, describe_change
 from .recorded import Recorded
 
@@ -81,11 +82,7 @@ class Replayed:
 
     def as_json(self) -> dict[str, Any]:
         seen = self.recorded.describe()
-        entry: dict[str, Any] = {
-            **seen,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(float(seen["time"])))  # type: ignore[arg-type]
-            + f".{int(float(seen['time']) % 1 * 1000):03d}Z",  # type: ignore[arg-type]
-        }
+        entry: dict[str, Any] = {**seen, "time": iso_time(float(seen["time"]))}  # type: ignore[arg-type]
         if self.indeterminate is not None:
             entry.update(indeterminate=True, reason=self.indeterminate)
         else:
