@@ -271,3 +271,20 @@ def test_conditions_and_templates_see_the_canonical_path(tmp_path):
         limited = make_flow(path="/api//y")
         gateway.requestheaders(limited)
         assert limited.response.status_code == 429
+
+
+def test_a_report_only_proxy_step_never_forwards_what_it_refused(tmp_path):
+    # mode: report must not turn a front-door guard into a hint: the refused request is not
+    # forwarded (it has no upstream), it is answered 404 as a pipeline that does not proxy.
+    config = (
+        CONFIG.format(action="serviceEndpoint: based, stripPath: true", extra="")
+        .replace("paths: ['/api/*', '/users/:id']", "paths: ['/api*']")
+        .replace("- proxy: [{action:", "- proxy: [{mode: report, action:")
+    )
+    with gateway_for(tmp_path, config) as gateway:
+        flow = make_flow(path="/api../secret")
+        gateway.requestheaders(flow)
+        decision = flow.metadata["gateway"]
+        assert (flow.response.status_code, decision["answeredBy"]) == (404, "no proxy step")
+        assert decision["reports"] == [["proxy", 400, None]]
+        assert "upstream" not in decision, "never aimed at an upstream"
