@@ -43,7 +43,9 @@ def test_startup_names_the_config_and_what_it_serves(start_gateway, walkthrough_
 
 def test_one_of_each_is_said_in_the_singular(start_gateway, upstreams):
     gateway = start_gateway(
-        "http: {port: {port}}\n"
+        # On loopback: a port free there (free_port) may be held on another address, and a
+        # test has no business listening beyond this machine.
+        "http: {port: {port}, hostname: 127.0.0.1}\n"
         "apiEndpoints: {api: {host: '*'}}\n"
         f"serviceEndpoints: {{backend: {{url: '{upstreams['orders'].url}'}}}}\n"
         "policies: [proxy]\n"
