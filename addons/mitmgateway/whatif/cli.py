@@ -19,6 +19,7 @@ from pathlib import Path
 from ..config.errors import ConfigError
 from ..jwks import VerificationKey, parse_jwks
 from .cases import check_cases, read_cases
+from .flowfile import gc_paused
 from .forked import ForkFailed
 from .offline import OfflineGateway
 from .recorded import UnreadableFlows, read_flows
@@ -97,10 +98,11 @@ def main(argv: Sequence[str]) -> int:
         key_sets = _key_sets(args.jwks)
         candidate = OfflineGateway(args.candidate, key_sets)
         baseline = OfflineGateway(args.baseline, key_sets) if args.baseline else None
-        flows = read_flows(args.flows)
-        # Kept to the end: the collector's later passes leave them out (and a forked baseline
-        # then shares their memory pages).
-        gc.freeze()
+        with gc_paused():
+            flows = read_flows(args.flows)
+            # Kept to the end: the collector's passes leave them out from now on (and a forked
+            # baseline shares their memory pages), its first among them.
+            gc.freeze()
         cases = [case for file in args.cases for case in read_cases(file)]
     except (ConfigError, UnreadableFlows, ValueError) as e:
         print(f"mitmgateway whatif: {e}", file=sys.stderr)

@@ -12,9 +12,7 @@ and its status is the baseline.
 from __future__ import annotations
 
 import functools
-import gc
 import hashlib
-import io
 import os
 from collections.abc import Iterable
 from multiprocessing.connection import Connection
@@ -22,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from mitmproxy import connection, http
-from mitmproxy.io import compat, tnetstring
 from mitmproxy.proxy import mode_specs
 
 from ..decision import METADATA_KEY, Decision
 from ..hooks.recorder import CLIENT_REQUEST_KEY, STRIPPED_KEY, UPSTREAM_RESPONSE_KEY
 from ..ids import IdSource
+from . import flowfile
 from .forked import ForkFailed, forked, received
 from .outcome import Outcome
 
@@ -44,32 +42,30 @@ PARALLEL_BYTES = 4 << 20
 def read_flows(paths: Iterable[Path]) -> list[Recorded]:
     """The HTTP flows in `paths`, in the order their requests came (then as recorded).
 
-    Each is kept as the state mitmproxy saved (migrated to this mitmproxy's version), not as a
-    flow: a replay needs only a few of its parts, and building whole flows (four objects each)
-    would cost as much as reading the file."""
+    Each is kept as (part of) the state mitmproxy saved, migrated to this mitmproxy's version,
+    not as a flow: a replay needs only a few of its parts, and building whole flows (four objects
+    each) would cost as much as reading the file."""
     flows: list[Recorded] = []
-    for path in paths:
-        try:
-            flows.extend(Recorded(state) for state in _read(path.read_bytes()))
-        except (OSError, ValueError, TypeError, KeyError) as e:
-            raise UnreadableFlows(f"{path}: {e or 'not a flow file'}") from None
-    return sorted(flows, key=lambda f: f.started)  # stable: ties keep their order
+    with flowfile.gc_paused():
+        for path in paths:
+            try:
+                flows.extend(map(Recorded, _read(path.read_bytes())))
+            except (OSError, ValueError, TypeError, KeyError) as e:
+                raise UnreadableFlows(f"{path}: {e or 'not a flow file'}") from None
+        return sorted(flows, key=lambda f: f.started)  # stable: ties keep their order
 
 
 def _read(data: bytes) -> list[dict[str, Any]]:
     if len(data) < PARALLEL_BYTES or (os.cpu_count() or 1) < 2:
-        return _parse(data)
-    starts = _flow_starts(data)
+        return flowfile.http_states(data)
+    starts = flowfile.flow_starts(data)
     # The other process also pickles its states and sends them: it takes the smaller part.
     middle = starts[len(starts) * 3 // 5]
     try:
         with forked(lambda to_parent: _parse_for_parent(data[middle:], to_parent), SECOND_PART) as from_child:
-            first = _parse(data[:middle])
-            gc.disable()  # as in _parse: unpickling the other part is ten times faster without it
-            try:
+            first = flowfile.http_states(data[:middle])
+            with flowfile.gc_paused():  # unpickling the other part is ten times faster without it
                 ok, second = received(from_child, SECOND_PART)  # type: ignore[misc]
-            finally:
-                gc.enable()
     except ForkFailed as e:
         raise ValueError(str(e)) from None
     if not ok:
@@ -79,40 +75,14 @@ def _read(data: bytes) -> list[dict[str, Any]]:
 
 def _parse_for_parent(data: bytes, to_parent: Connection) -> None:
     try:
-        to_parent.send((True, _parse(data)))
+        to_parent.send((True, flowfile.http_states(data)))
     except (ValueError, TypeError, KeyError) as e:
         to_parent.send((False, str(e) or "not a flow file"))
 
 
-def _flow_starts(data: bytes) -> list[int]:
-    """Where each flow of a flow file starts (each is a tnetstring: its length, a colon, its
-    data, a type tag), found without parsing them."""
-    starts, pos = [], 0
-    while pos < len(data):
-        colon = data.find(b":", pos, pos + 13)
-        if colon < 0 or not data[pos:colon].isdigit():
-            raise ValueError(f"not a flow file: no length prefix at byte {pos}")
-        starts.append(pos)
-        pos = colon + 1 + int(data[pos:colon]) + 1
-    return starts
-
-
-def _parse(data: bytes) -> list[dict[str, Any]]:
-    """The HTTP flows' states in `data`, as mitmproxy.io.FlowReader reads them without making
-    flows of them (from memory: tnetstring.load reads a file a byte at a time)."""
-    states = []
-    stream = io.BytesIO(data)
-    # The states are a few hundred containers each, all kept: the collector's passes over them
-    # while they are built would cost a fifth of the time, and find nothing to free.
-    gc.disable()
-    try:
-        while stream.tell() < len(data):
-            state = compat.migrate_flow(tnetstring.load(stream))  # type: ignore[arg-type]
-            if state.get("type") == "http":
-                states.append(state)
-    finally:
-        gc.enable()
-    return states
+_listener = functools.lru_cache(maxsize=64)(mode_specs.ProxyMode.parse)
+"""A recorded listener spec, parsed once (its ProxyMode is immutable): a recording has a few,
+each on thousands of flows."""
 
 
 class Recorded:
@@ -120,6 +90,13 @@ class Recorded:
 
     def __init__(self, state: dict[str, Any]) -> None:
         self.state = state
+
+    def _part(self, name: str) -> Any:
+        """A part of the state, parsed (once) if its reading was deferred."""
+        part = self.state.get(name)
+        if isinstance(part, flowfile.Deferred):
+            part = self.state[name] = part.value()
+        return part
 
     @classmethod
     def of_flow(cls, flow: http.HTTPFlow) -> Recorded:
@@ -157,7 +134,9 @@ class Recorded:
 
     @property
     def started(self) -> float:
-        return self.state["request"]["timestamp_start"] or 0.0
+        # The gateway's recording has it beside the request as the client sent it.
+        request = self.metadata[CLIENT_REQUEST_KEY] if self.by_gateway else self._part("request")
+        return request["timestamp_start"] or 0.0
 
     @property
     def by_gateway(self) -> bool:
@@ -187,12 +166,12 @@ class Recorded:
 
     def client_request(self) -> http.Request:
         """A fresh copy of the request as the client sent it."""
-        state = self.metadata[CLIENT_REQUEST_KEY] if self.by_gateway else self.state["request"]
+        state = self.metadata[CLIENT_REQUEST_KEY] if self.by_gateway else self._part("request")
         return http.Request.from_state(dict(state))
 
     def recorded_response(self) -> http.Response | None:
         """The response as recorded: what the client got."""
-        state = self.state.get("response")
+        state = self._part("response")
         return None if state is None else http.Response.from_state(dict(state))
 
     def upstream_response(self) -> http.Response | None:
@@ -206,11 +185,11 @@ class Recorded:
     def outcome(self) -> Outcome:
         """What the recording says the request came to: its decision, or (recorded by plain
         mitmproxy) its status."""
-        response = self.state.get("response")
+        response = self._part("response")
         if not self.by_gateway:
             return Outcome.recorded_status(None if response is None else response["status_code"])
         return Outcome.of_states(
-            Decision(self.metadata.get(METADATA_KEY) or {}), self.state["request"], response
+            Decision(self.metadata.get(METADATA_KEY) or {}), self._part("request"), response
         )
 
     @functools.cached_property
@@ -221,7 +200,7 @@ class Recorded:
             peername=tuple(recorded["peername"]),  # type: ignore[arg-type]
             sockname=tuple(recorded["sockname"]),  # type: ignore[arg-type]
             timestamp_start=recorded["timestamp_start"],
-            proxy_mode=mode_specs.ProxyMode.parse(recorded["proxy_mode"]),
+            proxy_mode=_listener(recorded["proxy_mode"]),
         )
         client.tls = recorded["tls"]
         client.sni = recorded["sni"]
