@@ -15,4 +15,4 @@ Recording is the gateway's (hooks/recorder.py, ``gateway_record``).
 # The hooks first, whichever of this package's modules is imported first: the shadow config
 # (hooks/shadow.py) uses the offline gateway, which uses the hooks' gate, so hooks/__init__.py,
 # which composes them all, must run before any module here does.
-from .. import hooks  # noqa: E402, F401
+from .. import hooks  # noqa: F401
