@@ -39,7 +39,7 @@ def _http_flow(n: int) -> http.HTTPFlow:
 def test_each_http_flow_has_what_replay_reads_as_mitmproxy_read_it():
     flows = [_http_flow(n) for n in range(3)]
     data = _file(flows[0], tflow.ttcpflow(), flows[1], flows[2])
-    states = flowfile.http_states(data)
+    states = flowfile.http_states(data, "f.mitm")
     assert [s["id"] for s in states] == [f.id for f in flows]  # the TCP flow is left out
     stream = io.BytesIO(data)
     full = [tnetstring.load(stream) for _ in range(4)]
@@ -60,7 +60,7 @@ def test_a_flow_of_an_older_format_version_is_migrated_whole():
     state = flow.get_state()
     state["version"] = 20  # mitmproxy's 20 → 21 migration adds nothing this flow lacks
     data = tnetstring.dumps(state)
-    (read,) = flowfile.http_states(data)
+    (read,) = flowfile.http_states(data, "f.mitm")
     assert read["version"] == 21
     assert read["request"]["path"] == b"/items/1"
     assert "server_conn" in read  # read by mitmproxy, whole
@@ -80,7 +80,7 @@ def test_a_flow_of_an_older_format_version_is_migrated_whole():
 )
 def test_malformed_files_are_refused_with_where(data: bytes, reason: str):
     with pytest.raises(ValueError, match=reason):
-        flowfile.http_states(data)
+        flowfile.http_states(data, "f.mitm")
 
 
 @settings(max_examples=300, deadline=None)
@@ -90,8 +90,38 @@ def test_a_damaged_file_is_refused_or_read_never_a_crash(cut: int, flip: int, by
     data[flip % len(data)] = byte
     damaged = bytes(data[: max(1, cut % (len(data) + 1))])
     try:
-        states = flowfile.http_states(damaged)
+        states = flowfile.http_states(damaged, "f.mitm")
     except ValueError:
         return
-    for state in states:  # what it read is a flow's state
+    for state in states:  # what it read is a flow's state, and each deferred part parses or says where
         assert isinstance(state, dict)
+        for part in state.values():
+            if isinstance(part, flowfile.Deferred):
+                try:
+                    part.value()
+                except flowfile.UnreadablePart as e:
+                    assert str(e).startswith("f.mitm: not a flow file")
+
+
+def _damaged_response(flow: http.HTTPFlow) -> bytes:
+    """A flow file whose one flow's response has a bad status code value (a bad type tag)."""
+    data = _file(flow)
+    at = data.index(b"11:status_code;3:200#") + len(b"11:status_code;3:200")
+    return data[:at] + b"?" + data[at + 1 :]
+
+
+def test_a_part_read_later_says_where_it_is_malformed(tmp_path):
+    from mitmgateway.hooks.recorder import CLIENT_REQUEST_KEY
+    from mitmgateway.whatif import recorded
+
+    gateways = _http_flow(1)
+    gateways.metadata[CLIENT_REQUEST_KEY] = gateways.request.get_state()
+    file = tmp_path / "damaged.mitm"
+    file.write_bytes(_damaged_response(gateways))
+    (flow,) = recorded.read_flows([file])  # the response is read for the recorded outcome only
+    with pytest.raises(flowfile.UnreadablePart, match=r"damaged\.mitm: not a flow file: .* at byte \d+"):
+        flow.outcome()
+    # Recorded by plain mitmproxy: its response is the upstream's, read with the file.
+    file.write_bytes(_damaged_response(_http_flow(2)))
+    with pytest.raises(recorded.UnreadableFlows, match=r"damaged\.mitm: not a flow file: .* at byte \d+"):
+        recorded.read_flows([file])

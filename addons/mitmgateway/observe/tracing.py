@@ -11,14 +11,14 @@ import re
 
 from mitmproxy import http
 
-from ..headers import remove_headers
+from ..headers import remove_headers, set_headers
 from ..ids import new_traceparent
 
 TRACEPARENT = "traceparent"
 # version-traceid-parentid-flags; versions after 00 may append fields, "ff" is forbidden.
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}(-.*)?\Z")
 _ZERO_TRACE, _ZERO_PARENT = "0" * 32, "0" * 16
-_REPLACED = frozenset((b"traceparent", b"tracestate"))
+_VENDOR_STATE = frozenset((b"tracestate",))
 
 
 def is_valid_traceparent(value: str) -> bool:
@@ -37,7 +37,7 @@ def ensure_traceparent(request: http.Request) -> str:
     if len(values) == 1 and is_valid_traceparent(values[0]):
         return values[0]
     traceparent = new_traceparent()
+    set_headers(request, ((b"traceparent", traceparent.encode()),))
     # Vendor state belongs to the trace it came with, not to the new one.
-    remove_headers(request, _REPLACED)
-    request.headers.fields += ((b"traceparent", traceparent.encode()),)
+    remove_headers(request, _VENDOR_STATE)
     return traceparent

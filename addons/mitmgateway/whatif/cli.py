@@ -19,7 +19,7 @@ from pathlib import Path
 from ..config.errors import ConfigError
 from ..jwks import VerificationKey, parse_jwks
 from .cases import check_cases, read_cases
-from .flowfile import gc_paused
+from .flowfile import UnreadablePart, gc_paused
 from .forked import ForkFailed
 from .offline import OfflineGateway
 from .recorded import UnreadableFlows, read_flows
@@ -114,7 +114,7 @@ def main(argv: Sequence[str]) -> int:
             report = Report(
                 replay(flows, candidate, baseline, Progress(len(flows))), args.candidate, args.baseline
             )
-        except ForkFailed as e:
+        except (ForkFailed, UnreadablePart) as e:  # (a recorded response found malformed)
             print(f"mitmgateway whatif: {e}", file=sys.stderr)
             return 2
         print(report.summary(expectations))

@@ -19,20 +19,32 @@ from mitmproxy import version
 from mitmproxy.io import compat, tnetstring
 
 
+class UnreadablePart(ValueError):
+    """A deferred part of a recorded flow, malformed: found when a replay reads it (its message
+    names the file and the byte)."""
+
+
 class Deferred:
     """A value left unparsed until it is asked for (its bytes copied out: it is sent between
-    processes as they are)."""
+    processes as they are), and where it lies in its file."""
 
-    __slots__ = ("raw",)
+    __slots__ = ("offset", "raw", "source")
 
-    def __init__(self, raw: bytes) -> None:
+    def __init__(self, raw: bytes, source: str, offset: int) -> None:
         self.raw = raw
+        self.source = source
+        self.offset = offset
 
     def value(self) -> Any:
-        return _parser(self.raw)(0, None)[0]
+        try:
+            return _parser(self.raw, self.offset)(0, None)[0]
+        except ValueError as e:  # (it says what, and where)
+            raise UnreadablePart(f"{self.source}: {e}") from None
+        except (IndexError, RecursionError) as e:
+            raise UnreadablePart(f"{self.source}: {_malformed(self.offset, e)}") from None
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Deferred) and other.raw == self.raw
+        return isinstance(other, Deferred) and (other.raw, other.offset) == (self.raw, self.offset)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -75,58 +87,64 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def flow_starts(data: bytes) -> list[int]:
-    """Where each flow of a flow file starts (its length, a colon, its data, a type tag), found
-    without parsing them."""
+def flow_starts(data: bytes, offset: int = 0) -> list[int]:
+    """Where each flow of a flow file (from `offset` on) starts in `data` (its length, a colon,
+    its data, a type tag), found without parsing them."""
     starts, pos = [], 0
     while pos < len(data):
         colon = data.find(b":", pos, pos + 13)
         if colon < 0 or not data[pos:colon].isdigit():
-            raise ValueError(f"not a flow file: no length prefix at byte {pos}")
+            raise ValueError(f"not a flow file: no length prefix at byte {offset + pos}")
         starts.append(pos)
         pos = colon + 1 + int(data[pos:colon]) + 1
         if pos > len(data):
-            raise ValueError(f"not a flow file, or cut short: the flow at byte {starts[-1]} ends past it")
+            raise ValueError(
+                f"not a flow file, or cut short: the flow at byte {offset + starts[-1]} ends past it"
+            )
     return starts
 
 
-def http_states(data: bytes) -> list[dict[str, Any]]:
-    """The states of the HTTP flows in `data` (a flow file's bytes), each with what a replay
-    reads, in this mitmproxy's format version."""
+def http_states(data: bytes, source: str, offset: int = 0) -> list[dict[str, Any]]:
+    """The states of the HTTP flows in `data` (the bytes of the file `source` from `offset` on),
+    each with what a replay reads, in this mitmproxy's format version."""
     states = []
+    value = _parser(data, offset, source)
     with gc_paused():
-        for start in flow_starts(data):
-            state = _state(data, start)
+        for start in flow_starts(data, offset):
+            state = _state(value, data, start, offset)
             if state.get("type") == "http":
                 states.append(state)
     return states
 
 
-def _state(data: bytes, start: int) -> dict[str, Any]:
-    value = _parser(data)
+def _malformed(at: int, error: Exception) -> str:
+    return f"not a flow file: the value at byte {at} is malformed ({error})"
+
+
+def _state(value: Parse, data: bytes, start: int, offset: int) -> dict[str, Any]:
     try:
         state, end = value(start, REPLAYED)
         if isinstance(state, dict) and state.get("version") != version.FLOW_FORMAT_VERSION:
             # Another version's keys may differ (or be bytes): mitmproxy migrates the whole flow.
             state = compat.migrate_flow(tnetstring.loads(data[start:end]))  # type: ignore[arg-type]
     except (IndexError, RecursionError, TypeError, KeyError, AttributeError) as e:
-        raise ValueError(f"not a flow file: the flow at byte {start} is malformed ({e})") from None
+        raise ValueError(_malformed(offset + start, e)) from None
     if not isinstance(state, dict):
-        raise ValueError(f"not a flow file: the value at byte {start} is not a flow")
+        raise ValueError(f"not a flow file: the value at byte {offset + start} is not a flow")
     return state
 
 
 Parse = Callable[[int, "Wanted | None"], tuple[Any, int]]
 
 
-def _parser(data: bytes) -> Parse:
-    """A parser of the tnetstrings in `data`: given where one starts (and, for a dict, what of it
-    is wanted), its value and where the next starts. A closure: its names are locals, which is
-    a fifth of its speed."""
+def _parser(data: bytes, offset: int, source: str = "") -> Parse:
+    """A parser of the tnetstrings in `data` (the bytes of the file `source` from `offset` on):
+    given where one starts (and, for a dict, what of it is wanted), its value and where the next
+    starts. A closure: its names are locals, which is a fifth of its speed."""
     find = data.find
 
     def bad(pos: int, why: str) -> ValueError:
-        return ValueError(f"not a flow file: {why} at byte {pos}")
+        return ValueError(f"not a flow file: {why} at byte {offset + pos}")
 
     def skip(pos: int) -> int:
         """Where the value after the one at `pos` starts."""
@@ -168,7 +186,7 @@ def _parser(data: bytes) -> Parse:
                     want = wanted[key]
                     if want is DEFER:
                         end_of_value = skip(p)
-                        items[key] = Deferred(data[p:end_of_value])
+                        items[key] = Deferred(data[p:end_of_value], source, offset + p)
                         p = end_of_value
                     else:
                         items[key], p = value(p, want)  # type: ignore[arg-type]

@@ -49,21 +49,28 @@ def read_flows(paths: Iterable[Path]) -> list[Recorded]:
     with flowfile.gc_paused():
         for path in paths:
             try:
-                flows.extend(map(Recorded, _read(path.read_bytes())))
+                read = list(map(Recorded, _read(path.read_bytes(), str(path))))
+                for recorded in read:
+                    if not recorded.by_gateway:  # plain mitmproxy's: a replay reads them all
+                        recorded.read_deferred()
+                flows.extend(read)
+            except flowfile.UnreadablePart as e:  # (it names the file)
+                raise UnreadableFlows(str(e)) from None
             except (OSError, ValueError, TypeError, KeyError) as e:
                 raise UnreadableFlows(f"{path}: {e or 'not a flow file'}") from None
         return sorted(flows, key=lambda f: f.started)  # stable: ties keep their order
 
 
-def _read(data: bytes) -> list[dict[str, Any]]:
+def _read(data: bytes, source: str) -> list[dict[str, Any]]:
     if len(data) < PARALLEL_BYTES or (os.cpu_count() or 1) < 2:
-        return flowfile.http_states(data)
+        return flowfile.http_states(data, source)
     starts = flowfile.flow_starts(data)
     # The other process also pickles its states and sends them: it takes the smaller part.
     middle = starts[len(starts) * 3 // 5]
     try:
-        with forked(lambda to_parent: _parse_for_parent(data[middle:], to_parent), SECOND_PART) as from_child:
-            first = flowfile.http_states(data[:middle])
+        second_part = functools.partial(_parse_for_parent, data[middle:], source, middle)
+        with forked(second_part, SECOND_PART) as from_child:
+            first = flowfile.http_states(data[:middle], source)
             with flowfile.gc_paused():  # unpickling the other part is ten times faster without it
                 ok, second = received(from_child, SECOND_PART)  # type: ignore[misc]
     except ForkFailed as e:
@@ -73,9 +80,9 @@ def _read(data: bytes) -> list[dict[str, Any]]:
     return first + second
 
 
-def _parse_for_parent(data: bytes, to_parent: Connection) -> None:
+def _parse_for_parent(data: bytes, source: str, offset: int, to_parent: Connection) -> None:
     try:
-        to_parent.send((True, flowfile.http_states(data)))
+        to_parent.send((True, flowfile.http_states(data, source, offset)))
     except (ValueError, TypeError, KeyError) as e:
         to_parent.send((False, str(e) or "not a flow file"))
 
@@ -92,11 +99,17 @@ class Recorded:
         self.state = state
 
     def _part(self, name: str) -> Any:
-        """A part of the state, parsed (once) if its reading was deferred."""
+        """A part of the state, parsed (once) if its reading was deferred (`UnreadablePart`:
+        it is malformed)."""
         part = self.state.get(name)
         if isinstance(part, flowfile.Deferred):
             part = self.state[name] = part.value()
         return part
+
+    def read_deferred(self) -> None:
+        for name, wanted in flowfile.REPLAYED.items():
+            if wanted is flowfile.DEFER:
+                self._part(name)
 
     @classmethod
     def of_flow(cls, flow: http.HTTPFlow) -> Recorded:
