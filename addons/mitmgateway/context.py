@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .pipeline import Step
     from .routing import RouteMatch
     from .upstreams.health import UpstreamTarget
+    from .upstreams.mirror import MirrorTarget
 
 ResponseCallback = Callable[[http.Response], None]
 RecordedIdentity = Callable[["RequestContext", "Step"], "Awaitable[None] | None"]
@@ -41,6 +42,7 @@ class RequestContext:
         "decision",
         "flow",
         "hostname",
+        "mirror",
         "recorded_identity",
         "route",
         "routed",
@@ -71,6 +73,8 @@ class RequestContext:
         """Set by the proxy policy once the request has an upstream."""
         self.target: UpstreamTarget | None = None
         """The proxy policy's choice of upstream, which the gateway may change before connecting."""
+        self.mirror: MirrorTarget | None = None
+        """Where the proxy policy copies the request once the upstream has answered (hooks/mirrors.py)."""
         self._forward_callbacks: list[Callback] = []
         self._response_callbacks: list[ResponseCallback] = []
         self._finish_callbacks: list[Callback] = []

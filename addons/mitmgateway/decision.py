@@ -123,6 +123,11 @@ class Decision:
     shadow: _Field[dict[str, Any] | None] = _Field("shadow", None)
     """The shadow config's decision (``gateway_shadow``): status, apiEndpoint, pipeline, policy..."""
     shadow_differs: _Field[bool] = _Field("shadowDiffers", False)
+    mirror: _Field[dict[str, Any] | None] = _Field("mirror", None)
+    """The mirror's result (``service``, ``result``, ``reason``), once its answer is in: after
+    the flow ended, so never in the access log."""
+    mirror_of: _Field[str | None] = _Field("mirrorOf", None)
+    """On a mirror's answer shown in mitmweb: the id of the flow it copies."""
     bytes_streamed: _Field[int | None] = _Field("bytesStreamed", None)
     """Response body bytes passed on while streaming (the body itself is not kept)."""
 

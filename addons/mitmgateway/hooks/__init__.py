@@ -10,6 +10,8 @@ In mitmproxy's calling order:
   upstream answered;
 - `RequestGate`: each request admitted or refused, routed, run through its pipeline;
 - `UpstreamConnections`: the connection to each request's upstream, checked against its health;
+- `Mirrors`: a copy of each request a proxy step mirrors, sent once the upstream has answered, the
+  two answers compared (before the response side changes the upstream's);
 - `ResponseSide`: what the steps asked of the response; a 101 nobody asked for refused;
 - `ShadowConfig`: with ``gateway_shadow``, each request decided again under a candidate config;
 - `Observation`: metrics, the access log, the admin port, mitmweb's Gateway view;
@@ -33,6 +35,7 @@ from ..observe.metrics import GatewayMetrics
 from .config_service import ConfigService, CurrentConfig
 from .gate import RequestGate
 from .listeners import Listeners
+from .mirrors import Mirrors
 from .observation import Observation
 from .recorder import Recorder, RecordingTap
 from .response_side import ResponseSide
@@ -61,6 +64,7 @@ def gateway_addons() -> list[Any]:
         RecordingTap(recorder, also_for=lambda: shadow.active),
         gate,
         upstreams,
+        Mirrors(exchanges, metrics),
         ResponseSide(exchanges, access_log),
         shadow,
         observation,

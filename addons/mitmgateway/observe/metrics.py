@@ -77,6 +77,14 @@ class GatewayMetrics:
             ["serving_pipeline", "candidate_pipeline", "serving_status", "candidate_status"],
             registry=registry,
         )
+        self._mirrored = Counter(
+            "mitmgateway_mirror",
+            "Requests copied to a proxy step's mirror, by its serviceEndpoint and result: match, "
+            "mismatch (its answer differs from the primary's), error (no answer), skipped (a body "
+            "over maxBodyBytes or streamed, or maxInFlight copies already on their way)",
+            ["service", "result"],
+            registry=registry,
+        )
         self._reloads = Counter(
             "mitmgateway_config_reloads",
             "Config changes seen on disk, by result (ok or failed)",
@@ -107,6 +115,7 @@ class GatewayMetrics:
         self.rate_limited = _cached(self._rate_limited.labels)
         self.jwt_failures = _cached(self._jwt_failures.labels)
         self.reported = _cached(self._reported.labels)
+        self.mirrored = _cached(self._mirrored.labels)
 
     def shadow_difference(
         self,

@@ -7,6 +7,7 @@ handling (lazy connections, keep-alive per client connection) does the forwardin
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from ..mitm.injection import answer_as_upstream
 from ..paths import has_dot_segment
 from ..upstreams.endpoints import Upstream
 from ..upstreams.health import UpstreamPool, UpstreamTarget
+from ..upstreams.mirror import MirrorAction, MirrorTarget, build_mirror, parse_mirror
 from .base import BuildContext, Policy, register_policy
 
 logger = logging.getLogger(__name__)
@@ -48,6 +50,9 @@ class ProxyAction:
     timeout: None = option(
         "timeout", None, parse=not_supported_yet("the client-side timeout (proxyTimeout sets the upstream's)")
     )
+    mirror: MirrorAction | None = option("mirror", None, parse=parse_mirror)
+    """A second serviceEndpoint each request (or a share of them) is copied to once the primary
+    has answered, and whose answers are compared with the primary's (upstreams/mirror.py)."""
 
 
 def answer_upstream_timeout(flow: http.HTTPFlow) -> bool:
@@ -85,6 +90,11 @@ class ProxyPolicy(Policy):
         # that leave it as it is: its urls' health is the service's, not a step's.
         self.pool = build.state.get(("upstreams", service), lambda: UpstreamPool(service), build.used_state)
         self.timeout = action.proxy_timeout / 1000
+        self.mirror = None
+        if action.mirror is not None:
+            where = build.path.key("mirror")
+            self.mirror = build_mirror(action.mirror, build.service_endpoints, build.config_dir, where)
+        self._mirror_turns = itertools.count()
 
     def forwarded_path(self, ctx: RequestContext, path: str, upstream: Upstream) -> str:
         if self.action.ignore_path:
@@ -143,6 +153,8 @@ class ProxyPolicy(Policy):
             set_headers(request, tuple(added))
         ctx.routed = True
         ctx.decision.service_endpoint, ctx.decision.request_id = self.action.service_endpoint, request_id
+        if self.mirror is not None and not upgrading:
+            ctx.mirror = self._mirror_target(ctx, original_path, original_host)
 
         def finish_response(response: http.Response) -> None:
             tokens = strip_hop_by_hop(response, upgrading and response.status_code == 101)
@@ -156,6 +168,15 @@ class ProxyPolicy(Policy):
         ctx.on_response(finish_response)
         if self.timeout:
             ctx.on_forward(lambda: self._start_timer(ctx))
+
+    def _mirror_target(
+        self, ctx: RequestContext, original_path: str, original_host: str | None
+    ) -> MirrorTarget:
+        assert self.mirror is not None
+        urls = self.mirror.service.upstreams
+        upstream = urls[next(self._mirror_turns) % len(urls)]  # round-robin, as for the primary
+        host = upstream.authority if self.action.change_origin else original_host
+        return MirrorTarget(self.mirror, upstream, self.forwarded_path(ctx, original_path, upstream), host)
 
     def _start_timer(self, ctx: RequestContext) -> None:
         # From the moment the whole request goes upstream, not from its headers: a slow upload
