@@ -272,6 +272,13 @@ def main() -> int:
         help="another checkout (say a git worktree of an earlier commit): its gateway is measured too, "
         "under mitmdump -s and one lean worker, in the same alternating rounds (an A/B of two versions)",
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="TARGET",
+        help="measure only this target (its name as printed; repeatable), beside bare mitmdump for the "
+        "ratios; prints the figures and writes nothing (docs/bench holds whole runs)",
+    )
     args = parser.parse_args()
     for tool in ("wrk", "nginx"):
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
@@ -280,7 +287,10 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="mitmgateway-bench-") as tmp:
         bench = Bench(Path(tmp), args.workers, args.vs.resolve() if args.vs else None)
-        targets = list(bench.targets)
+        targets = [t for t in bench.targets if not args.only or t == BASELINE or t in args.only]
+        if args.only and len(targets) != len(set(args.only) | {BASELINE}):
+            print(f"bench: --only names no such target; targets: {', '.join(bench.targets)}", file=sys.stderr)
+            return 2
         upstream = bench.start_upstream()
         measurements: list[Measurement] = []
         try:
@@ -300,7 +310,7 @@ def main() -> int:
 
     summary = summarize(measurements, targets)
     info = machine()
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "vs")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "vs") and v is not None}
     if args.vs:
         # The other checkout's commit, not its path on this machine.
         settings["vs"] = checkout_commit(args.vs)
@@ -312,6 +322,8 @@ def main() -> int:
             f"{target:<36} {f['requests_per_second']:9.0f} {f['rps_vs_mitmdump']:10.2f}x "
             f"{f['p50_ms']:8.2f} {f['p99_ms']:8.2f} {f['errors']:7.0f}"
         )
+    if args.only:
+        return 1 if any(f["errors"] for f in summary.values()) else 0
     args.out.mkdir(parents=True, exist_ok=True)
     figures = {
         "machine": info,

@@ -15,6 +15,7 @@ from mitmproxy import http
 
 from .answers import FORBIDDEN, make_answer
 from .decision import Decision
+from .headers import header_value
 
 if TYPE_CHECKING:
     from .clients import ClientIdentification
@@ -47,6 +48,7 @@ class RequestContext:
         "route",
         "routed",
         "target",
+        "unsent",
         "user",
         "wants_request_body",
     )
@@ -59,6 +61,7 @@ class RequestContext:
         client: ClientIdentification,
         decision: Decision | None = None,
         recorded_identity: RecordedIdentity | None = None,
+        unsent: bool = False,
     ) -> None:
         self.flow = flow
         self.decision = Decision.of(flow) if decision is None else decision
@@ -83,6 +86,10 @@ class RequestContext:
         self.recorded_identity = recorded_identity
         """Stands in for each step that authenticates: a replay of a request recorded without
         its credentials applies the identity the recording kept (whatif/)."""
+        self.unsent = unsent
+        """Only the decision is wanted: nothing this request leads to is sent (a shadow config's
+        decision of a live request). Steps skip what only shapes the messages (the proxy's
+        rewrite of the request), and `on_response` keeps nothing."""
 
     @property
     def client_ip(self) -> str:
@@ -114,7 +121,7 @@ class RequestContext:
 
     def header_credential(self, name: str) -> str | None:
         """A credential from a request header (a recording without credentials leaves it out)."""
-        value = self.flow.request.headers.get(name)
+        value = header_value(self.flow.request, name.lower().encode())
         if value is not None:
             self.decision.add_secret_header(name)
         return value
@@ -134,8 +141,10 @@ class RequestContext:
         self._forward_callbacks.append(callback)
 
     def on_response(self, callback: ResponseCallback) -> None:
-        """Run `callback` on the response before it goes to the client (upstream's or ours)."""
-        self._response_callbacks.append(callback)
+        """Run `callback` on the response before it goes to the client (upstream's or ours):
+        never, for an `unsent` one."""
+        if not self.unsent:
+            self._response_callbacks.append(callback)
 
     def on_request_body(self, callback: Callback) -> None:
         """Like `on_forward`, for a step that reads or changes the request body: the gateway then

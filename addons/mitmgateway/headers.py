@@ -1,8 +1,9 @@
 """Header edits on mitmproxy messages, done in one pass over the raw fields.
 
-mitmproxy's `Headers` scans every field, converting each name, on each get, set and pop; the
-request path edits several headers of every message, so these helpers read and replace
-``headers.fields`` (a tuple of ``(name, value)`` bytes pairs) once instead.
+mitmproxy's `Headers` scans every field, converting each name through two layers of calls, on
+each get, set and pop; the request path reads and edits several headers of every message, so
+these helpers read and replace ``headers.fields`` (a tuple of ``(name, value)`` bytes pairs) in
+one pass instead.
 """
 
 from __future__ import annotations
@@ -128,7 +129,25 @@ def scheme_credential(value: str, scheme: str) -> str | None:
     return credential if credential and given.lower() == scheme else None
 
 
+def header_values(message: http.Message, name: bytes) -> list[str]:
+    """``message.headers.get_all(name)`` for a lower-case `name`, in one pass over the fields."""
+    return [v.decode("utf-8", "surrogateescape") for n, v in message.data.headers.fields if n.lower() == name]
+
+
+def header_value(message: http.Message, name: bytes) -> str | None:
+    """``message.headers.get(name)`` (repeated fields joined by ", ") for a lower-case `name`."""
+    values = header_values(message, name)
+    return (values[0] if len(values) == 1 else ", ".join(values)) if values else None
+
+
+def host_header(request: http.Request) -> str | None:
+    """``request.host_header``: HTTP/2's authority, else the Host field."""
+    if request.data.authority and request.data.http_version in (b"HTTP/2.0", b"HTTP/3"):
+        return request.authority
+    return header_value(request, b"host")
+
+
 def declared_length(message: http.Message) -> int | None:
     """The body length `Content-Length` declares, or None (absent or not a number)."""
-    length = message.headers.get("content-length")
+    length = header_value(message, b"content-length")
     return int(length) if length is not None and length.isdigit() else None

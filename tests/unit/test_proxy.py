@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway_unit import gateway_for, make_flow, upstream_response
+from mitmgateway.decision import Decision
 
 CONFIG = """\
 http: {{port: 8080}}
@@ -288,3 +289,24 @@ def test_a_report_only_proxy_step_never_forwards_what_it_refused(tmp_path):
         assert (flow.response.status_code, decision["answeredBy"]) == (404, "no proxy step")
         assert decision["reports"] == [["proxy", 400, None]]
         assert "upstream" not in decision, "never aimed at an upstream"
+
+
+def test_a_decision_alone_names_the_upstream_and_leaves_the_request_as_sent(gateway_with):
+    # A shadow config's decision (unsent): the same upstream and serviceEndpoint as a forwarded
+    # request's, and nothing that only shapes the messages: no rewrite, no response callbacks.
+    with gateway_with("serviceEndpoint: pool, proxyTimeout: 5000") as gateway:
+        config = gateway.config
+        forwarded = forward(gateway, make_flow(path="/api/x"))
+        flow = make_flow(path="/api/x")
+        sent = flow.request.copy()
+        assert gateway.gate.judge(flow, config, unsent=True) is None
+        decision = Decision.of(flow)
+        assert (decision.answered_by, decision.service_endpoint) == (None, "pool")
+        assert decision.upstream == "127.0.0.2:9002", "the pool's next url, as forwarding would pick"
+        assert forwarded.host == "127.0.0.1"
+        flow.request.headers.pop("traceparent")  # (the gate's, on every request it judges)
+        assert flow.request.data == sent.data, "the request as the client sent it"
+        context = gateway.gate.exchanges[flow]
+        assert context.routed and context.target is None
+        assert not context._response_callbacks and not context._forward_callbacks
+        assert flow.comment == "", "never shown in mitmweb"

@@ -20,9 +20,10 @@ def decide(
     api_endpoint: str | None = None,
     pipeline: str | None = None,
     user: Mapping[str, Any] | None = None,
+    shown: bool = True,
 ) -> None:
     """Record the decision (`answered_by`: what answered, None when proxied), shaped as the
-    config's errors are when it is a refusal, and shown in mitmweb."""
+    config's errors are when it is a refusal, and (`shown`) shown in mitmweb."""
     decision = Decision.of(flow)
     decision.api_endpoint, decision.pipeline, decision.answered_by = api_endpoint, pipeline, answered_by
     if user is not None:
@@ -38,7 +39,8 @@ def decide(
         if decision.request_id is None:
             decision.request_id = new_request_id()
         flow.response = as_json_error(flow.response, decision.request_id)  # type: ignore[arg-type]
-    show_in_mitmweb(flow, decision, refused)
+    if shown:
+        show_in_mitmweb(flow, decision, refused)
 
 
 def refuse(

@@ -19,7 +19,7 @@ from ..config.model import GatewayConfig, RequestLimits
 from ..context import Exchanges, RecordedIdentity, RequestContext
 from ..decision import Decision
 from ..front_door import Refusal, admit
-from ..headers import declared_length, remove_headers
+from ..headers import declared_length, header_value, host_header, remove_headers
 from ..mitm.error_pages import ProxyErrorAnswers
 from ..mitm.http1_limits import RequestLimitGuards
 from ..mitm.trailers import TrailerFields
@@ -49,7 +49,9 @@ def _request_streams(request: http.Request, limits: RequestLimits) -> bool:
     # With a body size limit, a chunked body is measured by holding it (up to the held limit).
     # An HTTP/2 body without Content-Length is held too: mitmproxy would stream it to an HTTP/1
     # upstream with no framing at all (see `request`).
-    return "chunked" in request.headers.get("transfer-encoding", "").lower() and not limits.max_body_bytes
+    return (
+        "chunked" in (header_value(request, b"transfer-encoding") or "").lower() and not limits.max_body_bytes
+    )
 
 
 def _refuse_body_if_answered(flow: http.HTTPFlow) -> None:
@@ -135,14 +137,16 @@ class RequestGate:
         flow: http.HTTPFlow,
         config: GatewayConfig,
         recorded_identity: RecordedIdentity | None = None,
+        unsent: bool = False,
     ) -> Coroutine[Any, Any, None] | None:
         """Admit, route and run the pipeline for `flow` under `config`: the request's whole
-        decision, or the coroutine that completes it. (An offline replay calls it too.)"""
+        decision, or the coroutine that completes it. (An offline replay calls it too; a shadow
+        config, `unsent`, for the decision alone.)"""
         _replayed_as_first_sent(flow)
         request = flow.request
         client = config.clients.identify(flow)
         decision = Decision.begin(flow)
-        decision.host, decision.target = request.host_header or "", request.path
+        decision.host, decision.target = host_header(request) or "", request.path
         decision.client, decision.traceparent = client.ip, ensure_traceparent(request)
         if config.json_errors:
             decision.json_errors = True
@@ -167,7 +171,7 @@ class RequestGate:
         if route is None:
             refuse(flow, 404, NOT_FOUND, "no apiEndpoint")
             return None
-        context = RequestContext(flow, route, hostname, client, decision, recorded_identity)
+        context = RequestContext(flow, route, hostname, client, decision, recorded_identity, unsent)
         if route.pipeline.identity_headers:
             remove_headers(request, route.pipeline.identity_headers)
         answered_by = route.pipeline.run(context)
@@ -208,7 +212,10 @@ class RequestGate:
             self.upstreams.expect(flow.client_conn.id, context.target)
         if answered_by is None and not context.wants_request_body and _request_streams(flow.request, limits):
             flow.request.stream = True
-        decide(flow, answered_by, route.api_endpoint_name, route.pipeline.name, context.user)
+        # (A shadow config's decision is never shown: the serving one is, with the shadow's.)
+        decide(
+            flow, answered_by, route.api_endpoint_name, route.pipeline.name, context.user, not context.unsent
+        )
 
     def request(self, flow: http.HTTPFlow) -> None:
         context = self.exchanges.get(flow)

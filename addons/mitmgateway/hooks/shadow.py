@@ -26,7 +26,7 @@ from ..jwks import KeySet, RemoteKeySet
 from ..observe.metrics import GatewayMetrics
 from ..whatif.offline import OfflineGateway, ReplayState
 from ..whatif.outcome import Outcome, changes
-from ..whatif.recorded import Recorded
+from ..whatif.recorded import LiveRecorded
 from .config_service import CONFIG_POLL_SECONDS, WatchedFiles
 from .recorder import CLIENT_REQUEST_KEY
 
@@ -127,7 +127,9 @@ class ShadowConfig:
         if gateway is None or decision is None or CLIENT_REQUEST_KEY not in flow.metadata:
             return
         try:
-            shadow = (await gateway.decide(Recorded.of_live(flow)))[1]
+            # The serving decision is compared by its parts, not by the messages: those the
+            # shadow would send are never made.
+            shadow = (await gateway.decide(LiveRecorded(flow), messages=False))[1]
         except Exception:  # the candidate's failure is never the serving request's
             logger.exception("shadow config failed to decide %s %s", flow.request.method, flow.request.path)
             return

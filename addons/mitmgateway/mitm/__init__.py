@@ -5,7 +5,8 @@ uses, and why no public API does: its error page (error_pages), the HTTP/1 head 
 buffering (http1_limits), trailer fields (trailers), a 101 that would become a pipe (upgrades),
 events fed to a connection (injection), the proxy server's handlers and listeners (proxyserver),
 script reloading (scripts), the lean runner's event dispatch (dispatch), its TLS settings for an
-upstream connection (tlsconfig), and the words of its listener log lines (listener_lines).
+upstream connection (tlsconfig), a message made again from a state it took without its
+checks (messages), and the words of its listener log lines (listener_lines).
 Replacements go through `patches.Patches`, which restores the originals when the gateway is
 unloaded and runs without a replacement (saying so) when its target is gone.
 
@@ -44,6 +45,10 @@ INTERNALS = (
     "mitmproxy.addonmanager:AddonManager.handle_lifecycle",
     # tlsconfig
     "mitmproxy.addons.tlsconfig:TlsConfig.tls_start_server",
+    # messages
+    "mitmproxy.http:RequestData",
+    "mitmproxy.http:ResponseData",
+    "mitmproxy.http:Headers",
     # listener_lines: the words of ReverseMode.description, checked by the test itself
     "mitmproxy.proxy.mode_specs:ReverseMode.description",
 )

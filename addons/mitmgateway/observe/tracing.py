@@ -11,10 +11,9 @@ import re
 
 from mitmproxy import http
 
-from ..headers import remove_headers, set_headers
+from ..headers import header_values, remove_headers, set_headers
 from ..ids import new_traceparent
 
-TRACEPARENT = "traceparent"
 # version-traceid-parentid-flags; versions after 00 may append fields, "ff" is forbidden.
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}(-.*)?\Z")
 _ZERO_TRACE, _ZERO_PARENT = "0" * 32, "0" * 16
@@ -33,7 +32,7 @@ def is_valid_traceparent(value: str) -> bool:
 
 def ensure_traceparent(request: http.Request) -> str:
     """The request's traceparent, set to a new one if it had none or a malformed one."""
-    values = request.headers.get_all(TRACEPARENT)
+    values = header_values(request, b"traceparent")
     if len(values) == 1 and is_valid_traceparent(values[0]):
         return values[0]
     traceparent = new_traceparent()

@@ -21,7 +21,15 @@ from ..config.errors import ConfigError
 from ..config.schema import non_negative, not_supported_yet, option, unknown
 from ..context import RequestContext
 from ..decision import Decision
-from ..headers import closes_connection, encode, set_headers, strip_hop_by_hop
+from ..headers import (
+    closes_connection,
+    encode,
+    header_value,
+    header_values,
+    host_header,
+    set_headers,
+    strip_hop_by_hop,
+)
 from ..ids import new_request_id
 from ..mitm.injection import answer_as_upstream
 from ..paths import has_dot_segment
@@ -113,13 +121,25 @@ class ProxyPolicy(Policy):
         request = ctx.flow.request
         upstream = self.pool.pick()
         assert upstream is not None  # a serviceEndpoint has at least one url
-        original_host, original_path = request.host_header, request.path
+        original_host, original_path = host_header(request), request.path
         if has_dot_segment(self.forwarded_path(ctx, original_path, upstream)):
             # stripPath cut mid-segment (pattern /api*, request /api../x): forwarded, that would
             # be another path than the one matched.
             ctx.decision.refusal = "stripPath left a dot-segment"
             ctx.answer(make_answer(request, 400, BAD_REQUEST))
             return
+        ctx.routed = True
+        ctx.decision.service_endpoint = self.action.service_endpoint
+        if ctx.unsent:  # a shadow config's decision: the request is never forwarded
+            ctx.decision.upstream = f"{upstream.host}:{upstream.port}"
+            return
+        self._forward(ctx, upstream, original_host, original_path)
+
+    def _forward(
+        self, ctx: RequestContext, upstream: Upstream, original_host: str | None, original_path: str
+    ) -> None:
+        """The request as the upstream gets it, and the answer as the client does."""
+        request = ctx.flow.request
         # The front door kept Upgrade only on a WebSocket handshake.
         upgrading = ctx.decision.upgrade == "websocket"
         tokens = strip_hop_by_hop(request, upgrading)
@@ -145,14 +165,13 @@ class ProxyPolicy(Policy):
             added.append((b"X-Forwarded-Proto", b"https" if ctx.flow.client_conn.tls else b"http"))
             if original_host:
                 added.append((b"X-Forwarded-Host", encode(original_host)))
-        request_id = request.headers.get(REQUEST_ID)
+        request_id = header_value(request, b"x-request-id")
         if request_id is None or not SAFE_REQUEST_ID.match(request_id):
             request_id = new_request_id()
             added.append((REQUEST_ID.encode(), request_id.encode()))
         if added:
             set_headers(request, tuple(added))
-        ctx.routed = True
-        ctx.decision.service_endpoint, ctx.decision.request_id = self.action.service_endpoint, request_id
+        ctx.decision.request_id = request_id
         if self.mirror is not None and not upgrading:
             ctx.mirror = self._mirror_target(ctx, original_path, original_host)
 
@@ -163,7 +182,8 @@ class ProxyPolicy(Policy):
             if not upgrading and (client_closes or closes_connection(response, tokens)):
                 set_headers(response, ((b"Connection", b"close"),))
             # The client can quote the id when it reports a problem.
-            response.headers.setdefault(REQUEST_ID, request_id)
+            if not header_values(response, b"x-request-id"):
+                set_headers(response, ((REQUEST_ID.encode(), request_id.encode()),))
 
         ctx.on_response(finish_response)
         if self.timeout:

@@ -164,8 +164,10 @@ class OfflineGateway:
         self.gate = RequestGate(current, exchanges, UpstreamConnections())
         self.response_side = ResponseSide(exchanges, AccessLog())
 
-    async def decide(self, recorded: Recorded) -> tuple[http.HTTPFlow, Outcome]:
-        """The flow as this config would have it (its decision, its answer), and its outcome."""
+    async def decide(self, recorded: Recorded, messages: bool = True) -> tuple[http.HTTPFlow, Outcome]:
+        """The flow as this config would have it (its decision, its answer), and its outcome
+        (`messages`: with what the upstream and the client would get, to compare with another's;
+        without them, the steps skip making those, see `RequestContext.unsent`)."""
         flow = recorded.fresh_flow()
         if recorded.incomplete:
             return flow, Outcome(status=None, indeterminate=INCOMPLETE)
@@ -173,7 +175,7 @@ class OfflineGateway:
         shared_hits = self.state.shared_hits
         try:
             with ids_from(recorded.ids()):
-                await self._run(flow, recorded, identity)
+                await self._run(flow, recorded, identity, unsent=not messages)
         except Indeterminate as e:
             return flow, Outcome(status=None, indeterminate=str(e))
         assumed = []
@@ -183,13 +185,20 @@ class OfflineGateway:
             assumed.append(SHARED_COUNTS)
         # (Proxied where the recording has no upstream answer, its decision having answered: the
         # outcome's status is unknown.)
+        if not messages:
+            status = None if flow.response is None else flow.response.status_code
+            return flow, Outcome.of_parts(
+                Decision.recorded(flow) or Decision(), None, status, None, tuple(assumed)
+            )
         return flow, Outcome.of_flow(flow, tuple(assumed))
 
-    async def _run(self, flow: http.HTTPFlow, recorded: Recorded, identity: _RecordedIdentity | None) -> None:
+    async def _run(
+        self, flow: http.HTTPFlow, recorded: Recorded, identity: _RecordedIdentity | None, unsent: bool
+    ) -> None:
         # The hooks live traffic goes through, in mitmproxy's order; a step that fails answers
         # 500 as it does live (the request goes nowhere).
         try:
-            pending = self.gate.judge(flow, self.config, identity)
+            pending = self.gate.judge(flow, self.config, identity, unsent)
             if pending is not None:
                 await pending
         except Indeterminate:

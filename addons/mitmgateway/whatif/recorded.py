@@ -25,6 +25,7 @@ from mitmproxy.proxy import mode_specs
 from ..decision import METADATA_KEY, Decision
 from ..hooks.recorder import CLIENT_REQUEST_KEY, STRIPPED_KEY, UPSTREAM_RESPONSE_KEY
 from ..ids import IdSource
+from ..mitm.messages import from_live_state
 from . import flowfile
 from .forked import ForkFailed, forked, received
 from .outcome import Outcome
@@ -114,28 +115,6 @@ class Recorded:
     @classmethod
     def of_flow(cls, flow: http.HTTPFlow) -> Recorded:
         return cls(flow.get_state())
-
-    @classmethod
-    def of_live(cls, flow: http.HTTPFlow) -> Recorded:
-        """A live flow the gateway just decided (its client's request and upstream's answer
-        kept by `RecordingTap`), read as a recording of it, without copying it."""
-        client = flow.client_conn
-        return cls(
-            {
-                "id": flow.id,
-                "metadata": flow.metadata,
-                "request": {"timestamp_start": flow.request.timestamp_start},
-                "client_conn": {
-                    "peername": client.peername,
-                    "sockname": client.sockname,
-                    "timestamp_start": client.timestamp_start,
-                    "proxy_mode": client.proxy_mode.full_spec,
-                    "tls": client.tls,
-                    "sni": client.sni,
-                    "alpn": client.alpn,
-                },
-            }
-        )
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -264,3 +243,31 @@ class RecordedIds(IdSource):
 
     def traceparent(self) -> str:
         return self._traceparent or f"00-{self._derived('trace', 16)}-{self._derived('span', 8)}-01"
+
+
+class LiveRecorded(Recorded):
+    """A live flow the gateway just decided, read as a recording of it without copying it (a
+    shadow config decides it again): the client's request and the upstream's answer as
+    `RecordingTap` took them, made again without re-checking what mitmproxy checked already, and
+    the flow's own connections (the gateway reads them, never changes them)."""
+
+    def __init__(self, flow: http.HTTPFlow) -> None:
+        super().__init__(
+            {
+                "id": flow.id,
+                "metadata": flow.metadata,
+                "request": {"timestamp_start": flow.request.timestamp_start},
+            }
+        )
+        self._live_connections = flow.client_conn, flow.server_conn
+
+    @property
+    def _connections(self) -> tuple[connection.Client, connection.Server]:  # type: ignore[override]
+        return self._live_connections
+
+    def client_request(self) -> http.Request:
+        return from_live_state(http.Request, self.metadata[CLIENT_REQUEST_KEY])
+
+    def upstream_response(self) -> http.Response | None:
+        state = self.metadata.get(UPSTREAM_RESPONSE_KEY)
+        return None if state is None else from_live_state(http.Response, state)
