@@ -7,9 +7,11 @@ import importlib
 
 import pytest
 from mitmproxy.proxy import mode_specs
+from mitmproxy.test import tutils
 
 from mitmgateway.mitm import INTERNALS
 from mitmgateway.mitm.listener_lines import PLACEHOLDER_TARGET, reverse_mode
+from mitmgateway.mitm.messages import from_live_state
 
 
 def resolve(spec: str) -> object:
@@ -30,3 +32,24 @@ def test_mitmproxy_still_names_a_listener_as_the_gateway_rewrites_it():
     mode = mode_specs.ProxyMode.parse(reverse_mode("127.0.0.1", 8080))
     assert isinstance(mode, mode_specs.ReverseMode)
     assert mode.description == f"reverse proxy to {PLACEHOLDER_TARGET}"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        tutils.treq(headers=((b"Host", b"a.local"), (b"X-A", b"1"), (b"x-a", b"2"))),
+        tutils.tresp(trailers=((b"X-T", b"t"),)),
+    ],
+)
+def test_a_message_made_again_from_a_live_state_is_what_from_state_makes(message):
+    # messages.from_live_state sets what mitmproxy's constructors would, without their checks: a
+    # field mitmproxy adds to RequestData or ResponseData, or a Headers that keeps more than its
+    # fields, shows up here.
+    state = message.get_state()
+    made, expected = from_live_state(type(message), state), type(message).from_state(dict(state))
+    assert vars(made.data).keys() == vars(expected.data).keys()
+    assert made.data == expected.data
+    assert vars(made.headers) == vars(expected.headers)
+    assert made.headers.get_all("x-a") == expected.headers.get_all("x-a")
+    made.headers["X-New"] = "n"  # its own fields, not the state's
+    assert b"X-New" not in dict(state["headers"])
