@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from dataclasses import dataclass
 
 import pytest
@@ -10,6 +12,8 @@ from mitmproxy import ctx, exceptions, http
 
 from conftest import every_policy_pipeline
 from gateway_unit import gateway_context, make_flow, running_gateway
+from mitmgateway.hooks import gateway_addons
+from mitmgateway.hooks.heap import StartupHeap
 from mitmgateway.policies import POLICIES, Policy, register_policy
 
 CONFIG = """\
@@ -240,3 +244,22 @@ def test_large_bodies_stream_unless_a_step_needs_them(tmp_path):
         "- response-transformer: [{action: {body: {remove: [x]}}}]"
     )
     assert not large.request.stream and not large.response.stream
+
+
+def test_what_the_process_holds_when_it_starts_serving_is_frozen_out_of_full_collections():
+    class Node:
+        pass
+
+    addons = gateway_addons()
+    assert isinstance(addons[-1], StartupHeap), "after every other addon's start"
+    cycle = Node()
+    cycle.itself = cycle  # garbage startup left behind: freed, not frozen
+    left_behind = weakref.ref(cycle)
+    del cycle
+    gc.unfreeze()
+    try:
+        addons[-1].running()
+        assert gc.get_freeze_count() > 1000
+        assert left_behind() is None
+    finally:
+        gc.unfreeze()

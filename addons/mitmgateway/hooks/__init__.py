@@ -16,7 +16,9 @@ In mitmproxy's calling order:
 - `ShadowConfig`: with ``gateway_shadow``, each request decided again under a candidate config;
 - `Observation`: metrics, the access log, the admin port, mitmweb's Gateway view;
 - `GracefulShutdown`: SIGTERM drains the requests in flight;
-- `Recorder`: with ``gateway_record``, each flow written (to replay it against another config).
+- `Recorder`: with ``gateway_record``, each flow written (to replay it against another config);
+- `StartupHeap`: what the process holds once it serves, frozen out of the garbage collector's
+  full collections (last: after every other addon's start).
 
 They share the config in service and the flow, and nothing else but the few services handed to
 them here. On each swap of the config, listeners, the gate and observation apply it, in that
@@ -34,6 +36,7 @@ from ..observe.access_log import AccessLog
 from ..observe.metrics import GatewayMetrics
 from .config_service import ConfigService, CurrentConfig
 from .gate import RequestGate
+from .heap import StartupHeap
 from .listeners import Listeners
 from .mirrors import Mirrors
 from .observation import Observation
@@ -70,4 +73,5 @@ def gateway_addons() -> list[Any]:
         observation,
         GracefulShutdown(on_drain=observation.stop_accepting),
         recorder,
+        StartupHeap(),
     ]
