@@ -5,10 +5,13 @@ the candidate reloaded, and a broken one never affecting serving."""
 from __future__ import annotations
 
 import json
+import re
+import threading
+import time
 
 import pytest
 
-from harness import admin_get, bearer, free_port, metric, wait_until
+from harness import admin_get, bearer, free_port, metric, send, wait_until
 from processes import walkthrough_config
 
 KEY_AUTH_ON_ORDERS = (
@@ -16,6 +19,30 @@ KEY_AUTH_ON_ORDERS = (
     "  orders:\n    apiEndpoints: [orders]\n    policies:\n      - key-auth: [{action: {}}]\n",
 )
 CUSTOMERS_UNDER_V2 = ("    host: customers.local\n", "    host: customers.local\n    paths: '/v2/*'\n")
+DIFFERENCES = "mitmgateway_shadow_differences_total"
+
+
+def candidate_of(serving: str) -> str:
+    """The serving config with a new auth step (key-auth on orders) and a moved route (customers
+    only under /v2)."""
+    text = serving.replace(
+        "policies: [jwt, proxy, rate-limit]", "policies: [jwt, key-auth, proxy, rate-limit]"
+    )
+    for old, new in (KEY_AUTH_ON_ORDERS, CUSTOMERS_UNDER_V2):
+        text = text.replace(old, new)
+    return text
+
+
+def differences(admin_port: int) -> dict[tuple[str, ...], float]:
+    """Every series of the differences counter (summed over a pool's workers), by its labels:
+    serving and candidate pipeline, serving and candidate status."""
+    found = {}
+    for line in admin_get(admin_port, "/metrics")[1].splitlines():
+        if line.startswith(DIFFERENCES + "{"):
+            labels = dict(re.findall(r'(\w+)="(.*?)"', line))
+            names = ("serving_pipeline", "candidate_pipeline", "serving_status", "candidate_status")
+            found[tuple(labels[name] for name in names)] = float(line.rsplit(" ", 1)[1])
+    return found
 
 
 @pytest.mark.parametrize("runner", ["mitmdump", "mitmgateway"])
@@ -27,12 +54,7 @@ def test_a_shadow_config_reports_exactly_the_requests_it_decides_otherwise(
     extra = f"admin: {{port: {admin_port}}}\naccessLog: {{path: logs/access.log}}\n"
     serving = walkthrough_config(8080, *urls, rsa_keys[1], max_requests=100) + extra
     candidate = tmp_path / "candidate.yml"
-    text = serving.replace(
-        "policies: [jwt, proxy, rate-limit]", "policies: [jwt, key-auth, proxy, rate-limit]"
-    )
-    for old, new in (KEY_AUTH_ON_ORDERS, CUSTOMERS_UNDER_V2):
-        text = text.replace(old, new)
-    candidate.write_text(text)
+    candidate.write_text(candidate_of(serving))
     gateway = start_gateway(
         lambda port: serving.replace("port: 8080", f"port: {port}"),
         runner=runner,
@@ -57,25 +79,11 @@ def test_a_shadow_config_reports_exactly_the_requests_it_decides_otherwise(
         "/o/2": (401, "key-auth"),
         "/x": (404, "no apiEndpoint"),
     }
-    text = admin_get(admin_port, "/metrics")[1]
-    differences = "mitmgateway_shadow_differences_total"
-    counted = {
-        (serving, candidate, serving_status, candidate_status): metric(
-            text,
-            differences,
-            serving_pipeline=serving,
-            candidate_pipeline=candidate,
-            serving_status=serving_status,
-            candidate_status=candidate_status,
-        )
-        for serving, candidate, serving_status, candidate_status in (
-            ("customers", "", "200", "404"),
-            ("orders", "orders", "200", "401"),
-            ("orders", "orders", "401", "401"),
-        )
-    }
-    assert set(counted.values()) == {1.0}, counted
-    assert text.count(differences + "{") == 3, "and nothing else differs"
+    assert differences(admin_port) == {
+        ("customers", "", "200", "404"): 1.0,
+        ("orders", "orders", "200", "401"): 1.0,
+        ("orders", "orders", "401", "401"): 1.0,
+    }, "those, and nothing else"
 
     # A broken candidate: refused, the last good one still decides, serving untouched.
     candidate.write_text("pipelines: [")
@@ -109,3 +117,65 @@ def test_a_broken_shadow_config_at_startup_never_stops_serving(
     )
     assert gateway.send("/o", host="orders.local", headers=bearer(token)).status == 200
     assert "invalid shadow config, no shadow decides until it is fixed" in gateway.log_path.read_text()
+
+
+@pytest.mark.parametrize(("runner", "workers"), [("mitmdump", 1), ("mitmgateway", 2)])
+def test_under_load_while_both_configs_reload_exactly_the_differing_requests_are_counted(
+    start_gateway, upstreams, rsa_keys, token, tmp_path, runner, workers
+):
+    admin_port = free_port()
+    urls = upstreams["customers"].url, upstreams["orders"].url
+    serving = walkthrough_config(8080, *urls, rsa_keys[1], max_requests=10**6)
+    serving += f"admin: {{port: {admin_port}}}\n"
+    candidate = tmp_path / "candidate.yml"
+    candidate.write_text(candidate_of(serving))
+    gateway = start_gateway(
+        lambda port: serving.replace("port: 8080", f"port: {port}"),
+        runner=runner,
+        workers=workers,
+        options=(f"gateway_shadow={candidate}",),
+    )
+    assert wait_until(lambda: admin_get(admin_port, "/ready")[0] == 200, timeout=20)
+    # Each client sends each of these, in turn, many times: (path, host, headers, serving's status).
+    mix = [
+        ("/c/{n}", "customers.local", bearer(token), 200),  # moved: 404 under the candidate
+        ("/v2/c/{n}", "customers.local", bearer(token), 200),  # the same under both
+        ("/o/{n}", "orders.local", bearer(token), 200),  # key-auth: 401
+        ("/o/{n}", "orders.local", {}, 401),  # 401 by jwt, by key-auth under the candidate
+    ]
+    clients, rounds = 4, 25
+    wrong: list[tuple[str, int]] = []
+
+    def client(number: int) -> None:
+        for turn in range(rounds):
+            for path, host, headers, status in mix:
+                target = path.format(n=f"{number}-{turn}")
+                got = send(gateway.port, target, host=host, headers=headers).status
+                if got != status:
+                    wrong.append((target, got))
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    # Both files change while the load runs, each time in a way that decides nothing otherwise.
+    edits = 0
+    while any(thread.is_alive() for thread in threads):
+        edits += 1
+        for path in (gateway.config, candidate):
+            path.write_text(path.read_text() + f"# edit {edits}\n")
+        time.sleep(0.3)
+    for thread in threads:
+        thread.join()
+    assert edits >= 3, "the load outlasted a few edits of each file"
+    assert not wrong, f"serving is unchanged by the shadow and the reloads: {wrong[:5]}"
+    log = gateway.log()
+    assert log.count("shadow config reloaded") >= workers * 2
+    reloads = metric(admin_get(admin_port, "/metrics")[1], "mitmgateway_config_reloads_total", result="ok")
+    assert reloads >= workers * 2
+    each = clients * rounds
+    expected = {
+        ("customers", "", "200", "404"): each,
+        ("orders", "orders", "200", "401"): each,
+        ("orders", "orders", "401", "401"): each,
+    }
+    assert wait_until(lambda: differences(admin_port) == expected, timeout=10), differences(admin_port)
