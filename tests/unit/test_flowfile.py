@@ -113,6 +113,9 @@ def _damaged_response(flow: http.HTTPFlow) -> bytes:
 def test_a_part_read_later_says_where_it_is_malformed(tmp_path):
     from mitmgateway.hooks.recorder import CLIENT_REQUEST_KEY
     from mitmgateway.whatif import recorded
+    from mitmgateway.whatif.offline import OfflineGateway
+    from mitmgateway.whatif.replay import replay
+    from mitmgateway.whatif.report import Progress
 
     gateways = _http_flow(1)
     gateways.metadata[CLIENT_REQUEST_KEY] = gateways.request.get_state()
@@ -121,6 +124,11 @@ def test_a_part_read_later_says_where_it_is_malformed(tmp_path):
     (flow,) = recorded.read_flows([file])  # the response is read for the recorded outcome only
     with pytest.raises(flowfile.UnreadablePart, match=r"damaged\.mitm: not a flow file: .* at byte \d+"):
         flow.outcome()
+    # Read, for a replay, by the process that works out the befores: reported the same way.
+    config = tmp_path / "gateway.config.yml"
+    config.write_text("http: {port: 8080}\napiEndpoints: {}\nserviceEndpoints: {}\npipelines: {}\n")
+    with pytest.raises(flowfile.UnreadablePart, match=r"damaged\.mitm: not a flow file: .* at byte \d+"):
+        replay([flow], OfflineGateway(config, {}), None, Progress(1))
     # Recorded by plain mitmproxy: its response is the upstream's, read with the file.
     file.write_bytes(_damaged_response(_http_flow(2)))
     with pytest.raises(recorded.UnreadableFlows, match=r"damaged\.mitm: not a flow file: .* at byte \d+"):
