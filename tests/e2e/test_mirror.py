@@ -225,3 +225,79 @@ def test_mitmweb_shows_a_mirrors_different_answer_as_a_flow_of_its_own(start_gat
     # The matching one says nothing more.
     (matched,) = [f for f in listed if f["request"]["path"] == "/same/1"]
     assert "mirror" not in matched["comment"]
+
+
+class DrippingUpstream:
+    """An upstream that answers a byte every 0.3 s: each wait shorter than a mirror's timeout,
+    the whole answer much longer."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            try:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+                for _ in range(100):
+                    time.sleep(0.3)
+                    conn.sendall(b"x")
+            except OSError:
+                return
+
+
+def test_a_refused_request_is_never_mirrored_and_a_slow_answer_is_cut_at_the_timeout(
+    start_gateway, upstreams, mirrors
+):
+    admin_port = free_port()
+    dripping = DrippingUpstream()
+    config = f"""\
+http: {{port: {{port}}}}
+admin: {{port: {admin_port}}}
+apiEndpoints:
+  scoped: {{host: {HOST}, paths: ['/scoped/*'], scopes: [admin]}}
+  drip: {{host: {HOST}, paths: ['/drip/*']}}
+serviceEndpoints:
+  primary: {{url: '{upstreams["orders"].url}'}}
+  held: {{url: '{mirrors["held"]}'}}
+  drip: {{url: '{dripping.url}'}}
+policies: [basic-auth, proxy]
+pipelines:
+  scoped:
+    apiEndpoints: [scoped]
+    policies:
+      - basic-auth: [{{action: {{passThrough: true}}}}]
+      - proxy: [{{action: {{serviceEndpoint: primary, mirror: {{serviceEndpoint: held}}}}}}]
+  drip:
+    apiEndpoints: [drip]
+    policies:
+      - proxy: [{{action: {{serviceEndpoint: primary, mirror: {{serviceEndpoint: drip, timeout: 1000}}}}}}]
+"""
+    gateway = start_gateway(config)
+    assert wait_until(lambda: admin_get(admin_port, "/ready")[0] == 200, timeout=20)
+    # Scopes without a consumer: refused after the pipeline ran its proxy step.
+    assert gateway.send("/scoped/1", host=HOST, method="POST", body=b"secret").status == 403
+    assert gateway.send("/drip/1", host=HOST).status == 200
+    # The whole exchange within its timeout: cut after a second, not a hundred bytes later.
+    assert wait_until(lambda: mirrored(admin_port, "drip", "error") == 1, timeout=6)
+    held = mirrors["_held"]
+    assert held.received == []
+    assert all(
+        mirrored(admin_port, "held", result) == 0 for result in ("match", "mismatch", "error", "skipped")
+    )
+    dripping.listener.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 
 import pytest
 from mitmproxy import http
@@ -146,3 +147,58 @@ def test_each_copy_goes_to_the_mirrors_next_url_with_the_steps_path_and_host(tmp
         (9102, "/items?q=1", "api.local"),
         (9101, "/v2/items?q=1", "api.local"),
     ]
+
+
+def test_what_is_compared_never_raises_and_never_decodes_without_bound():
+    same = spec(maxBodyBytes=1000)
+    # An ignored list item where the other list is longer: named, not a failure to print it.
+    assert (
+        spec(ignoreJsonPaths=["$.items[0]"]).differs(
+            answer(body={"items": [1, 2]}), answer(body={"items": [1, 2, 3]})
+        )
+        == '$.items: ["(ignored)", 2] ≠ ["(ignored)", 2, 3]'
+    )
+    # Nested deeper than Python recurses: compared as bytes.
+    deep = b"[" * 5000 + b"]" * 5000
+    assert same.differs(answer(body=deep), answer(body=deep + b" ")) == "body differs (10000 ≠ 10001 bytes)"
+    # The same bytes are the same answer, whatever they hold (NaN is not equal to itself).
+    assert same.differs(answer(body=b'{"x": NaN}'), answer(body=b'{"x": NaN}')) is None
+    # A body that decodes to more than maxBodyBytes is compared as it came, never inflated.
+    bomb = gzip.compress(b"0" * 900_000)
+    assert len(bomb) < 1000
+    assert (
+        same.differs(answer(body=bomb, Content_Encoding="gzip"), answer(body=bomb, Content_Encoding="gzip"))
+        is None
+    )
+    assert same.differs(answer(body=bomb, Content_Encoding="gzip"), answer(body=b"0" * 10)) == (
+        f"body differs ({len(bomb)} ≠ 10 bytes)"
+    )
+    # deflate, with or without its zlib header; another encoding is compared as it came.
+    raw = zlib.compressobj(wbits=-15)
+    headerless = raw.compress(b'{"a": 1}') + raw.flush()
+    assert same.differs(answer(body=headerless, Content_Encoding="deflate"), answer(body={"a": 1})) is None
+    assert (
+        same.differs(
+            answer(body=zlib.compress(b'{"a": 1}'), Content_Encoding="deflate"), answer(body={"a": 1})
+        )
+        is None
+    )
+    assert (
+        same.differs(answer(body=b"xx", Content_Encoding="br"), answer(body=b"xx", Content_Encoding="br"))
+        is None
+    )
+
+
+def test_repeated_header_fields_are_the_same_as_their_values_joined():
+    one = http.Response(b"HTTP/1.1", 200, b"", ((b"Cache-Control", b"a, b"),), b"", None, 0, 0)
+    two = http.Response(
+        b"HTTP/1.1", 200, b"", ((b"cache-control", b"a"), (b"Cache-Control", b"b")), b"", None, 0, 0
+    )
+    assert spec().differs(one, two) is None
+    assert spec().differs(one, answer(Cache_Control="b, a")) == "header cache-control: a, b ≠ b, a"
+
+
+def test_only_the_percent_sampled_get_a_copy():
+    assert all(spec().sampled() for _ in range(100))
+    assert not any(spec(percent=0).sampled() for _ in range(100))
+    assert 300 < sum(spec(percent=50).sampled() for _ in range(1000)) < 700

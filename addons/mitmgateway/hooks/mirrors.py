@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
-import random
+import socket
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -34,8 +35,9 @@ from mitmproxy import connection, ctx, hooks, http
 
 from ..context import Exchanges
 from ..decision import METADATA_KEY, Decision
+from ..observe.access_log import redacted
 from ..observe.metrics import GatewayMetrics
-from ..upstreams.mirror import MirrorTarget
+from ..upstreams.mirror import MirrorSpec, MirrorTarget
 
 logger = logging.getLogger("mitmgateway")
 
@@ -67,39 +69,75 @@ def _copy_of(request: http.Request, target: MirrorTarget, body: bytes) -> _Copy:
     return _Copy(request.method, target.path, tuple(fields), body)
 
 
-def _send(target: MirrorTarget, copy: _Copy) -> http.Response:
-    """The mirror's answer to `copy` (in a worker thread): its body read up to one byte over the
-    limit, so that a larger one is known to be larger without being held."""
-    upstream, action = target.upstream, target.spec.action
-    timeout = action.timeout / 1000
-    if upstream.scheme == "https":
-        conn: http_client.HTTPConnection = http_client.HTTPSConnection(
-            upstream.host, upstream.port, timeout=timeout, context=target.spec.tls
-        )
-    else:
-        conn = http_client.HTTPConnection(upstream.host, upstream.port, timeout=timeout)
-    started = time.time()
-    try:
-        # Built field by field from the forwarded request, as the primary's was: http.client
-        # refuses a line break in any of them.
-        conn.putrequest(copy.method, copy.path, skip_host=True, skip_accept_encoding=True)
-        for name, value in copy.fields:
-            conn.putheader(name, value)
-        conn.endheaders(copy.body or None)
-        answer = conn.getresponse()
-        body = answer.read(action.max_body_bytes + 1)
+class _Exchange:
+    """One copy on its way, from a worker thread: the mirror's answer and what differs from the
+    primary's. The addon can cut it short (its deadline passed, the gateway stops): its socket is
+    shut, which ends whatever the thread waits for."""
+
+    def __init__(self, target: MirrorTarget, copy: _Copy, primary: http.Response) -> None:
+        self.target = target
+        self.copy = copy
+        self.primary = primary
+        self._connection: http_client.HTTPConnection | None = None
+        self.cut = False
+
+    def run(self) -> tuple[http.Response, str | None]:
+        upstream, spec = self.target.upstream, self.target.spec
+        timeout, limit = spec.action.timeout / 1000, spec.action.max_body_bytes
+        if upstream.scheme == "https":
+            conn: http_client.HTTPConnection = http_client.HTTPSConnection(
+                upstream.host, upstream.port, timeout=timeout, context=spec.tls
+            )
+        else:
+            conn = http_client.HTTPConnection(upstream.host, upstream.port, timeout=timeout)
+        self._connection = conn
+        started = time.time()
+        try:
+            conn.connect()
+            if self.cut:  # (cut before its socket was there to shut)
+                raise TimeoutError
+            copy = self.copy
+            # Built field by field from the forwarded request, as the primary's was (the front
+            # door refused CR, LF and NUL in all of them; http.client checks line breaks again).
+            conn.putrequest(copy.method, copy.path, skip_host=True, skip_accept_encoding=True)
+            for name, value in copy.fields:
+                conn.putheader(name, value)
+            conn.endheaders(copy.body or None)
+            answer = conn.getresponse()
+            # Up to one byte over the limit: a larger body is known to be larger, never held.
+            body = b""
+            while len(body) <= limit and (chunk := answer.read1(limit + 1 - len(body))):
+                body += chunk
+            if self.cut:  # (a shut socket reads as the answer's end)
+                raise TimeoutError
+        except OSError:
+            if self.cut:
+                raise TimeoutError from None
+            raise
+        finally:
+            conn.close()
         fields = tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.getheaders())
         version = b"HTTP/1.1" if answer.version == 11 else b"HTTP/1.0"
-        return http.Response(
+        mirrored = http.Response(
             version, answer.status, answer.reason.encode("latin-1"), fields, body, None, started, time.time()
         )
-    finally:
-        conn.close()
+        if len(body) > limit:
+            return mirrored, "the mirror's body is over maxBodyBytes"
+        return mirrored, spec.differs(self.primary, mirrored)
+
+    def abort(self) -> None:
+        self.cut = True
+        conn = self._connection
+        if conn is not None and conn.sock is not None:
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
 
 
 def _why_not_sent(flow: http.HTTPFlow, limit: int) -> str | None:
     request, response = flow.request, flow.response
-    if request.stream or request.raw_content is None or len(request.raw_content) > limit:
+    if request.stream or request.raw_content is None:
+        return "request body streamed"
+    if len(request.raw_content) > limit:
         return "request body over maxBodyBytes"
     if response is None or response.stream or response.raw_content is None:
         return "answer streamed"
@@ -116,9 +154,11 @@ class Mirrors:
         self.exchanges = exchanges
         self.metrics = metrics
         self._primaries: weakref.WeakKeyDictionary[http.HTTPFlow, _Primary] = weakref.WeakKeyDictionary()
-        self._in_flight: collections.Counter[str] = collections.Counter()
+        self._in_flight: collections.Counter[MirrorSpec] = collections.Counter()
+        """Copies on their way, by mirror (a step's; each has its own maxInFlight)."""
         self._executor: ThreadPoolExecutor | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._exchanges: set[_Exchange] = set()
         self._failing: set[str] = set()
         """Mirrors whose last copy got no answer: said once, not for every copy."""
 
@@ -126,8 +166,10 @@ class Mirrors:
         context = self.exchanges.get(flow)
         if context is None or (target := context.mirror) is None or flow.response is None:
             return
-        percent = target.spec.action.percent
-        if percent < 100 and random.random() * 100 >= percent:
+        decision = context.decision
+        if decision.answered_by is not None or decision.upstream_timed_out:
+            # The gateway answered (a step after the proxy step, scopes, the upstream's
+            # timeout): a request it refused goes nowhere, the mirror included.
             return
         response = flow.response
         self._primaries[flow] = _Primary(target, response.status_code, response.headers.copy())
@@ -141,7 +183,7 @@ class Mirrors:
         if (reason := _why_not_sent(flow, spec.action.max_body_bytes)) is not None:
             self._count(flow, target, "skipped", reason)
             return
-        if self._in_flight[spec.name] >= spec.action.max_in_flight:
+        if self._in_flight[spec] >= spec.action.max_in_flight:
             self._count(flow, target, "skipped", "busy")
             return
         assert flow.response is not None and flow.request.raw_content is not None
@@ -157,8 +199,10 @@ class Mirrors:
             answer.timestamp_end,
         )
         copy = _copy_of(flow.request, target, flow.request.raw_content)
-        self._in_flight[spec.name] += 1
-        task = asyncio.get_running_loop().create_task(self._mirror(flow, target, upstream_answer, copy))
+        self._in_flight[spec] += 1
+        task = asyncio.get_running_loop().create_task(
+            self._mirror(flow, _Exchange(target, copy, upstream_answer))
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -168,38 +212,47 @@ class Mirrors:
     def done(self) -> None:
         for task in self._tasks:
             task.cancel()
+        for exchange in self._exchanges:  # their threads end now, not at their timeouts
+            exchange.abort()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
-    async def _mirror(
-        self, flow: http.HTTPFlow, target: MirrorTarget, primary: http.Response, copy: _Copy
-    ) -> None:
+    async def _mirror(self, flow: http.HTTPFlow, exchange: _Exchange) -> None:
+        target = exchange.target
         spec = target.spec
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self.MAX_THREADS, thread_name_prefix="mirror")
+        loop = asyncio.get_running_loop()
+        # The whole exchange within the timeout, from the moment the copy leaves (a mirror that
+        # answers a byte at a time holds no thread for longer).
+        deadline = loop.call_later(spec.action.timeout / 1000, exchange.abort)
+        self._exchanges.add(exchange)
         try:
-            answer = await asyncio.get_running_loop().run_in_executor(self._executor, _send, target, copy)
+            # Compared in the thread too: decoding and walking two bodies is no work for the loop.
+            answer, difference = await loop.run_in_executor(self._executor, exchange.run)
         except Exception as e:  # whatever becomes of a copy is the mirror's, never the primary's
-            self._count(flow, target, "error", f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+            reason = "no answer within its timeout" if exchange.cut else f"{type(e).__name__}: {e}"
+            self._count(flow, target, "error", reason if str(e) or exchange.cut else type(e).__name__)
             await self._shown(flow)
             return
         finally:
-            self._in_flight[spec.name] -= 1
-        if len(answer.raw_content or b"") > spec.action.max_body_bytes:
-            difference: str | None = "the mirror's body is over maxBodyBytes"
-        else:
-            difference = spec.differs(primary, answer)
+            deadline.cancel()
+            self._exchanges.discard(exchange)
+            self._in_flight[spec] -= 1
+            if not self._in_flight[spec]:
+                del self._in_flight[spec]
         if difference is None:
             self._count(flow, target, "match", None)
             return
         self._count(flow, target, "mismatch", difference)
-        self._show(flow, target, copy, answer, difference)
+        self._show(flow, target, exchange.copy, answer, difference)
         await self._shown(flow)
 
     async def _shown(self, flow: http.HTTPFlow) -> None:
-        """mitmweb shows the primary flow's new comment."""
-        await ctx.master.addons.trigger_event(hooks.UpdateHook([flow]))
+        """mitmweb shows the primary flow's new comment (nothing shows flows elsewhere)."""
+        if ctx.master.addons.get("view") is not None:
+            await ctx.master.addons.trigger_event(hooks.UpdateHook([flow]))
 
     def _count(self, flow: http.HTTPFlow, target: MirrorTarget, result: str, reason: str | None) -> None:
         service = target.spec.name
@@ -225,7 +278,7 @@ class Mirrors:
             "mirror %s differs on %s %s (request id %s): %s",
             target.spec.name,
             copy.method,
-            copy.path,
+            redacted(copy.path, decision.secret_query_params) if decision.secret_query_params else copy.path,
             decision.request_id,
             difference,
         )

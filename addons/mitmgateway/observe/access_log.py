@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -30,7 +31,8 @@ def _ms(start: float | None, end: float | None) -> float | None:
     return round((end - start) * 1000, 3)
 
 
-def _redacted(path: str, secret_params: list[str]) -> str:
+def redacted(path: str, secret_params: Sequence[str]) -> str:
+    """`path` with the values of its query parameters that hold credentials replaced."""
     base, _, query = path.partition("?")
     pairs = [
         (name, "REDACTED" if name in secret_params else value)
@@ -52,7 +54,7 @@ def access_record(flow: http.HTTPFlow, decision: Decision) -> dict[str, Any]:
     path = decision.path or request.path
     target = decision.target or path
     if secret_params := decision.secret_query_params:
-        path, target = _redacted(path, secret_params), _redacted(target, secret_params)
+        path, target = redacted(path, secret_params), redacted(target, secret_params)
     end = response.timestamp_end if response is not None else time.time()
     streamed = decision.bytes_streamed
     sent = 0 if response is None else streamed if streamed is not None else len(response.raw_content or b"")

@@ -172,7 +172,7 @@ class ProxyPolicy(Policy):
         if added:
             set_headers(request, tuple(added))
         ctx.decision.request_id = request_id
-        if self.mirror is not None and not upgrading:
+        if self.mirror is not None and not upgrading and self.mirror.sampled():
             ctx.mirror = self._mirror_target(ctx, original_path, original_host)
 
         def finish_response(response: http.Response) -> None:

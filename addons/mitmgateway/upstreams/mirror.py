@@ -19,10 +19,12 @@ bodies minus the ignored paths, other bodies byte for byte, both decoded). Sendi
 from __future__ import annotations
 
 import json
+import random
 import re
 import ssl
+import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +136,7 @@ class MirrorAction:
     """Compare only these response headers (default: all but the volatile and the ignored)."""
     ignore_json_paths: tuple[JsonPath, ...] = option("ignoreJsonPaths", (), parse=_json_paths)
     timeout: int = option("timeout", 10_000, parse=positive)
-    """Milliseconds the mirror has to connect, and then between bytes of its answer."""
+    """Milliseconds the mirror has for the whole exchange, from the moment the copy leaves."""
     max_in_flight: int = option("maxInFlight", 16, parse=positive)
     """Copies on their way at once; one more is skipped (``busy``), so a slow mirror costs a
     bounded amount of memory and threads."""
@@ -144,18 +146,28 @@ def parse_mirror(value: Any, path: KeyPath) -> MirrorAction:
     return parse_fields(MirrorAction, value, path)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class MirrorSpec:
     """A mirror as the proxy step and the `Mirrors` addon use it: the action, the service's urls
-    (taken in turn) and, for https ones, how their certificates are checked."""
+    (taken in turn) and, for https ones, how their certificates are checked. (Each step's is its
+    own, counted apart: equal only to itself.)"""
 
     action: MirrorAction
     service: ServiceEndpoint
     tls: ssl.SSLContext | None
+    uncompared_headers: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "uncompared_headers", VOLATILE_HEADERS | self.action.ignore_headers)
 
     @property
     def name(self) -> str:
         return self.service.name
+
+    def sampled(self) -> bool:
+        """Whether this request is one of the ``percent`` copied."""
+        percent = self.action.percent
+        return percent >= 100 or random.random() * 100 < percent
 
     def differs(self, primary: http.Response, mirror: http.Response) -> str | None:
         """What differs between the two answers, in a few words; None when they match."""
@@ -168,34 +180,59 @@ class MirrorSpec:
     def _header_difference(self, primary: http.Headers, mirror: http.Headers) -> str | None:
         chosen = self.action.compare_headers
         if chosen is None:
-            skipped = VOLATILE_HEADERS | self.action.ignore_headers
-            names = {n.lower() for n in (*primary.keys(), *mirror.keys())} - skipped
+            names = {n.lower() for n in (*primary.keys(), *mirror.keys())} - self.uncompared_headers
         else:
             names = set(chosen - self.action.ignore_headers)
         for name in sorted(names):
-            ours, theirs = primary.get_all(name), mirror.get_all(name)
+            # A repeated field is the same as its values joined (RFC 9110, 5.3).
+            ours, theirs = ", ".join(primary.get_all(name)), ", ".join(mirror.get_all(name))
             if ours != theirs:
-                return f"header {name}: {', '.join(ours) or '(none)'} ≠ {', '.join(theirs) or '(none)'}"
+                return f"header {name}: {_clipped(ours or '(none)')} ≠ {_clipped(theirs or '(none)')}"
         return None
 
     def _body_difference(self, primary: http.Response, mirror: http.Response) -> str | None:
-        ours, theirs = primary.get_content(strict=False) or b"", mirror.get_content(strict=False) or b""
-        if ours == theirs and not self.action.ignore_json_paths:
+        limit = self.action.max_body_bytes
+        ours, theirs = _decoded(primary, limit), _decoded(mirror, limit)
+        if ours is None or theirs is None:  # compared as they came
+            ours, theirs = primary.raw_content or b"", mirror.raw_content or b""
+        if ours == theirs:
             return None
         documents = _json(ours), _json(theirs)
         if documents[0] is not _NOT_JSON and documents[1] is not _NOT_JSON:
             ours_trimmed, theirs_trimmed = (_without(d, self.action.ignore_json_paths) for d in documents)
             return _json_difference(ours_trimmed, theirs_trimmed, "$")
-        return None if ours == theirs else f"body differs ({len(ours)} ≠ {len(theirs)} bytes)"
+        return f"body differs ({len(ours)} ≠ {len(theirs)} bytes)"
+
+
+def _decoded(message: http.Response, limit: int) -> bytes | None:
+    """The body without its gzip or deflate encoding, if that is at most `limit` bytes (a small
+    body may decode to a great deal); None when it is not, or is in another encoding, or fails
+    to decode: then the bodies are compared as they came."""
+    raw = message.raw_content or b""
+    encoding = message.headers.get("content-encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        return raw
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        return None
+    # wbits 47: a gzip or zlib header, whichever it has; deflate is also sent raw (no header).
+    for wbits in (47, -15) if encoding == "deflate" else (47,):
+        try:
+            decompressor = zlib.decompressobj(wbits)
+            body = decompressor.decompress(raw, limit + 1)
+        except zlib.error:
+            continue
+        return body if len(body) <= limit and not decompressor.unconsumed_tail else None
+    return None
 
 
 _NOT_JSON = object()
+_IGNORED = object()
 
 
 def _json(body: bytes) -> Any:
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # (a document nested deeper than Python recurses)
         return _NOT_JSON
 
 
@@ -220,7 +257,10 @@ def _json_difference(ours: Any, theirs: Any, where: str) -> str | None:
 
 
 def _brief(value: Any) -> str:
-    text = json.dumps(value) if value is not _IGNORED else "(ignored)"
+    return _clipped("(ignored)" if value is _IGNORED else json.dumps(value, default=lambda _: "(ignored)"))
+
+
+def _clipped(text: str) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -252,9 +292,6 @@ def _drop(node: Any, path: JsonPath) -> None:
             node[key] = _IGNORED  # the other items keep their places
         else:
             del node[key]
-
-
-_IGNORED = object()
 
 
 @dataclass(frozen=True)
