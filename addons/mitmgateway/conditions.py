@@ -1,16 +1,22 @@
 """Every pipeline condition, compiled at config load into a predicate over the request context.
 
 ``condition: {name: pathExact, path: /status}`` becomes a plain function; nesting (allOf, oneOf,
-not) becomes closures over compiled children, so evaluating a condition parses nothing.
+not) becomes closures over compiled children, so evaluating a condition parses nothing. A
+condition that reads the request body (json-schema, or one holding it) says so (`reads_body`):
+its pipeline then runs once the body has arrived.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import jsonschema
+
+from .bodies import NOT_PARSED, parsed_request_body
 from .config.errors import ConfigError, KeyPath
 from .config.schema import (
     check_type,
@@ -27,7 +33,21 @@ from .routing import compile_regex
 if TYPE_CHECKING:
     from .context import RequestContext
 
+logger = logging.getLogger("mitmgateway")
+
 Condition = Callable[["RequestContext"], bool]
+
+
+def reads_body(condition: Condition) -> bool:
+    """Whether `condition` (or one it holds) reads the request body."""
+    return getattr(condition, "reads_body", False)
+
+
+def _holding(combined: Condition, children: tuple[Condition, ...]) -> Condition:
+    """`combined`, marked as reading the body if one of `children` does."""
+    if any(reads_body(child) for child in children):
+        combined.reads_body = True  # type: ignore[attr-defined]
+    return combined
 
 
 def _conditions(value: Any, path: KeyPath) -> tuple[Condition, ...]:
@@ -89,18 +109,18 @@ def _never(_: Any, __: KeyPath) -> Condition:
 
 def _all_of(params: _Children, _: KeyPath) -> Condition:
     children = params.conditions
-    return lambda ctx: all(c(ctx) for c in children)
+    return _holding(lambda ctx: all(c(ctx) for c in children), children)
 
 
 def _one_of(params: _Children, _: KeyPath) -> Condition:
     # EG's oneOf is "any of", not exclusive-or.
     children = params.conditions
-    return lambda ctx: any(c(ctx) for c in children)
+    return _holding(lambda ctx: any(c(ctx) for c in children), children)
 
 
 def _not(params: _Child, _: KeyPath) -> Condition:
     child = params.condition
-    return lambda ctx: not child(ctx)
+    return _holding(lambda ctx: not child(ctx), (child,))
 
 
 def _path_exact(params: _PathExact, _: KeyPath) -> Condition:
@@ -140,6 +160,49 @@ def _expression(params: _Expression, path: KeyPath) -> Condition:
     return compile_condition(params.expression, path.key("expression"))
 
 
+def _schema(value: Any, path: KeyPath) -> jsonschema.protocols.Validator:
+    schema = require_mapping(value, path)
+    validator_class = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    try:
+        validator_class.check_schema(schema)
+    except jsonschema.SchemaError as e:
+        where = "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in e.absolute_path)
+        raise ConfigError(path, f"not a valid JSON Schema: {e.message} (at schema{where})") from None
+    # Compiled once here; a $ref to anything but this schema itself is never fetched.
+    return validator_class(schema, format_checker=validator_class.FORMAT_CHECKER)
+
+
+@dataclass(frozen=True)
+class _JsonSchema:
+    schema: jsonschema.protocols.Validator = option("schema", parse=_schema)
+    log_errors: bool = option("logErrors", False)
+
+
+# The most of a body the condition reads: what the gateway would hold for a step anyway.
+_BODY_READ = 10 << 20
+
+
+def _json_schema(params: _JsonSchema, path: KeyPath) -> Condition:
+    validator, log_errors, where = params.schema, params.log_errors, str(path)
+
+    def validates(ctx: RequestContext) -> bool:
+        body = parsed_request_body(ctx.flow.request, _BODY_READ)
+        if body is NOT_PARSED:
+            if log_errors:
+                logger.info("json-schema %s: the body is neither JSON nor a form", where)
+            return False
+        error = jsonschema.exceptions.best_match(validator.iter_errors(body))
+        if error is None:
+            return True
+        if log_errors:
+            at = "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+            logger.info("json-schema %s: the body does not validate at $%s: %s", where, at, error.message)
+        return False
+
+    validates.reads_body = True  # type: ignore[attr-defined]
+    return validates
+
+
 CONDITIONS: dict[str, tuple[type, Callable[[Any, KeyPath], Condition]]] = {
     "always": (_NoParams, _always),
     "never": (_NoParams, _never),
@@ -153,6 +216,7 @@ CONDITIONS: dict[str, tuple[type, Callable[[Any, KeyPath], Condition]]] = {
     "authenticated": (_NoParams, _authenticated),
     "anonymous": (_NoParams, _anonymous),
     "expression": (_Expression, _expression),
+    "json-schema": (_JsonSchema, _json_schema),
 }
 
 NOT_YET = {

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .conditions import reads_body
 from .context import RequestContext
 
 if TYPE_CHECKING:
@@ -29,6 +30,12 @@ class Step:
 class Pipeline:
     name: str
     steps: tuple[Step, ...]
+
+    @functools.cached_property
+    def reads_body(self) -> bool:
+        """Whether a step's condition reads the request body: the pipeline then runs once the
+        body has arrived (held in memory, up to ``limits.maxBufferedBodyBytes``)."""
+        return any(step.condition is not None and reads_body(step.condition) for step in self.steps)
 
     @functools.cached_property
     def identity_headers(self) -> frozenset[bytes]:

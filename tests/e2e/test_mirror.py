@@ -7,6 +7,7 @@ flow of its own)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -241,6 +242,11 @@ class DrippingUpstream:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.listener.getsockname()[1]}"
 
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # (wakes the accepting thread; close does not)
+        self.listener.close()
+
     def _serve(self) -> None:
         while True:
             try:
@@ -262,10 +268,11 @@ class DrippingUpstream:
 
 
 def test_a_refused_request_is_never_mirrored_and_a_slow_answer_is_cut_at_the_timeout(
-    start_gateway, upstreams, mirrors
+    start_gateway, upstreams, mirrors, request
 ):
     admin_port = free_port()
     dripping = DrippingUpstream()
+    request.addfinalizer(dripping.stop)
     config = f"""\
 http: {{port: {{port}}}}
 admin: {{port: {admin_port}}}
@@ -300,4 +307,3 @@ pipelines:
     assert all(
         mirrored(admin_port, "held", result) == 0 for result in ("match", "mismatch", "error", "skipped")
     )
-    dripping.listener.close()

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import gzip
+
 import pytest
 
 from gateway_unit import make_flow
 from mitmgateway.clients import ClientIdentification
-from mitmgateway.conditions import parse_condition
-from mitmgateway.config.errors import KeyPath
+from mitmgateway.conditions import parse_condition, reads_body
+from mitmgateway.config.errors import ConfigError, KeyPath
 from mitmgateway.context import RequestContext
 from mitmgateway.routing import hostname_of
 
 
-def evaluate(condition: dict, *, user: dict | None = None, **flow_kwargs) -> bool:
+def evaluate(condition: dict, *, user: dict | None = None, body: bytes = b"", **flow_kwargs) -> bool:
     flow = make_flow(**flow_kwargs)
+    flow.request.raw_content = body
     host = flow.request.host_header or ""
     ctx = RequestContext(flow, None, hostname_of(host), ClientIdentification("192.0.2.10", None))  # type: ignore[arg-type]
     ctx.user = user
@@ -57,3 +60,93 @@ def test_authenticated_and_anonymous_follow_the_verified_user():
     assert evaluate({"name": "authenticated"}) is False
     assert evaluate({"name": "anonymous"}) is True
     assert evaluate({"name": "anonymous"}, user=claims) is False
+
+
+ORDER = {
+    "type": "object",
+    "required": ["sku", "quantity"],
+    "properties": {"sku": {"type": "string"}, "quantity": {"type": "integer", "minimum": 1}},
+}
+
+
+def with_body(body: bytes, content_type: str = "application/json", **headers: str) -> dict:
+    fields = {"Content-Type": content_type, **{k.replace("_", "-"): v for k, v in headers.items()}}
+    return {"method": "POST", "headers": fields, "body": body}
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "expected"),
+    [
+        (b'{"sku": "a-1", "quantity": 2}', "application/json", True),
+        (b'{"sku": "a-1", "quantity": 0}', "application/json", False),
+        (b'{"sku": "a-1"}', "application/json", False),
+        (b'{"sku": "a-1", "quantity": 2}', "application/vnd.shop+json; charset=utf-8", True),
+        # Read as Express Gateway's body parsers read: JSON only when it says it is JSON.
+        (b'{"sku": "a-1", "quantity": 2}', "text/plain", False),
+        (b"not json", "application/json", False),
+        (b"", "application/json", False),
+        (b"[" * 5000 + b"]" * 5000, "application/json", False),
+        # A form, as Express Gateway's urlencoded parser reads it: every value a string.
+        (b"sku=a-1&quantity=2", "application/x-www-form-urlencoded", False),
+        (b"sku=a-1&sku=b-2", "application/x-www-form-urlencoded; charset=utf-8", False),
+        (b"%zz=&&=", "application/x-www-form-urlencoded", False),
+    ],
+)
+def test_json_schema_validates_the_body(body, content_type, expected):
+    condition = {"name": "json-schema", "schema": ORDER}
+    assert evaluate(condition, **with_body(body, content_type)) is expected
+
+
+def test_json_schema_reads_forms_and_encoded_bodies():
+    form = {
+        "type": "object",
+        "properties": {"sku": {"type": "array"}, "note": {"const": ""}},
+        "required": ["sku"],
+    }
+    condition = {"name": "json-schema", "schema": form}
+    assert evaluate(condition, **with_body(b"sku=a&sku=b&note=", "application/x-www-form-urlencoded")) is True
+    packed = gzip.compress(b'{"sku": "a-1", "quantity": 2}')
+    order = {"name": "json-schema", "schema": ORDER}
+    assert evaluate(order, **with_body(packed, Content_Encoding="gzip")) is True
+    # A body that would decode to more than the condition reads is not read: false.
+    bomb = gzip.compress(b" " * (11 << 20) + b'{"sku": "a-1", "quantity": 2}')
+    assert evaluate(order, **with_body(bomb, Content_Encoding="gzip")) is False
+
+
+def test_json_schema_logs_why_only_when_asked(caplog):
+    condition = {"name": "json-schema", "schema": ORDER, "logErrors": True}
+    with caplog.at_level("INFO", logger="mitmgateway"):
+        assert evaluate(condition, **with_body(b'{"sku": "a-1", "quantity": 0}')) is False
+        assert evaluate({**condition, "logErrors": False}, **with_body(b"{}")) is False
+    assert [r.getMessage() for r in caplog.records] == [
+        "json-schema condition: the body does not validate at $.quantity: 0 is less than the minimum of 1"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("schema", "error"),
+    [
+        ({"type": "objekt"}, "condition.schema: not a valid JSON Schema: 'objekt' is not valid under any"),
+        ({"properties": {"a": {"minimum": "one"}}}, "(at schema.properties.a.minimum)"),
+        ("{}", "condition.schema: must be a mapping"),
+    ],
+)
+def test_a_wrong_schema_is_refused_at_load_with_its_key_path(schema, error):
+    with pytest.raises(ConfigError) as refused:
+        parse_condition({"name": "json-schema", "schema": schema}, KeyPath("condition"))
+    assert error in str(refused.value)
+
+
+def test_a_condition_holding_json_schema_reads_the_body():
+    schema = {"name": "json-schema", "schema": ORDER}
+    for condition, expected in [
+        (schema, True),
+        ({"name": "not", "condition": schema}, True),
+        (
+            {"name": "allOf", "conditions": [{"name": "always"}, {"name": "oneOf", "conditions": [schema]}]},
+            True,
+        ),
+        ({"name": "allOf", "conditions": [{"name": "always"}]}, False),
+        ({"name": "pathExact", "path": "/"}, False),
+    ]:
+        assert reads_body(parse_condition(condition, KeyPath("condition"))) is expected

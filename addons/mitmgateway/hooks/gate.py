@@ -9,6 +9,7 @@ refusal answers (decide.py's `refuse`) and is recorded as the decision.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Coroutine
 from typing import Any
 
@@ -71,6 +72,9 @@ def _replayed_as_first_sent(flow: http.HTTPFlow) -> None:
         flow.request.data.path = target.encode("utf-8", "surrogateescape")
 
 
+_AwaitingBody = tuple[RequestContext, RequestLimits]
+
+
 class RequestGate:
     def __init__(self, current: CurrentConfig, exchanges: Exchanges, upstreams: UpstreamConnections) -> None:
         self.current = current
@@ -79,6 +83,10 @@ class RequestGate:
         self._error_answers = ProxyErrorAnswers()
         self._request_limit_guards = RequestLimitGuards(self._error_answers.render, self._refuse_over_limit)
         self._trailer_fields = TrailerFields(self._error_answers.render)
+        self._awaiting_body: weakref.WeakKeyDictionary[
+            http.HTTPFlow, tuple[RequestContext, RequestLimits]
+        ] = weakref.WeakKeyDictionary()
+        """Requests whose pipeline reads the body: routed, their pipeline to run in `request`."""
 
     def load(self, loader) -> None:
         self._error_answers.install()
@@ -174,6 +182,11 @@ class RequestGate:
         context = RequestContext(flow, route, hostname, client, decision, recorded_identity, unsent)
         if route.pipeline.identity_headers:
             remove_headers(request, route.pipeline.identity_headers)
+        if route.pipeline.reads_body and request.raw_content is None:
+            # A condition reads the body: the pipeline runs once it has all arrived (held, not
+            # streamed: within limits.maxBufferedBodyBytes, else 413).
+            self._awaiting_body[flow] = context, config.limits
+            return None
         answered_by = route.pipeline.run(context)
         if answered_by is not None and not isinstance(answered_by, str):
             return self._conclude_when_run(context, answered_by, config.limits)
@@ -181,9 +194,13 @@ class RequestGate:
         return None
 
     async def _conclude_when_run(
-        self, context: RequestContext, running: Coroutine[Any, Any, str | None], limits: RequestLimits
+        self,
+        context: RequestContext,
+        running: Coroutine[Any, Any, str | None],
+        limits: RequestLimits,
+        body_held: bool = False,
     ) -> None:
-        self._conclude(context, await running, limits)
+        self._conclude(context, await running, limits, body_held)
 
     async def _finish_later(self, flow: http.HTTPFlow, pending: Coroutine[Any, Any, None]) -> None:
         try:
@@ -192,7 +209,9 @@ class RequestGate:
             self.fail_closed(flow)
         _refuse_body_if_answered(flow)
 
-    def _conclude(self, context: RequestContext, answered_by: str | None, limits: RequestLimits) -> None:
+    def _conclude(
+        self, context: RequestContext, answered_by: str | None, limits: RequestLimits, body_held: bool = False
+    ) -> None:
         flow, route = context.flow, context.route
         if answered_by is None and not context.routed:
             # Like Express Gateway, a pipeline that neither answers nor proxies falls through to 404.
@@ -210,14 +229,49 @@ class RequestGate:
         self.exchanges[flow] = context
         if context.target is not None and answered_by is None:
             self.upstreams.expect(flow.client_conn.id, context.target)
-        if answered_by is None and not context.wants_request_body and _request_streams(flow.request, limits):
+        if (
+            answered_by is None
+            and not body_held
+            and not context.wants_request_body
+            and _request_streams(flow.request, limits)
+        ):
             flow.request.stream = True
         # (A shadow config's decision is never shown: the serving one is, with the shadow's.)
         decide(
             flow, answered_by, route.api_endpoint_name, route.pipeline.name, context.user, not context.unsent
         )
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        waiting = self._awaiting_body.pop(flow, None)
+        if waiting is not None and flow.response is None:
+            context, limits = waiting
+            try:
+                answered_by = context.route.pipeline.run(context)
+                if answered_by is not None and not isinstance(answered_by, str):
+                    return self._forward_when_concluded(flow, context, answered_by, limits)
+                self._conclude(context, answered_by, limits, body_held=True)
+            except Exception:
+                self.fail_closed(flow)
+                return None
+        self._forward(flow)
+        return None
+
+    async def _forward_when_concluded(
+        self,
+        flow: http.HTTPFlow,
+        context: RequestContext,
+        running: Coroutine[Any, Any, str | None],
+        limits: RequestLimits,
+    ) -> None:
+        try:
+            await self._conclude_when_run(context, running, limits, body_held=True)
+        except Exception:
+            self.fail_closed(flow)
+            return
+        self._forward(flow)
+
+    def _forward(self, flow: http.HTTPFlow) -> None:
+        """What the steps asked for once the whole request has arrived, and it goes upstream."""
         context = self.exchanges.get(flow)
         if context is None or flow.response is not None:
             return

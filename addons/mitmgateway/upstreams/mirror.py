@@ -22,7 +22,6 @@ import json
 import random
 import re
 import ssl
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 
 from mitmproxy import http
 
+from ..bodies import NOT_PARSED, decoded, parse_json
 from ..config.errors import ConfigError, KeyPath
 from ..config.model import STREAM_BODIES_OVER
 from ..config.schema import (
@@ -192,48 +192,19 @@ class MirrorSpec:
 
     def _body_difference(self, primary: http.Response, mirror: http.Response) -> str | None:
         limit = self.action.max_body_bytes
-        ours, theirs = _decoded(primary, limit), _decoded(mirror, limit)
+        ours, theirs = decoded(primary, limit), decoded(mirror, limit)
         if ours is None or theirs is None:  # compared as they came
             ours, theirs = primary.raw_content or b"", mirror.raw_content or b""
         if ours == theirs:
             return None
-        documents = _json(ours), _json(theirs)
-        if documents[0] is not _NOT_JSON and documents[1] is not _NOT_JSON:
+        documents = parse_json(ours), parse_json(theirs)
+        if documents[0] is not NOT_PARSED and documents[1] is not NOT_PARSED:
             ours_trimmed, theirs_trimmed = (_without(d, self.action.ignore_json_paths) for d in documents)
             return _json_difference(ours_trimmed, theirs_trimmed, "$")
         return f"body differs ({len(ours)} ≠ {len(theirs)} bytes)"
 
 
-def _decoded(message: http.Response, limit: int) -> bytes | None:
-    """The body without its gzip or deflate encoding, if that is at most `limit` bytes (a small
-    body may decode to a great deal); None when it is not, or is in another encoding, or fails
-    to decode: then the bodies are compared as they came."""
-    raw = message.raw_content or b""
-    encoding = message.headers.get("content-encoding", "").strip().lower()
-    if encoding in ("", "identity"):
-        return raw
-    if encoding not in ("gzip", "x-gzip", "deflate"):
-        return None
-    # wbits 47: a gzip or zlib header, whichever it has; deflate is also sent raw (no header).
-    for wbits in (47, -15) if encoding == "deflate" else (47,):
-        try:
-            decompressor = zlib.decompressobj(wbits)
-            body = decompressor.decompress(raw, limit + 1)
-        except zlib.error:
-            continue
-        return body if len(body) <= limit and not decompressor.unconsumed_tail else None
-    return None
-
-
-_NOT_JSON = object()
 _IGNORED = object()
-
-
-def _json(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError):  # (a document nested deeper than Python recurses)
-        return _NOT_JSON
 
 
 def _json_difference(ours: Any, theirs: Any, where: str) -> str | None:

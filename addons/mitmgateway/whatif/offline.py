@@ -205,7 +205,8 @@ class OfflineGateway:
             raise
         except Exception:
             self.gate.fail_closed(flow)
-        self.gate.request(flow)
+        if (concluding := self.gate.request(flow)) is not None:  # (a pipeline that read the body)
+            await concluding
         if flow.response is None:
             flow.response = recorded.upstream_response()
             if flow.response is None:
