@@ -38,6 +38,8 @@ class Deferred:
     def value(self) -> Any:
         try:
             return _parser(self.raw, self.offset)(0, None)[0]
+        except UnicodeDecodeError as e:  # (a text value's bytes: a ValueError that says neither)
+            raise UnreadablePart(f"{self.source}: {_malformed(self.offset, e)}") from None
         except ValueError as e:  # (it says what, and where)
             raise UnreadablePart(f"{self.source}: {e}") from None
         except (IndexError, RecursionError) as e:
