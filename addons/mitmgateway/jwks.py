@@ -27,6 +27,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
+from .fetching import fetch
 from .outages import Outage
 
 logger = logging.getLogger("mitmgateway")
@@ -101,18 +102,10 @@ _FETCHER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jwks")
 
 
 def _fetch(uri: str, timeout: float) -> tuple[bytes, str]:
-    """GET the JWKS; gives up once `timeout` has passed in all (the socket timeout is per read)."""
-    deadline = time.monotonic() + timeout
+    """GET the JWKS (its body, its Cache-Control)."""
     request = urllib.request.Request(uri, headers={"Accept": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        body = b""
-        while chunk := response.read(65536):
-            body += chunk
-            if len(body) > MAX_JWKS_BYTES:
-                raise ValueError("larger than 1 MiB")
-            if time.monotonic() > deadline:
-                raise TimeoutError("the provider sends too slowly")
-        return body, response.headers.get("Cache-Control", "")
+    body, headers = fetch(request, timeout, MAX_JWKS_BYTES)
+    return body, headers.get("Cache-Control", "")
 
 
 class RemoteKeySet(KeySet):

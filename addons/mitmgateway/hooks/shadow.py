@@ -22,8 +22,10 @@ from mitmproxy import ctx, http
 
 from ..config.errors import ConfigError
 from ..decision import Decision
+from ..introspection import IntrospectionEndpoint
 from ..jwks import KeySet, RemoteKeySet
 from ..observe.metrics import GatewayMetrics
+from ..outages import Outage
 from ..whatif.offline import OfflineGateway, ReplayState
 from ..whatif.outcome import Outcome, changes
 from ..whatif.recorded import LiveRecorded
@@ -36,14 +38,20 @@ SHADOW_MARKER = ":busts_in_silhouette:"
 
 
 class _ShadowState(ReplayState):
-    """A replay's state (counters in memory, no delay), with a jwksUri's keys fetched for real:
-    a shadow decides live traffic, and the identity provider is not an upstream."""
+    """A replay's state (counters in memory, no delay), with a jwksUri's keys fetched and tokens
+    introspected for real: a shadow decides live traffic, and the identity provider is not an
+    upstream."""
 
     def __init__(self) -> None:
         super().__init__({})
 
     def remote_key_set(self, uri: str, refresh_interval: float, timeout: float) -> KeySet:
         return RemoteKeySet(uri, refresh_interval, timeout)
+
+    def introspection_endpoint(
+        self, url: str, authorization: str | None, timeout: float, ttl: float, outage: Outage
+    ) -> IntrospectionEndpoint:
+        return IntrospectionEndpoint(url, authorization, timeout, ttl, outage)
 
 
 class ShadowConfig:

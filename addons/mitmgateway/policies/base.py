@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from ..answers import FORBIDDEN, make_answer
 from ..config.errors import KeyPath
 from ..credentials import CredentialType, register_credential_type
+from ..introspection import IntrospectionEndpoint
 from ..jwks import KeySet, RemoteKeySet
+from ..outages import Outage
 from ..stores import RateLimitStore, StoreSettings, open_store
 
 if TYPE_CHECKING:
@@ -41,13 +43,19 @@ class StepState:
         return self._items[key]
 
     # What a step reaches beyond the request. A replay (whatif/) judges recorded requests offline
-    # with a state that gives a store in memory, the key sets it was handed, and no waiting.
+    # with a state that gives a store in memory, the key sets it was handed, no introspection
+    # and no waiting.
 
     def open_store(self, settings: StoreSettings) -> RateLimitStore:
         return open_store(settings)
 
     def remote_key_set(self, uri: str, refresh_interval: float, timeout: float) -> KeySet:
         return RemoteKeySet(uri, refresh_interval, timeout)
+
+    def introspection_endpoint(
+        self, url: str, authorization: str | None, timeout: float, ttl: float, outage: Outage
+    ) -> IntrospectionEndpoint:
+        return IntrospectionEndpoint(url, authorization, timeout, ttl, outage)
 
     def delay(self, seconds: float) -> Awaitable[None]:
         """What a step awaits to hold a request back (a rate limit's delayMs)."""

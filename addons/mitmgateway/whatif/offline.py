@@ -25,8 +25,10 @@ from ..hooks.gate import RequestGate
 from ..hooks.response_side import ResponseSide
 from ..hooks.upstream_connections import UpstreamConnections
 from ..ids import ids_from
+from ..introspection import Introspection, IntrospectionEndpoint
 from ..jwks import KeySet, RemoteKeySet, VerificationKey
 from ..observe.access_log import AccessLog
+from ..outages import Outage
 from ..pipeline import Step
 from ..policies import StepState
 from ..stores import Algorithm, Hit, RateLimitStore, StoreSettings
@@ -77,6 +79,17 @@ class _GivenKeySet(RemoteKeySet):
         return None  # the document given is all there is
 
 
+class _NotAskedOffline(IntrospectionEndpoint):
+    """An authorization server's introspection endpoint: never called offline, so a token it
+    would have to judge leaves the request indeterminate."""
+
+    def remembered(self, token: str, now: float) -> Introspection | None:
+        return None
+
+    async def ask(self, token: str, now: float) -> Introspection:
+        raise Indeterminate(f"oauth2-introspect's endpoint {self.url} is not called offline")
+
+
 async def _no_delay() -> None:
     return None
 
@@ -98,6 +111,11 @@ class ReplayState(StepState):
 
     def remote_key_set(self, uri: str, refresh_interval: float, timeout: float) -> KeySet:
         return _GivenKeySet(uri, self.jwks.get(uri))
+
+    def introspection_endpoint(
+        self, url: str, authorization: str | None, timeout: float, ttl: float, outage: Outage
+    ) -> IntrospectionEndpoint:
+        return _NotAskedOffline(url, authorization, timeout, ttl, outage)
 
     def delay(self, seconds: float) -> Awaitable[None]:
         return _no_delay()
