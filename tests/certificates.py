@@ -59,9 +59,16 @@ class CertificateAuthority:
         self.cert_file = folder / f"{name.replace(' ', '-')}.pem"
         self.cert_file.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, file_stem: str, *names: str, self_signed: bool = False, expired: bool = False) -> Issued:
+    def issue(
+        self,
+        file_stem: str,
+        *names: str,
+        self_signed: bool = False,
+        expired: bool = False,
+        client: bool = False,
+    ) -> Issued:
         """A server certificate for `names` (DNS names or IP addresses), signed by this CA, or by
-        its own key with `self_signed`."""
+        its own key with `self_signed`; with `client`, a client's (for TLS client authentication)."""
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
         sans: list[x509.GeneralName] = []
@@ -82,7 +89,16 @@ class CertificateAuthority:
             .not_valid_after(end)
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [
+                        x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH
+                        if client
+                        else x509.oid.ExtendedKeyUsageOID.SERVER_AUTH
+                    ]
+                ),
+                critical=False,
+            )
         )
         if not self_signed:
             builder = builder.add_extension(

@@ -151,6 +151,10 @@ def _anonymous(_: Any, __: KeyPath) -> Condition:
     return lambda ctx: ctx.user is None
 
 
+def _tls_client_authenticated(_: Any, __: KeyPath) -> Condition:
+    return lambda ctx: ctx.client_certificate is not None and ctx.client_certificate.verified
+
+
 @dataclass(frozen=True)
 class _Expression:
     expression: str = option("expression")
@@ -215,13 +219,12 @@ CONDITIONS: dict[str, tuple[type, Callable[[Any, KeyPath], Condition]]] = {
     "hostMatch": (_HostMatch, _host_match),
     "authenticated": (_NoParams, _authenticated),
     "anonymous": (_NoParams, _anonymous),
+    "tlsClientAuthenticated": (_NoParams, _tls_client_authenticated),
     "expression": (_Expression, _expression),
     "json-schema": (_JsonSchema, _json_schema),
 }
 
-NOT_YET = {
-    "tlsClientAuthenticated": "TLS client authentication is not supported yet",
-}
+NOT_YET: dict[str, str] = {}
 
 
 def register_condition(name: str, params: type, build: Callable[[Any, KeyPath], Condition]) -> None:

@@ -18,6 +18,7 @@ from .decision import Decision
 from .headers import header_value
 
 if TYPE_CHECKING:
+    from .client_certificates import ClientCertificate
     from .clients import ClientIdentification
     from .consumers import Authenticated
     from .pipeline import Step
@@ -40,6 +41,7 @@ class RequestContext:
         "_forward_callbacks",
         "_response_callbacks",
         "client",
+        "client_certificate",
         "decision",
         "flow",
         "hostname",
@@ -70,6 +72,8 @@ class RequestContext:
         self.hostname = hostname
         """The Host header's name, lower-cased, without the port."""
         self.client = client
+        self.client_certificate: ClientCertificate | None = None
+        """The certificate the client's TLS connection presented (https.options.requestCert)."""
         self.user: Mapping[str, Any] | None = None
         """The verified identity (JWT claims) once an authentication policy has accepted one."""
         self.routed = False

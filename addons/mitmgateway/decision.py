@@ -71,6 +71,8 @@ class Decision:
     path: _OriginField[str | None] = _OriginField("path", None)
     """The canonical target routing saw (None: the front door refused the request)."""
     client: _Field[str | None] = _Field("client", None)
+    client_certificate: _Field[dict[str, Any] | None] = _Field("clientCertificate", None)
+    """``{subject, verified}``: the certificate the client's TLS connection presented."""
     """The client's address (what a trusted proxy's X-Forwarded-For says, else the peer)."""
     traceparent: _Field[str | None] = _Field("traceparent", None)
     json_errors: _Field[bool] = _Field("jsonErrors", False)

@@ -105,6 +105,10 @@ REQUEST_MEMBERS: dict[str, Evaluator] = {
     "ip": lambda ctx: ctx.client_ip,
     "hostname": lambda ctx: ctx.hostname,
     "protocol": lambda ctx: "https" if ctx.flow.client_conn.tls else "http",
+    # Node's req.client: whether the TLS client certificate was verified, and its subject.
+    "client": lambda ctx: (
+        ctx.client_certificate.as_request_member() if ctx.client_certificate else {"authorized": False}
+    ),
 }
 """``req.NAME`` as expressions and templates see it (read-only; jscode assigns through
 `_Compiler.assignment`)."""

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from mitmproxy import certs
 from OpenSSL import SSL
 
+from .client_certificates import ClientAuth, parse_client_auth, read_cas
 from .config.errors import ConfigError, KeyPath
 from .config.schema import check_type, check_unknown_keys, require_mapping, tcp_port
 
@@ -48,8 +49,10 @@ class ServedCertificate:
     """The private key and the certificate chain, unencrypted: what mitmproxy's ``certs`` reads."""
     names: frozenset[str]
     """The names mitmproxy files it under: the tls key, and the certificate's CN and SANs."""
-    files: tuple[Path, Path]
-    """Where the key and the certificate were read from: renewing either reloads the config."""
+    files: tuple[Path, ...]
+    """Where the key, the certificate and the CAs were read from: renewing one reloads the config."""
+    cas: tuple[x509.Certificate, ...] = ()
+    """``ca``: those client certificates are verified against (with ``options.requestCert``)."""
 
     @property
     def mitmproxy_spec(self) -> str:
@@ -62,6 +65,8 @@ class HttpsListener:
     port: int
     hostname: str | None
     certificates: tuple[ServedCertificate, ...]
+    client_auth: ClientAuth | None = None
+    """``options.requestCert``: client certificates asked for and verified."""
 
     # Consulted on every handshake: worked out once (a frozen dataclass takes cached properties).
     @functools.cached_property
@@ -100,7 +105,7 @@ def _read(file_value: Any, path: KeyPath, config_dir: Path) -> tuple[Path, bytes
 
 def parse_certificate(name: str, raw: Any, path: KeyPath, config_dir: Path) -> ServedCertificate:
     raw = require_mapping(raw, path)
-    check_unknown_keys(raw, ("key", "cert"), path)
+    check_unknown_keys(raw, ("key", "cert", "ca"), path)
     for key in ("key", "cert"):
         if key not in raw:
             raise ConfigError(path.key(key), "is required: a PEM file (relative to the config file)")
@@ -134,12 +139,13 @@ def parse_certificate(name: str, raw: Any, path: KeyPath, config_dir: Path) -> S
     names = {name.lower(), *(str(n.value) for n in filed_as.altnames)}
     if filed_as.cn:
         names.add(filed_as.cn)
-    return ServedCertificate(name, pem, frozenset(names), (key_file, cert_file))
+    cas, ca_files = read_cas(raw["ca"], path.key("ca"), config_dir) if "ca" in raw else ((), ())
+    return ServedCertificate(name, pem, frozenset(names), (key_file, cert_file, *ca_files), cas)
 
 
 def parse_https(raw: Any, path: KeyPath, config_dir: Path) -> HttpsListener:
     raw = require_mapping(raw, path)
-    check_unknown_keys(raw, ("port", "hostname", "tls"), path)
+    check_unknown_keys(raw, ("port", "hostname", "tls", "options"), path)
     if "port" not in raw:
         raise ConfigError(path.key("port"), "is required: the port the gateway serves HTTPS on")
     port = tcp_port(raw["port"], path.key("port"))
@@ -156,7 +162,10 @@ def parse_https(raw: Any, path: KeyPath, config_dir: Path) -> HttpsListener:
                 tls_path.key(name), "must be a host name, a wildcard like *.example.com, or default"
             )
         certificates.append(parse_certificate(name, entry, tls_path.key(name), config_dir))
-    return HttpsListener(port, hostname, tuple(certificates))
+    # Node merges the ca of every entry into one trust: so does this.
+    cas = tuple(ca for c in certificates for ca in c.cas)
+    client_auth = parse_client_auth(raw.get("options"), cas, path.key("options"))
+    return HttpsListener(port, hostname, tuple(certificates), client_auth)
 
 
 def certs_order(certificates: tuple[ServedCertificate, ...]) -> list[ServedCertificate]:

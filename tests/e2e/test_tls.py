@@ -257,7 +257,7 @@ def test_https_alone_is_enough(tmp_path, pki):
         ("https: {port: 8080, tls: {}}\n", "https.tls: must name"),
         (
             "https: {port: 8443, ciphers: x, tls: {}}\n",
-            "https.ciphers: unknown key (accepted: port, hostname, tls)",
+            "https.ciphers: unknown key (accepted: port, hostname, tls, options)",
         ),
     ],
 )

@@ -155,7 +155,7 @@ def test_valid_config_builds_router_and_pipelines(tmp_path):
             ("- proxy: [{action:", "- proxy: [{condition: {name: sometimes}, action:"),
             "pipelines.main.policies[1].proxy[0].condition.name",
             "unknown condition 'sometimes' (known: always, never, allOf, oneOf, not, pathExact, pathMatch, "
-            "method, hostMatch, authenticated, anonymous, expression, json-schema)",
+            "method, hostMatch, authenticated, anonymous, tlsClientAuthenticated, expression, json-schema)",
         ),
         (
             ("- proxy: [{action:", "- proxy: [{condition: {name: not, condition: {name: method}}, action:"),

@@ -31,6 +31,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
+from ..client_certificates import ClientCertificates
 from ..context import Exchanges
 from ..observe.access_log import AccessLog
 from ..observe.metrics import GatewayMetrics
@@ -52,10 +53,11 @@ def gateway_addons() -> list[Any]:
     metrics = GatewayMetrics()
     access_log = AccessLog()
     exchanges: Exchanges = weakref.WeakKeyDictionary()
+    client_certificates: ClientCertificates = weakref.WeakKeyDictionary()
     upstreams = UpstreamConnections()
     config_service = ConfigService(current, metrics)
-    listeners = Listeners(current)
-    gate = RequestGate(current, exchanges, upstreams)
+    listeners = Listeners(current, client_certificates)
+    gate = RequestGate(current, exchanges, upstreams, client_certificates)
     observation = Observation(current, metrics, access_log)
     for follower in (listeners, gate, observation):
         current.follow(follower.apply)

@@ -16,6 +16,7 @@ from typing import Any
 from mitmproxy import connection, http
 
 from ..answers import BAD_REQUEST, FORBIDDEN, INTERNAL_ERROR, NOT_FOUND, make_answer
+from ..client_certificates import ClientCertificates
 from ..config.model import GatewayConfig, RequestLimits
 from ..context import Exchanges, RecordedIdentity, RequestContext
 from ..decision import Decision
@@ -76,10 +77,17 @@ _AwaitingBody = tuple[RequestContext, RequestLimits]
 
 
 class RequestGate:
-    def __init__(self, current: CurrentConfig, exchanges: Exchanges, upstreams: UpstreamConnections) -> None:
+    def __init__(
+        self,
+        current: CurrentConfig,
+        exchanges: Exchanges,
+        upstreams: UpstreamConnections,
+        client_certificates: ClientCertificates,
+    ) -> None:
         self.current = current
         self.exchanges = exchanges
         self.upstreams = upstreams
+        self.client_certificates = client_certificates
         self._error_answers = ProxyErrorAnswers()
         self._request_limit_guards = RequestLimitGuards(self._error_answers.render, self._refuse_over_limit)
         self._trailer_fields = TrailerFields(self._error_answers.render)
@@ -180,6 +188,9 @@ class RequestGate:
             refuse(flow, 404, NOT_FOUND, "no apiEndpoint")
             return None
         context = RequestContext(flow, route, hostname, client, decision, recorded_identity, unsent)
+        if (certificate := self.client_certificates.get(flow.client_conn)) is not None:
+            context.client_certificate = certificate
+            decision.client_certificate = certificate.as_json()
         if route.pipeline.identity_headers:
             remove_headers(request, route.pipeline.identity_headers)
         if route.pipeline.reads_body and request.raw_content is None:

@@ -7,10 +7,11 @@ import logging
 
 from mitmproxy import connection, ctx, exceptions, tls
 
+from ..client_certificates import ClientCertificates, ask_for_certificate, resumed
 from ..config.model import GatewayConfig, HttpListener
 from ..https import CertificateFiles, HttpsListener, refusing_connection
 from ..mitm.listener_lines import ListenerLines, reverse_mode
-from ..mitm.tlsconfig import make_server_connection
+from ..mitm.tlsconfig import make_client_connection, make_server_connection
 from ..upstreams.tls import system_ca_bundle
 from .config_service import CurrentConfig
 
@@ -27,8 +28,10 @@ def on_https_port(client: connection.Client, https: HttpsListener | None) -> boo
 
 
 class Listeners:
-    def __init__(self, current: CurrentConfig) -> None:
+    def __init__(self, current: CurrentConfig, client_certificates: ClientCertificates) -> None:
         self.current = current
+        self.client_certificates = client_certificates
+        """What each client connection's certificate was found to be (with https.options.requestCert)."""
         self._listener_lines = ListenerLines()
         self._certificate_files = CertificateFiles()
 
@@ -116,9 +119,18 @@ class Listeners:
         elif not https.serves(client.sni, client.sockname[0]):
             reason = f"https.tls has no certificate for {client.sni or 'a client without SNI'} and no default"
         else:
+            if https.client_auth is not None and make_client_connection(data):
+                assert data.ssl_conn is not None
+                ask_for_certificate(data.ssl_conn, client, https.client_auth, self.client_certificates)
             return
         logger.warning("TLS handshake from %s refused: %s", client.peername[0], reason)
         data.ssl_conn = refusing_connection()
+
+    def tls_established_client(self, data: tls.TlsData) -> None:
+        config = self.current.config
+        https = config.https if config is not None else None
+        if https is not None and https.client_auth is not None and data.ssl_conn is not None:
+            resumed(data.ssl_conn, data.context.client, https.client_auth, self.client_certificates)
 
     def tls_start_server(self, data: tls.TlsData) -> None:
         """An upstream with its own caFile: mitmproxy's TLS settings (SNI, name check, ALPN,

@@ -11,6 +11,16 @@ from __future__ import annotations
 from mitmproxy import ctx, tls
 
 
+def make_client_connection(data: tls.TlsData) -> bool:
+    """Let mitmproxy's TlsConfig make the client-side `data.ssl_conn` now (its certificate by SNI,
+    ALPN, versions); False if it is not loaded."""
+    tlsconfig = ctx.master.addons.get("tlsconfig")
+    if tlsconfig is None:
+        return False
+    tlsconfig.tls_start_client(data)
+    return True
+
+
 def make_server_connection(data: tls.TlsData) -> bool:
     """Let mitmproxy's TlsConfig make `data.ssl_conn` now; False if it is not loaded."""
     tlsconfig = ctx.master.addons.get("tlsconfig")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from mitmproxy import http
 
+from ..client_certificates import ClientCertificates
 from ..config.assemble import load_config
 from ..config.model import GatewayConfig
 from ..context import Exchanges, RequestContext
@@ -179,7 +180,9 @@ class OfflineGateway:
         current = CurrentConfig()
         current.config = self.config
         exchanges: Exchanges = weakref.WeakKeyDictionary()
-        self.gate = RequestGate(current, exchanges, UpstreamConnections())
+        # The recorded client certificates (a replay has no TLS handshake), by recorded connection.
+        self.client_certificates: ClientCertificates = weakref.WeakKeyDictionary()
+        self.gate = RequestGate(current, exchanges, UpstreamConnections(), self.client_certificates)
         self.response_side = ResponseSide(exchanges, AccessLog())
 
     async def decide(self, recorded: Recorded, messages: bool = True) -> tuple[http.HTTPFlow, Outcome]:
@@ -190,6 +193,8 @@ class OfflineGateway:
         if recorded.incomplete:
             return flow, Outcome(status=None, indeterminate=INCOMPLETE)
         identity = _RecordedIdentity(recorded) if recorded.removed_credentials else None
+        if (certificate := recorded.client_certificate) is not None:
+            self.client_certificates[flow.client_conn] = certificate
         shared_hits = self.state.shared_hits
         try:
             with ids_from(recorded.ids()):

@@ -22,6 +22,7 @@ from typing import Any
 from mitmproxy import connection, http
 from mitmproxy.proxy import mode_specs
 
+from ..client_certificates import ClientCertificate
 from ..decision import METADATA_KEY, Decision
 from ..hooks.recorder import CLIENT_REQUEST_KEY, STRIPPED_KEY, UPSTREAM_RESPONSE_KEY
 from ..ids import IdSource
@@ -142,6 +143,12 @@ class Recorded:
     @property
     def decision(self) -> Decision | None:
         return Decision(self.metadata.get(METADATA_KEY) or {}) if self.by_gateway else None
+
+    @property
+    def client_certificate(self) -> ClientCertificate | None:
+        """The certificate the recorded client presented, as the gateway found it."""
+        found = (self.decision or Decision()).client_certificate
+        return None if found is None else ClientCertificate.recorded(found["subject"], found["verified"])
 
     @property
     def removed_credentials(self) -> list[str]:

@@ -1,0 +1,167 @@
+"""Client certificates on the https listener: Express Gateway's ``https.options`` (``requestCert``,
+``rejectUnauthorized``) and each ``tls`` entry's ``ca`` files.
+
+With ``requestCert`` the handshake asks the client for a certificate and the gateway verifies it
+against those CAs (its own trust, not mitmproxy's: a CA removed from the config is no longer
+trusted on the next connection). With ``rejectUnauthorized`` (Node's default, hence Express
+Gateway's) a client without a certificate so verified fails the handshake; without it the
+connection goes on and the ``tlsClientAuthenticated`` condition tells the two apart. What was found
+is kept per client connection (`ClientCertificates`) for the gate, which puts it in the decision
+and before expressions (``req.client.authorized``, ``req.client.subject.CN``).
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from mitmproxy import connection
+from OpenSSL import SSL, crypto
+
+from .config.errors import ConfigError, KeyPath
+from .config.schema import check_type, check_unknown_keys, require_list, require_mapping
+
+
+@dataclass(frozen=True)
+class ClientAuth:
+    require: bool
+    """``rejectUnauthorized``: no verified certificate, no connection."""
+    cas: tuple[x509.Certificate, ...]
+
+    @functools.cached_property
+    def _store(self) -> crypto.X509Store:
+        store = crypto.X509Store()
+        for ca in self.cas:
+            store.add_cert(crypto.X509.from_cryptography(ca))
+        # A configured intermediate is trusted as such, without its root.
+        store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
+        return store
+
+    def verifies(self, certificate: crypto.X509) -> bool:
+        """Issued by a configured CA, valid now, and not restricted to other uses than a client's
+        (an extended key usage without clientAuth, such as a server's certificate)."""
+        try:
+            crypto.X509StoreContext(self._store, certificate).verify_certificate()
+        except crypto.X509StoreContextError:
+            return False
+        try:
+            usages = certificate.to_cryptography().extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+        except x509.ExtensionNotFound:
+            return True
+        return ExtendedKeyUsageOID.CLIENT_AUTH in usages.value
+
+
+@dataclass(frozen=True)
+class ClientCertificate:
+    subject: str
+    """RFC 4514: ``CN=device-7,O=Acme``."""
+    fields: Mapping[str, str]
+    """The subject's attributes by their short names (``CN``, ``O``, ``OU``...)."""
+    verified: bool
+
+    @classmethod
+    def of(cls, certificate: crypto.X509, verified: bool) -> ClientCertificate:
+        name = certificate.to_cryptography().subject
+        return cls(name.rfc4514_string(), _fields(name), verified)
+
+    @classmethod
+    def recorded(cls, subject: str, verified: bool) -> ClientCertificate:
+        """As a decision recorded it (``{subject, verified}``), for a replay."""
+        return cls(subject, _fields(x509.Name.from_rfc4514_string(subject)), verified)
+
+    def as_request_member(self) -> dict[str, Any]:
+        """``req.client`` as expressions see it (Node's names: authorized, subject)."""
+        return {"authorized": self.verified, "subject": dict(self.fields)}
+
+    def as_json(self) -> dict[str, Any]:
+        return {"subject": self.subject, "verified": self.verified}
+
+
+def _fields(name: x509.Name) -> dict[str, str]:
+    """A name's attributes by short name; the first of a repeated one (a second OU, say)."""
+    fields: dict[str, str] = {}
+    for attribute in name:
+        fields.setdefault(attribute.rfc4514_attribute_name, str(attribute.value))
+    return fields
+
+
+ClientCertificates = weakref.WeakKeyDictionary[connection.Client, ClientCertificate]
+"""What each client connection presented, and whether it was verified."""
+
+
+def ask_for_certificate(
+    ssl_conn: SSL.Connection, client: connection.Client, auth: ClientAuth, found: ClientCertificates
+) -> None:
+    """Make the handshake of `ssl_conn` ask for a client certificate and judge it."""
+
+    def judge(conn: SSL.Connection, certificate: crypto.X509, error: int, depth: int, ok: int) -> bool:
+        if depth != 0:
+            return True  # the chain is judged from its leaf, against the configured CAs only
+        verified = auth.verifies(certificate)
+        found[client] = ClientCertificate.of(certificate, verified)
+        return verified or not auth.require
+
+    mode = SSL.VERIFY_PEER | (SSL.VERIFY_FAIL_IF_NO_PEER_CERT if auth.require else 0)
+    ssl_conn.set_verify(mode, judge)
+
+
+def resumed(
+    ssl_conn: SSL.Connection, client: connection.Client, auth: ClientAuth, found: ClientCertificates
+) -> None:
+    """After the handshake: a resumed session skips verification, but holds the certificate it
+    was verified with; judged again here."""
+    if client in found:
+        return
+    certificate = ssl_conn.get_peer_certificate()
+    if certificate is not None:
+        found[client] = ClientCertificate.of(certificate, auth.verifies(certificate))
+
+
+def _files(value: Any, path: KeyPath) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    items = require_list(value, path)
+    return [check_type(str, item, path.index(i)) for i, item in enumerate(items)]
+
+
+def read_cas(
+    value: Any, path: KeyPath, config_dir: Path
+) -> tuple[tuple[x509.Certificate, ...], tuple[Path, ...]]:
+    """A tls entry's ``ca``: PEM files (a path or a list), each with one or more certificates."""
+    cas, files = [], []
+    for i, name in enumerate(_files(value, path)):
+        where = path.index(i) if not isinstance(value, str) else path
+        file = config_dir / name
+        try:
+            cas.extend(x509.load_pem_x509_certificates(file.read_bytes()))
+        except OSError as e:
+            raise ConfigError(where, f"cannot read {file}: {e.strerror or e}") from None
+        except ValueError as e:
+            raise ConfigError(where, f"{file} holds no PEM certificate ({e})") from None
+        files.append(file)
+    return tuple(cas), tuple(files)
+
+
+def parse_client_auth(options: Any, cas: tuple[x509.Certificate, ...], path: KeyPath) -> ClientAuth | None:
+    """``https.options`` with the tls entries' CAs: None unless ``requestCert``."""
+    if options is None:
+        return None
+    options = require_mapping(options, path)
+    check_unknown_keys(options, ("requestCert", "rejectUnauthorized"), path)
+    request = check_type(bool, options.get("requestCert", False), path.key("requestCert"))
+    # Node's default, and so Express Gateway's: a certificate asked for is required.
+    require = check_type(bool, options.get("rejectUnauthorized", True), path.key("rejectUnauthorized"))
+    if not request:
+        return None
+    if not cas:
+        raise ConfigError(
+            path.key("requestCert"),
+            "needs a tls entry's ca (PEM files of the CAs client certificates are verified against)",
+        )
+    return ClientAuth(require, cas)
