@@ -25,7 +25,7 @@ def decoded(message: http.Message, limit: int) -> bytes | None:
     raw = message.raw_content or b""
     encoding = (header_value(message, b"content-encoding") or "").strip().lower()
     if encoding in ("", "identity"):
-        return raw
+        return raw if len(raw) <= limit else None
     if encoding not in ("gzip", "x-gzip", "deflate"):
         return None
     # wbits 47: a gzip or zlib header, whichever it has; deflate is also sent raw (no header).

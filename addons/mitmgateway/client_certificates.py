@@ -13,13 +13,15 @@ and before expressions (``req.client.authorized``, ``req.client.subject.CN``).
 from __future__ import annotations
 
 import functools
+import hashlib
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from mitmproxy import connection
 from OpenSSL import SSL, crypto
@@ -43,11 +45,22 @@ class ClientAuth:
         store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
         return store
 
-    def verifies(self, certificate: crypto.X509) -> bool:
-        """Issued by a configured CA, valid now, and not restricted to other uses than a client's
-        (an extended key usage without clientAuth, such as a server's certificate)."""
+    @functools.cached_property
+    def session_context(self) -> bytes:
+        """What a TLS session must have been made under to be resumed: these CAs, this mode.
+        (OpenSSL refuses to resume a session on a connection that verifies its client without
+        one: the client's second connection would fail.)"""
+        digest = hashlib.sha256(b"require" if self.require else b"request")
+        for ca in self.cas:
+            digest.update(ca.fingerprint(hashes.SHA256()))
+        return digest.digest()  # 32 bytes: OpenSSL's most
+
+    def verifies(self, certificate: crypto.X509, chain: Sequence[crypto.X509] = ()) -> bool:
+        """Issued by a configured CA (through the intermediates the client sent in `chain`), valid
+        now, and not restricted to other uses than a client's (an extended key usage without
+        clientAuth, such as a server's certificate)."""
         try:
-            crypto.X509StoreContext(self._store, certificate).verify_certificate()
+            crypto.X509StoreContext(self._store, certificate, list(chain) or None).verify_certificate()
         except crypto.X509StoreContextError:
             return False
         try:
@@ -100,27 +113,35 @@ def ask_for_certificate(
 ) -> None:
     """Make the handshake of `ssl_conn` ask for a client certificate and judge it."""
 
+    sent: list[crypto.X509] = []
+
     def judge(conn: SSL.Connection, certificate: crypto.X509, error: int, depth: int, ok: int) -> bool:
         if depth != 0:
+            sent.append(certificate)  # (OpenSSL calls from the top of the chain down to its leaf)
             return True  # the chain is judged from its leaf, against the configured CAs only
-        verified = auth.verifies(certificate)
+        verified = auth.verifies(certificate, sent)
         found[client] = ClientCertificate.of(certificate, verified)
         return verified or not auth.require
 
     mode = SSL.VERIFY_PEER | (SSL.VERIFY_FAIL_IF_NO_PEER_CERT if auth.require else 0)
     ssl_conn.set_verify(mode, judge)
+    # On mitmproxy's context (shared by connections with the same certificate): harmless to the
+    # others, which then resume sessions too.
+    ssl_conn.get_context().set_session_id(auth.session_context)
 
 
 def resumed(
     ssl_conn: SSL.Connection, client: connection.Client, auth: ClientAuth, found: ClientCertificates
 ) -> None:
-    """After the handshake: a resumed session skips verification, but holds the certificate it
-    was verified with; judged again here."""
+    """After the handshake: a resumed session skips verification, but holds its certificate. Its
+    session context says it was made under these CAs and this mode: required, it was verified
+    then; asked for only, its leaf is judged again (without the intermediates, which a resumed
+    session does not keep: one issued below an intermediate not in ``ca`` counts as unverified)."""
     if client in found:
         return
     certificate = ssl_conn.get_peer_certificate()
     if certificate is not None:
-        found[client] = ClientCertificate.of(certificate, auth.verifies(certificate))
+        found[client] = ClientCertificate.of(certificate, auth.require or auth.verifies(certificate))
 
 
 def _files(value: Any, path: KeyPath) -> list[str]:

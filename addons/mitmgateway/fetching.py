@@ -14,7 +14,8 @@ def fetch(request: urllib.request.Request, timeout: float, max_bytes: int) -> tu
     deadline = time.monotonic() + timeout
     with urllib.request.urlopen(request, timeout=timeout) as response:
         body = b""
-        while chunk := response.read(65536):
+        # read1: what has arrived, so that a server sending a byte at a time meets the deadline.
+        while chunk := response.read1(65536):
             body += chunk
             if len(body) > max_bytes:
                 raise ValueError(f"its answer is larger than {max_bytes >> 10} KiB")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 
 import pytest
 
@@ -150,3 +151,30 @@ def test_a_condition_holding_json_schema_reads_the_body():
         ({"name": "pathExact", "path": "/"}, False),
     ]:
         assert reads_body(parse_condition(condition, KeyPath("condition"))) is expected
+
+
+def test_unique_items_is_one_pass_and_keeps_json_equality():
+    unique = {"name": "json-schema", "schema": {"type": "array", "uniqueItems": True}}
+    many = json.dumps([{"a": i} for i in range(3000)]).encode()  # jsonschema's own check took 10 s
+    assert evaluate(unique, **with_body(many)) is True
+    assert evaluate(unique, **with_body(b'[{"a": 1, "b": 2}, {"b": 2, "a": 1.0}]')) is False
+    assert evaluate(unique, **with_body(b"[1, true]")) is True, "true is not 1 in JSON"
+
+
+def test_refs_resolve_within_the_schema_and_none_is_ever_fetched():
+    local = {"$defs": {"sku": {"type": "string"}}, "properties": {"sku": {"$ref": "#/$defs/sku"}}}
+    condition = {"name": "json-schema", "schema": local}
+    assert evaluate(condition, **with_body(b'{"sku": "a"}')) is True
+    assert evaluate(condition, **with_body(b'{"sku": 1}')) is False
+    for ref in ("#/$defs/missing", "https://schemas.example/sku.json", "file:///etc/passwd"):
+        schema = {"properties": {"sku": {"$ref": ref}}}
+        with pytest.raises(
+            ConfigError, match=r"names nothing within the schema \(a \$ref is never fetched\)"
+        ):
+            parse_condition({"name": "json-schema", "schema": schema}, KeyPath("condition"))
+
+
+def test_a_body_over_100_kib_does_not_validate():
+    condition = {"name": "json-schema", "schema": {"type": "array"}}
+    assert evaluate(condition, **with_body(json.dumps([0] * 30_000).encode())) is True  # 90 KB
+    assert evaluate(condition, **with_body(json.dumps([0] * 40_000).encode())) is False  # 120 KB

@@ -263,3 +263,30 @@ def test_what_the_process_holds_when_it_starts_serving_is_frozen_out_of_full_col
         assert left_behind() is None
     finally:
         gc.unfreeze()
+
+
+def test_a_request_held_for_its_body_is_judged_once_it_arrives_and_forgotten_if_it_never_does(tmp_path):
+    steps = (
+        "      - terminate:\n"
+        "          - condition: {name: not, condition: {name: json-schema, schema: {type: object}}}\n"
+        "            action: {statusCode: 422}\n"
+        "      - proxy: [{action: {serviceEndpoint: backend}}]\n"
+    )
+    with running_gateway(write(tmp_path, "terminate, proxy", steps)) as gateway:
+
+        async def arrive(body: bytes | None) -> http.HTTPFlow:
+            flow = make_flow(method="POST", headers={"Content-Type": "application/json"})
+            flow.request.data.content = None  # headers only, as at requestheaders
+            assert gateway.requestheaders(flow) is None
+            assert flow.response is None and gateway.gate.holds_for_body(flow), "not judged yet"
+            if body is None:
+                gateway.gate.error(flow)  # the client went before its body came
+            else:
+                flow.request.data.content = body
+                assert gateway.gate.request(flow) is None
+            assert not gateway.gate.holds_for_body(flow)
+            return flow
+
+        valid, invalid, _ = [asyncio.run(arrive(body)) for body in (b"{}", b"[]", None)]
+        assert valid.response is None and valid.request.host == "127.0.0.1", "valid: forwarded"
+        assert invalid.response is not None and invalid.response.status_code == 422

@@ -137,7 +137,17 @@ class RequestGate:
 
     def _refuse_over_limit(self, flow: http.HTTPFlow, status: int, message: str) -> None:
         """Answer a request over `limits` (its head here, or its body as it comes) and close."""
+        self._awaiting_body.pop(flow, None)
         refuse(flow, status, message, LIMITS, closing=True, routed=True)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        # A request held for its body that never came whole (the client went, the stream was
+        # reset): its context holds the flow, so the weak mapping alone would keep both.
+        self._awaiting_body.pop(flow, None)
+
+    def holds_for_body(self, flow: http.HTTPFlow) -> bool:
+        """Whether `flow`'s pipeline waits for its body (see `judge`)."""
+        return flow in self._awaiting_body
 
     def fail_closed(self, flow: http.HTTPFlow) -> None:
         # A request the gateway could not judge never reaches an upstream.

@@ -118,11 +118,14 @@ class Listeners:
             reason = "TLS on the plain http port"
         elif not https.serves(client.sni, client.sockname[0]):
             reason = f"https.tls has no certificate for {client.sni or 'a client without SNI'} and no default"
-        else:
-            if https.client_auth is not None and make_client_connection(data):
-                assert data.ssl_conn is not None
-                ask_for_certificate(data.ssl_conn, client, https.client_auth, self.client_certificates)
+        elif https.client_auth is None:
             return
+        elif make_client_connection(data):
+            assert data.ssl_conn is not None
+            ask_for_certificate(data.ssl_conn, client, https.client_auth, self.client_certificates)
+            return
+        else:
+            reason = "client certificates are asked for, and mitmproxy's TLS settings are not loaded"
         logger.warning("TLS handshake from %s refused: %s", client.peername[0], reason)
         data.ssl_conn = refusing_connection()
 

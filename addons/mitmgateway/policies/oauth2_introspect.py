@@ -14,7 +14,7 @@ bad), or the request goes on anonymously with ``passThrough``. Answers are remem
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,9 +73,10 @@ class OAuth2IntrospectPolicy(Policy):
         )
 
     def handle(self, ctx: RequestContext) -> Coroutine[Any, Any, None] | None:
-        token = scheme_credential(ctx.header_credential("authorization") or "", "bearer")
-        if token is None:
-            token = ctx.query_credential(QUERY_PARAMETER)
+        # Both read, so that a token in the query is kept out of logs and recordings whichever
+        # is used.
+        in_query = ctx.query_credential(QUERY_PARAMETER)
+        token = scheme_credential(ctx.header_credential("authorization") or "", "bearer") or in_query
         if not token:
             self._refuse(ctx, "missing")
             return None
@@ -109,6 +110,10 @@ class OAuth2IntrospectPolicy(Policy):
         if required and not answer.scopes.issuperset(required):
             ctx.decision.missing_scopes = sorted(set(required) - answer.scopes)
             ctx.answer(make_answer(ctx.flow.request, 403, FORBIDDEN))
+
+    def accept_recorded(self, ctx: RequestContext, user: Mapping[str, Any], consumer: str | None) -> None:
+        # The recorded answer, judged as a fresh one would be (its scope, not a consumer's).
+        self._judge(ctx, Introspection(True, dict(user)))
 
     def _refuse(self, ctx: RequestContext, reason: str) -> None:
         ctx.decision.auth_failure = reason

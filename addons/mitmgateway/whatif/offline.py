@@ -224,6 +224,8 @@ class OfflineGateway:
             pending = self.gate.judge(flow, self.config, identity, unsent)
             if pending is not None:
                 await pending
+            if self.gate.holds_for_body(flow):  # (a recorded body is there, unless it streamed)
+                raise Indeterminate("a step reads the body, which streamed through and was not recorded")
         except Indeterminate:
             raise
         except Exception:
