@@ -15,6 +15,9 @@ from mitmproxy import http
 
 from .headers import header_value
 
+STREAM_BODIES_OVER = 1 << 20
+"""Bodies larger than this pass through as they come, never held whole (unless a step needs them)."""
+
 NOT_PARSED = object()
 """A body that is neither JSON nor a form (or could not be decoded within its bound)."""
 

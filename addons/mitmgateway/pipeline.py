@@ -8,7 +8,6 @@ from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .conditions import reads_body
 from .context import RequestContext
 
 if TYPE_CHECKING:
@@ -24,6 +23,8 @@ class Step:
     reporting: bool = False
     """``mode: report``: an answer the step gives is recorded in the decision, not sent, and the
     pipeline goes on (to try a rule on live traffic before enforcing it)."""
+    reads_body: bool = False
+    """Its condition reads the request body (conditions.reads_body)."""
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class Pipeline:
     def reads_body(self) -> bool:
         """Whether a step's condition reads the request body: the pipeline then runs once the
         body has arrived (held in memory, up to ``limits.maxBufferedBodyBytes``)."""
-        return any(step.condition is not None and reads_body(step.condition) for step in self.steps)
+        return any(step.reads_body for step in self.steps)
 
     @functools.cached_property
     def identity_headers(self) -> frozenset[bytes]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ..bodies import STREAM_BODIES_OVER
 from ..clients import ClientResolver
 from ..consumers import Consumers
 from ..https import HttpsListener
@@ -19,8 +20,6 @@ from ..routing import Router
 from ..upstreams.endpoints import ServiceEndpoint
 from ..upstreams.tls import UpstreamTrust
 from .schema import byte_size, non_negative, option, tcp_port
-
-STREAM_BODIES_OVER = 1 << 20
 
 
 @dataclass(frozen=True)

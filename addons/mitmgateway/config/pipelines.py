@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from ..conditions import parse_condition
+from ..conditions import parse_condition, reads_body
 from ..consumers import Consumers
 from ..pipeline import Pipeline, Step
 from ..policies import POLICIES, BuildContext, StepState
@@ -140,4 +140,10 @@ class PipelineBuilder:
             self.used_state,
             reporting=mode == "report",
         )
-        return Step(policy_name, condition, policy_cls(action, build), reporting=build.reporting)
+        return Step(
+            policy_name,
+            condition,
+            policy_cls(action, build),
+            reporting=build.reporting,
+            reads_body=condition is not None and reads_body(condition),
+        )

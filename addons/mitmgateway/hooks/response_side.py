@@ -12,7 +12,7 @@ import logging
 from mitmproxy import http
 
 from ..answers import BAD_GATEWAY, closing_answer_to
-from ..config.model import STREAM_BODIES_OVER
+from ..bodies import STREAM_BODIES_OVER
 from ..context import Exchanges
 from ..decision import Decision
 from ..headers import declared_length

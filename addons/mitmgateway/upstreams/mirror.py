@@ -29,9 +29,8 @@ from typing import Any
 
 from mitmproxy import http
 
-from ..bodies import NOT_PARSED, decoded, parse_json
+from ..bodies import NOT_PARSED, STREAM_BODIES_OVER, decoded, parse_json
 from ..config.errors import ConfigError, KeyPath
-from ..config.model import STREAM_BODIES_OVER
 from ..config.schema import (
     byte_size,
     check_type,
