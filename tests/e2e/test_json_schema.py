@@ -5,6 +5,7 @@ the step it guards, one that does goes on intact; a pipeline without it streams 
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 
@@ -80,9 +81,17 @@ def test_a_chunked_body_is_held_until_it_has_all_arrived_and_one_too_large_is_re
     reply = exchange(gateway.port, head + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + framed)
     assert reply.data.startswith(b"HTTP/1.1 200"), reply.data[:200]
     assert b'"bodyLength": 29' in reply.data
-    # Over maxBufferedBodyBytes: never held whole, refused.
+    # Over maxBufferedBodyBytes: never held whole, refused; by its declared length, before a
+    # client that waits for 100 Continue sends it.
     big = b'{"sku": "' + b"x" * (70 << 10) + b'", "quantity": 1}'
     assert gateway.send("/orders", method="POST", headers=JSON, body=big).status == 413
+    head = b"POST /orders HTTP/1.1\r\nHost: shop.local\r\nContent-Type: application/json\r\n"
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=1) as conn:
+        conn.sendall(head + b"Content-Length: 80000\r\nExpect: 100-continue\r\n\r\n")
+        with pytest.raises(TimeoutError):
+            conn.recv(4096)  # never invited: the answer is already 413
+        conn.sendall(b"x" * 80000)  # (as a client does once it stops waiting)
+        assert conn.recv(4096).startswith(b"HTTP/1.1 413 ")
     # A pipeline without a body condition streams a larger body through, as before.
     upload = bytes(range(256)) * (8 << 10)  # 2 MiB
     reply = gateway.send("/upload", method="POST", body=upload)

@@ -26,7 +26,7 @@ from ..mitm.error_pages import ProxyErrorAnswers
 from ..mitm.http1_limits import RequestLimitGuards
 from ..mitm.trailers import TrailerFields
 from ..observe.tracing import ensure_traceparent
-from ..request_limits import refusal
+from ..request_limits import BODY_TOO_LARGE, refusal
 from ..routing import hostname_of
 from .config_service import CurrentConfig
 from .decide import decide, refuse
@@ -205,7 +205,12 @@ class RequestGate:
             remove_headers(request, route.pipeline.identity_headers)
         if route.pipeline.reads_body and request.raw_content is None:
             # A condition reads the body: the pipeline runs once it has all arrived (held, not
-            # streamed: within limits.maxBufferedBodyBytes, else 413).
+            # streamed: within limits.maxBufferedBodyBytes, else 413; at once when its declared
+            # length says so, before a client that expects 100-continue sends it).
+            held = config.limits.held_body_bytes
+            if held and (declared_length(request) or 0) > held:
+                self._refuse_over_limit(flow, 413, BODY_TOO_LARGE)
+                return None
             self._awaiting_body[flow] = context, config.limits
             return None
         answered_by = route.pipeline.run(context)
