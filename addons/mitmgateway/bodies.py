@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -20,6 +21,37 @@ STREAM_BODIES_OVER = 1 << 20
 
 NOT_PARSED = object()
 """A body that is neither JSON nor a form (or could not be decoded within its bound)."""
+
+
+class BoundedCopy:
+    """A message's `stream` callable that passes each chunk on (through `inner`, if any) and keeps
+    a copy of the body while it is at most `limit` bytes: what a mirror compares of an answer that
+    streamed through, never held."""
+
+    __slots__ = ("complete", "inner", "limit", "parts", "size")
+
+    def __init__(self, limit: int, inner: Callable[[bytes], bytes] | None) -> None:
+        self.limit = limit
+        self.inner = inner
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.complete = False
+
+    def __call__(self, chunk: bytes) -> bytes:
+        if not chunk:
+            self.complete = True  # (mitmproxy's call at the body's end)
+        elif self.size <= self.limit:
+            self.size += len(chunk)
+            if self.size <= self.limit:
+                self.parts.append(chunk)
+            else:
+                self.parts.clear()
+        return chunk if self.inner is None else self.inner(chunk)
+
+    @property
+    def body(self) -> bytes | None:
+        """The whole body, once it has passed, if it was at most `limit` bytes."""
+        return b"".join(self.parts) if self.complete and self.size <= self.limit else None
 
 
 def decoded(message: http.Message, limit: int) -> bytes | None:

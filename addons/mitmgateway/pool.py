@@ -142,7 +142,10 @@ class WorkerPool:
     def _wait_all(self) -> int:
         worst = 0
         for process in self.processes:
-            worst = max(worst, _exit_status(process.wait()))
+            code = process.wait()
+            if code == -signal.SIGTERM and process.pid in self.signalled:
+                code = 0  # stopped as asked, while still starting (before its own handler was set)
+            worst = max(worst, _exit_status(code))
         return worst
 
 

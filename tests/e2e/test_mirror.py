@@ -307,3 +307,76 @@ pipelines:
     assert all(
         mirrored(admin_port, "held", result) == 0 for result in ("match", "mismatch", "error", "skipped")
     )
+
+
+class ChunkedUpstream:
+    """An upstream whose answers stream (chunked, no Content-Length): `{"service": NAME, "path": ...}`."""
+
+    def __init__(self, name: str) -> None:
+        service = name
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                body = json.dumps({"service": service, "path": self.path}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for part in (body[:10], body[10:]):
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                self.wfile.write(b"0\r\n\r\n")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_answer_that_streams_is_compared_from_a_bounded_copy(start_gateway, request):
+    admin_port = free_port()
+    primary, same, other = (
+        ChunkedUpstream("orders"),
+        ChunkedUpstream("orders"),
+        ChunkedUpstream("orders-next"),
+    )
+    for started in (primary, same, other):
+        request.addfinalizer(started.stop)
+    config = f"""\
+http: {{port: {{port}}}}
+admin: {{port: {admin_port}}}
+apiEndpoints:
+  same: {{host: {HOST}, paths: ['/same/*']}}
+  other: {{host: {HOST}, paths: ['/other/*']}}
+serviceEndpoints:
+  primary: {{url: '{primary.url}'}}
+  same: {{url: '{same.url}'}}
+  other: {{url: '{other.url}'}}
+policies: [proxy]
+pipelines:
+  same:
+    apiEndpoints: [same]
+    policies: [{{proxy: [{{action: {{serviceEndpoint: primary, mirror: {{serviceEndpoint: same}}}}}}]}}]
+  other:
+    apiEndpoints: [other]
+    policies: [{{proxy: [{{action: {{serviceEndpoint: primary, mirror: {{serviceEndpoint: other}}}}}}]}}]
+"""
+    gateway = start_gateway(config)
+    assert wait_until(lambda: admin_get(admin_port, "/ready")[0] == 200, timeout=20)
+    for kind in ("same", "other"):
+        reply = gateway.send(f"/{kind}/1", host=HOST)
+        assert reply.status == 200 and json.loads(reply.body)["service"] == "orders"
+    assert wait_until(lambda: mirrored(admin_port, "same", "match") == 1)
+    assert wait_until(lambda: mirrored(admin_port, "other", "mismatch") == 1)
+    assert mirrored(admin_port, "same", "skipped") == mirrored(admin_port, "other", "skipped") == 0

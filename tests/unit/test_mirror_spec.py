@@ -11,6 +11,7 @@ import pytest
 from mitmproxy import http
 
 from gateway_unit import gateway_for, make_flow
+from mitmgateway.bodies import BoundedCopy
 from mitmgateway.config.assemble import load_config
 from mitmgateway.config.errors import ROOT, ConfigError
 from mitmgateway.policies import StepState
@@ -202,3 +203,18 @@ def test_only_the_percent_sampled_get_a_copy():
     assert all(spec().sampled() for _ in range(100))
     assert not any(spec(percent=0).sampled() for _ in range(100))
     assert 300 < sum(spec(percent=50).sampled() for _ in range(1000)) < 700
+
+
+def test_a_bounded_copy_passes_every_chunk_on_and_keeps_only_a_body_within_its_limit():
+    counted: list[bytes] = []
+    copy = BoundedCopy(5, lambda chunk: counted.append(chunk) or chunk)
+    assert [copy(c) for c in (b"ab", b"cd", b"")] == [b"ab", b"cd", b""]
+    assert (copy.body, counted) == (b"abcd", [b"ab", b"cd", b""])
+    over = BoundedCopy(5, None)
+    assert [over(c) for c in (b"abc", b"def")] == [b"abc", b"def"]
+    assert over.body is None and over.parts == [], "past the limit: nothing held"
+    over(b"")
+    assert over.body is None
+    unfinished = BoundedCopy(5, None)
+    unfinished(b"ab")
+    assert unfinished.body is None, "not before the body's end"

@@ -33,6 +33,7 @@ from typing import NamedTuple
 
 from mitmproxy import connection, ctx, hooks, http
 
+from ..bodies import BoundedCopy
 from ..context import Exchanges
 from ..decision import METADATA_KEY, Decision
 from ..observe.access_log import redacted
@@ -133,15 +134,23 @@ class _Exchange:
                 conn.sock.shutdown(socket.SHUT_RDWR)
 
 
+def _answer_body(response: http.Response | None) -> bytes | None:
+    """The primary's answer body: as held, or the copy kept while it streamed through."""
+    if response is None:
+        return None
+    if isinstance(response.stream, BoundedCopy):
+        return response.stream.body
+    return None if response.stream else response.raw_content
+
+
 def _why_not_sent(flow: http.HTTPFlow, limit: int) -> str | None:
-    request, response = flow.request, flow.response
+    request = flow.request
     if request.stream or request.raw_content is None:
         return "request body streamed"
     if len(request.raw_content) > limit:
         return "request body over maxBodyBytes"
-    if response is None or response.stream or response.raw_content is None:
-        return "answer streamed"
-    if len(response.raw_content) > limit:
+    body = _answer_body(flow.response)
+    if body is None or len(body) > limit:  # (a copy of a streamed one is dropped past the limit)
         return "answer body over maxBodyBytes"
     return None
 
@@ -193,7 +202,7 @@ class Mirrors:
             primary.status,
             b"",
             primary.headers,
-            answer.raw_content,
+            _answer_body(answer),
             None,
             answer.timestamp_start,
             answer.timestamp_end,

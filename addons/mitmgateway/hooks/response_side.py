@@ -12,7 +12,7 @@ import logging
 from mitmproxy import http
 
 from ..answers import BAD_GATEWAY, closing_answer_to
-from ..bodies import STREAM_BODIES_OVER
+from ..bodies import STREAM_BODIES_OVER, BoundedCopy
 from ..context import Exchanges
 from ..decision import Decision
 from ..headers import declared_length
@@ -69,8 +69,13 @@ class ResponseSide:
         if not context.wants_body:
             del self.exchanges[flow]
             if flow.response is not None and _response_streams(flow.response):
-                # A streamed body is never kept: the access log counts its bytes as they pass.
-                flow.response.stream = StreamedBytes(context.decision) if self.access_log.enabled else True
+                # A streamed body is never kept: the access log counts its bytes as they pass,
+                # and a mirror keeps a copy of at most maxBodyBytes to compare.
+                counted = StreamedBytes(context.decision) if self.access_log.enabled else None
+                if context.mirror is not None:
+                    flow.response.stream = BoundedCopy(context.mirror.spec.action.max_body_bytes, counted)
+                else:
+                    flow.response.stream = counted or True
         if flow.response is not None:
             context.responded(flow.response)
 
