@@ -27,8 +27,25 @@ SAME = ["$.headers.Host", "$.served"]
 many requests each has served."""
 
 
+class LocalServer:
+    """An HTTP server in this process on 127.0.0.1, answering with `handler`'s class."""
+
+    def serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 @dataclass
-class HeldUpstream:
+class HeldUpstream(LocalServer):
     """An upstream in this process that holds every request until `release` (a mirror as slow as
     a test wants), keeping what it was sent."""
 
@@ -57,18 +74,11 @@ class HeldUpstream:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.serve(Handler)
 
     def stop(self) -> None:
         self.released.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().stop()
 
 
 @pytest.fixture
@@ -309,7 +319,7 @@ pipelines:
     )
 
 
-class ChunkedUpstream:
+class ChunkedUpstream(LocalServer):
     """An upstream whose answers stream (chunked, no Content-Length): `{"service": NAME, "path": ...}`."""
 
     def __init__(self, name: str) -> None:
@@ -331,17 +341,7 @@ class ChunkedUpstream:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)
 
 
 def test_an_answer_that_streams_is_compared_from_a_bounded_copy(start_gateway, request):
