@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from mitmproxy import connection, http
@@ -91,9 +91,9 @@ class RequestGate:
         self._error_answers = ProxyErrorAnswers()
         self._request_limit_guards = RequestLimitGuards(self._error_answers.render, self._refuse_over_limit)
         self._trailer_fields = TrailerFields(self._error_answers.render)
-        self._awaiting_body: weakref.WeakKeyDictionary[
-            http.HTTPFlow, tuple[RequestContext, RequestLimits]
-        ] = weakref.WeakKeyDictionary()
+        self._awaiting_body: weakref.WeakKeyDictionary[http.HTTPFlow, _AwaitingBody] = (
+            weakref.WeakKeyDictionary()
+        )
         """Requests whose pipeline reads the body: routed, their pipeline to run in `request`."""
 
     def load(self, loader) -> None:
@@ -213,31 +213,36 @@ class RequestGate:
                 return None
             self._awaiting_body[flow] = context, config.limits
             return None
-        answered_by = route.pipeline.run(context)
+        return self._run_pipeline(context, config.limits)
+
+    def _run_pipeline(
+        self, context: RequestContext, limits: RequestLimits
+    ) -> Coroutine[Any, Any, None] | None:
+        """Run the route's pipeline and conclude; the coroutine that does, if a step waits."""
+        answered_by = context.route.pipeline.run(context)
         if answered_by is not None and not isinstance(answered_by, str):
-            return self._conclude_when_run(context, answered_by, config.limits)
-        self._conclude(context, answered_by, config.limits)
+            return self._conclude_when_run(context, answered_by, limits)
+        self._conclude(context, answered_by, limits)
         return None
 
     async def _conclude_when_run(
-        self,
-        context: RequestContext,
-        running: Coroutine[Any, Any, str | None],
-        limits: RequestLimits,
-        body_held: bool = False,
+        self, context: RequestContext, running: Coroutine[Any, Any, str | None], limits: RequestLimits
     ) -> None:
-        self._conclude(context, await running, limits, body_held)
+        self._conclude(context, await running, limits)
 
-    async def _finish_later(self, flow: http.HTTPFlow, pending: Coroutine[Any, Any, None]) -> None:
+    async def _finish_later(
+        self,
+        flow: http.HTTPFlow,
+        pending: Coroutine[Any, Any, None],
+        then: Callable[[http.HTTPFlow], None] = _refuse_body_if_answered,
+    ) -> None:
         try:
             await pending
         except Exception:
             self.fail_closed(flow)
-        _refuse_body_if_answered(flow)
+        then(flow)  # (after a failure too: it then finds the flow answered)
 
-    def _conclude(
-        self, context: RequestContext, answered_by: str | None, limits: RequestLimits, body_held: bool = False
-    ) -> None:
+    def _conclude(self, context: RequestContext, answered_by: str | None, limits: RequestLimits) -> None:
         flow, route = context.flow, context.route
         if answered_by is None and not context.routed:
             # Like Express Gateway, a pipeline that neither answers nor proxies falls through to 404.
@@ -257,7 +262,7 @@ class RequestGate:
             self.upstreams.expect(flow.client_conn.id, context.target)
         if (
             answered_by is None
-            and not body_held
+            and not route.pipeline.reads_body  # (held for its conditions, it has all come)
             and not context.wants_request_body
             and _request_streams(flow.request, limits)
         ):
@@ -270,31 +275,15 @@ class RequestGate:
     def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         waiting = self._awaiting_body.pop(flow, None)
         if waiting is not None and flow.response is None:
-            context, limits = waiting
             try:
-                answered_by = context.route.pipeline.run(context)
-                if answered_by is not None and not isinstance(answered_by, str):
-                    return self._forward_when_concluded(flow, context, answered_by, limits)
-                self._conclude(context, answered_by, limits, body_held=True)
+                pending = self._run_pipeline(*waiting)
             except Exception:
                 self.fail_closed(flow)
                 return None
+            if pending is not None:
+                return self._finish_later(flow, pending, then=self._forward)
         self._forward(flow)
         return None
-
-    async def _forward_when_concluded(
-        self,
-        flow: http.HTTPFlow,
-        context: RequestContext,
-        running: Coroutine[Any, Any, str | None],
-        limits: RequestLimits,
-    ) -> None:
-        try:
-            await self._conclude_when_run(context, running, limits, body_held=True)
-        except Exception:
-            self.fail_closed(flow)
-            return
-        self._forward(flow)
 
     def _forward(self, flow: http.HTTPFlow) -> None:
         """What the steps asked for once the whole request has arrived, and it goes upstream."""

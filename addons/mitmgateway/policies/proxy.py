@@ -130,10 +130,9 @@ class ProxyPolicy(Policy):
             return
         ctx.routed = True
         ctx.decision.service_endpoint = self.action.service_endpoint
-        if ctx.unsent:  # a shadow config's decision: the request is never forwarded
-            ctx.decision.upstream = f"{upstream.host}:{upstream.port}"
-            return
-        self._forward(ctx, upstream, original_host, original_path)
+        ctx.decision.upstream = f"{upstream.host}:{upstream.port}"
+        if not ctx.unsent:  # (a shadow config's decision: the request is never forwarded)
+            self._forward(ctx, upstream, original_host, original_path)
 
     def _forward(
         self, ctx: RequestContext, upstream: Upstream, original_host: str | None, original_path: str
@@ -152,7 +151,7 @@ class ProxyPolicy(Policy):
             request.data.host = upstream.host
             request.data.port = upstream.port
             request.host_header = upstream.authority if self.action.change_origin else original_host
-            ctx.decision.upstream = f"{upstream.host}:{upstream.port}"
+            ctx.decision.upstream = f"{upstream.host}:{upstream.port}"  # (a retry aims again)
 
         aim(upstream)
         ctx.target = target = UpstreamTarget(self.pool, upstream, aim, ctx.decision)

@@ -108,7 +108,7 @@ class RateLimitPolicy(Policy):
         limit = action.max
         reset_after = max(0.0, hit.reset_after)
         headers = {}
-        if action.headers and limit and not self.quiet and not ctx.unsent:
+        if action.headers and limit and not self.quiet:
             remaining = max(0, limit - hit.count)
             headers = {
                 "X-RateLimit-Limit": str(limit),

@@ -230,8 +230,7 @@ class OfflineGateway:
             raise
         except Exception:
             self.gate.fail_closed(flow)
-        if (concluding := self.gate.request(flow)) is not None:  # (a pipeline that read the body)
-            await concluding
+        self.gate.request(flow)  # (nothing is held for its body here: see above)
         if flow.response is None:
             flow.response = recorded.upstream_response()
             if flow.response is None:
