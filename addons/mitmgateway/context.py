@@ -32,6 +32,17 @@ RecordedIdentity = Callable[["RequestContext", "Step"], "Awaitable[None] | None"
 Callback = Callable[[], None]
 
 
+def claimed_scopes(claims: Mapping[str, Any]) -> frozenset[str]:
+    """The scopes an identity's claims hold: ``scope`` (space-separated, as OAuth 2.0 tokens and
+    introspection answers say it) or ``scopes`` (a string or a list)."""
+    scope = claims.get("scope", claims.get("scopes"))
+    if isinstance(scope, str):
+        return frozenset(scope.split())
+    if isinstance(scope, list):
+        return frozenset(s for s in scope if isinstance(s, str))
+    return frozenset()
+
+
 class RequestContext:
     """What policies and conditions know about one request while its pipeline runs."""
 
@@ -110,9 +121,14 @@ class RequestContext:
         the apiEndpoint requires (all of them are required)."""
         self.user = who.as_user(claims)
         self.decision.consumer = who.consumer.id
+        return self.require_scopes(who.scopes)
+
+    def require_scopes(self, held: frozenset[str]) -> bool:
+        """Whether `held` has every scope the apiEndpoint requires; if not, answered 403 and the
+        missing ones recorded."""
         required = self.route.api_endpoint.scopes
-        if required and not who.scopes.issuperset(required):
-            self.decision.missing_scopes = sorted(set(required) - who.scopes)
+        if required and not held.issuperset(required):
+            self.decision.missing_scopes = sorted(set(required) - held)
             self.answer(make_answer(self.flow.request, 403, FORBIDDEN))
             return False
         return True

@@ -44,16 +44,6 @@ class Introspection:
     claims: dict[str, Any]
     """The whole answer (``sub``, ``scope``, ``client_id``, ``exp``...) of an active token."""
 
-    @property
-    def scopes(self) -> frozenset[str]:
-        """``scope`` (space-separated, RFC 7662), or a ``scopes`` list as some servers send."""
-        scope = self.claims.get("scope", self.claims.get("scopes"))
-        if isinstance(scope, str):
-            return frozenset(scope.split())
-        if isinstance(scope, list):
-            return frozenset(s for s in scope if isinstance(s, str))
-        return frozenset()
-
 
 def _answer(body: bytes) -> Introspection:
     try:
@@ -77,7 +67,6 @@ class IntrospectionEndpoint:
         self._remembered: LRUCache[str, tuple[float, Introspection]] = LRUCache(REMEMBERED)
         self._asking: dict[str, asyncio.Future[Introspection]] = {}
         self.outage = outage
-        self.calls = 0
 
     def remembered(self, token: str, now: float) -> Introspection | None:
         """The answer for `token` while it holds (`now`: the request's time)."""
@@ -108,7 +97,6 @@ class IntrospectionEndpoint:
         return answer
 
     async def _call(self, token: str) -> Introspection:
-        self.calls += 1
         headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
         if self.authorization is not None:
             headers["Authorization"] = self.authorization

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from mitmproxy import http
 
 from gateway_unit import make_flow
 from mitmgateway.config.assemble import load_config
 from mitmgateway.config.errors import ConfigError
-from mitmgateway.hooks.recorder import CLIENT_REQUEST_KEY
+from mitmgateway.hooks.recorder import CLIENT_REQUEST_KEY, STRIPPED_KEY, UPSTREAM_RESPONSE_KEY
 from mitmgateway.policies import StepState
 from mitmgateway.whatif.offline import OfflineGateway
 from mitmgateway.whatif.recorded import Recorded
@@ -65,3 +66,30 @@ def test_offline_a_token_it_would_introspect_is_indeterminate_and_no_token_is_re
     )
     refused = decided({})
     assert (refused.indeterminate, refused.status, refused.policy) == (None, 401, "oauth2-introspect")
+
+
+@pytest.mark.parametrize(
+    ("scope", "expected"), [("orders:read profile", "proxied 200"), ("profile", "403 by oauth2-introspect")]
+)
+def test_a_recording_without_credentials_replays_the_recorded_answer_judged_by_its_scope(
+    tmp_path, scope, expected
+):
+    path = tmp_path / "gateway.config.yml"
+    path.write_text(
+        CONFIG.format(action="{endpoint: 'http://127.0.0.1:9/introspect'}").replace(
+            "api: {host: '*'}", "api: {host: '*', scopes: ['orders:read']}"
+        )
+    )
+    flow = make_flow()
+    flow.metadata[CLIENT_REQUEST_KEY] = flow.request.get_state()
+    flow.metadata[STRIPPED_KEY] = ["authorization"]
+    flow.metadata["gateway"] = {
+        "steps": [["oauth2-introspect", "passed"], ["proxy", "passed"]],
+        "user": {"active": True, "sub": "alice", "scope": scope},
+        "consumer": "alice",
+    }
+    flow.response = http.Response.make(200)
+    flow.metadata[UPSTREAM_RESPONSE_KEY] = flow.response.get_state()
+    outcome = asyncio.run(OfflineGateway(path, {}).decide(Recorded.of_flow(flow)))[1]
+    assert outcome.label == expected
+    assert outcome.assumed, "the recorded identity, said so"

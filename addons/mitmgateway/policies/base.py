@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from ..answers import FORBIDDEN, make_answer
 from ..config.errors import KeyPath
+from ..context import claimed_scopes
 from ..credentials import CredentialType, register_credential_type
 from ..introspection import IntrospectionEndpoint
 from ..jwks import KeySet, RemoteKeySet
@@ -127,12 +127,7 @@ class Policy(ABC):
         if consumer is None:
             return  # without a consumer, the gate's rule for scoped endpoints applies
         ctx.decision.consumer = consumer
-        scopes = user.get("scopes") or ()
-        held = set(scopes.split() if isinstance(scopes, str) else scopes)
-        required = ctx.route.api_endpoint.scopes
-        if required and not held.issuperset(required):
-            ctx.decision.missing_scopes = sorted(set(required) - held)
-            ctx.answer(make_answer(ctx.flow.request, 403, FORBIDDEN))
+        ctx.require_scopes(claimed_scopes(user))
 
 
 POLICIES: dict[str, type[Policy]] = {}

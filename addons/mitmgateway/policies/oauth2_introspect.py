@@ -14,14 +14,14 @@ bad), or the request goes on anonymously with ``passThrough``. Answers are remem
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from ..answers import FORBIDDEN, UNAUTHORIZED, make_answer
+from ..answers import UNAUTHORIZED, make_answer
 from ..config.errors import ConfigError, KeyPath
 from ..config.schema import check_type, non_negative, option, positive
-from ..context import RequestContext
+from ..context import RequestContext, claimed_scopes
 from ..headers import scheme_credential
 from ..introspection import Introspection, Unavailable
 from ..outages import Outage
@@ -101,19 +101,11 @@ class OAuth2IntrospectPolicy(Policy):
             self._refuse(ctx, "inactive token")
             return
         claims = answer.claims
-        subject = next(
-            (claims[k] for k in ("sub", "client_id", "username") if isinstance(claims.get(k), str)), None
-        )
         ctx.user = claims
-        ctx.decision.consumer = subject
-        required = ctx.route.api_endpoint.scopes
-        if required and not answer.scopes.issuperset(required):
-            ctx.decision.missing_scopes = sorted(set(required) - answer.scopes)
-            ctx.answer(make_answer(ctx.flow.request, 403, FORBIDDEN))
-
-    def accept_recorded(self, ctx: RequestContext, user: Mapping[str, Any], consumer: str | None) -> None:
-        # The recorded answer, judged as a fresh one would be (its scope, not a consumer's).
-        self._judge(ctx, Introspection(True, dict(user)))
+        ctx.decision.consumer = next(
+            (claims[k] for k in SUBJECT_CLAIMS if isinstance(claims.get(k), str)), None
+        )
+        ctx.require_scopes(claimed_scopes(claims))
 
     def _refuse(self, ctx: RequestContext, reason: str) -> None:
         ctx.decision.auth_failure = reason
