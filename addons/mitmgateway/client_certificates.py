@@ -12,12 +12,10 @@ and before expressions (``req.client.authorized``, ``req.client.subject.CN``).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
@@ -27,7 +25,7 @@ from mitmproxy import connection
 from OpenSSL import SSL, crypto
 
 from .config.errors import ConfigError, KeyPath
-from .config.schema import check_type, check_unknown_keys, require_list, require_mapping
+from .config.schema import check_type, check_unknown_keys, require_mapping
 
 
 @dataclass(frozen=True)
@@ -35,25 +33,24 @@ class ClientAuth:
     require: bool
     """``rejectUnauthorized``: no verified certificate, no connection."""
     cas: tuple[x509.Certificate, ...]
+    _store: crypto.X509Store = field(init=False, repr=False)
+    session_context: bytes = field(init=False, repr=False)
+    """What a TLS session must have been made under to be resumed: these CAs, this mode.
+    (OpenSSL refuses to resume a session on a connection that verifies its client without one:
+    the client's second connection would fail.)"""
 
-    @functools.cached_property
-    def _store(self) -> crypto.X509Store:
+    def __post_init__(self) -> None:
+        # Made at load, not at a handshake.
         store = crypto.X509Store()
         for ca in self.cas:
             store.add_cert(crypto.X509.from_cryptography(ca))
         # A configured intermediate is trusted as such, without its root.
         store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
-        return store
-
-    @functools.cached_property
-    def session_context(self) -> bytes:
-        """What a TLS session must have been made under to be resumed: these CAs, this mode.
-        (OpenSSL refuses to resume a session on a connection that verifies its client without
-        one: the client's second connection would fail.)"""
         digest = hashlib.sha256(b"require" if self.require else b"request")
         for ca in self.cas:
             digest.update(ca.fingerprint(hashes.SHA256()))
-        return digest.digest()  # 32 bytes: OpenSSL's most
+        object.__setattr__(self, "_store", store)
+        object.__setattr__(self, "session_context", digest.digest())  # 32 bytes: OpenSSL's most
 
     def verifies(self, certificate: crypto.X509, chain: Sequence[crypto.X509] = ()) -> bool:
         """Issued by a configured CA (through the intermediates the client sent in `chain`), valid
@@ -142,31 +139,6 @@ def resumed(
     certificate = ssl_conn.get_peer_certificate()
     if certificate is not None:
         found[client] = ClientCertificate.of(certificate, auth.require or auth.verifies(certificate))
-
-
-def _files(value: Any, path: KeyPath) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    items = require_list(value, path)
-    return [check_type(str, item, path.index(i)) for i, item in enumerate(items)]
-
-
-def read_cas(
-    value: Any, path: KeyPath, config_dir: Path
-) -> tuple[tuple[x509.Certificate, ...], tuple[Path, ...]]:
-    """A tls entry's ``ca``: PEM files (a path or a list), each with one or more certificates."""
-    cas, files = [], []
-    for i, name in enumerate(_files(value, path)):
-        where = path.index(i) if not isinstance(value, str) else path
-        file = config_dir / name
-        try:
-            cas.extend(x509.load_pem_x509_certificates(file.read_bytes()))
-        except OSError as e:
-            raise ConfigError(where, f"cannot read {file}: {e.strerror or e}") from None
-        except ValueError as e:
-            raise ConfigError(where, f"{file} holds no PEM certificate ({e})") from None
-        files.append(file)
-    return tuple(cas), tuple(files)
 
 
 def parse_client_auth(options: Any, cas: tuple[x509.Certificate, ...], path: KeyPath) -> ClientAuth | None:

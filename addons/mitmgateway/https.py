@@ -28,9 +28,9 @@ from cryptography.hazmat.primitives import serialization
 from mitmproxy import certs
 from OpenSSL import SSL
 
-from .client_certificates import ClientAuth, parse_client_auth, read_cas
+from .client_certificates import ClientAuth, parse_client_auth
 from .config.errors import ConfigError, KeyPath
-from .config.schema import check_type, check_unknown_keys, require_mapping, tcp_port
+from .config.schema import check_type, check_unknown_keys, require_list, require_mapping, tcp_port
 
 logger = logging.getLogger("mitmgateway")
 
@@ -103,6 +103,27 @@ def _read(file_value: Any, path: KeyPath, config_dir: Path) -> tuple[Path, bytes
         raise ConfigError(path, f"cannot read {file}: {e.strerror or e}") from None
 
 
+def _certificates(file_value: Any, path: KeyPath, config_dir: Path) -> tuple[Path, list[x509.Certificate]]:
+    """A PEM file of one or more certificates."""
+    file, pem = _read(file_value, path, config_dir)
+    try:
+        return file, x509.load_pem_x509_certificates(pem)
+    except ValueError as e:
+        raise ConfigError(path, f"{file} holds no PEM certificate ({e})") from None
+
+
+def _cas(
+    value: Any, path: KeyPath, config_dir: Path
+) -> tuple[tuple[x509.Certificate, ...], tuple[Path, ...]]:
+    """A tls entry's ``ca``: PEM files (a path or a list of them), each of one or more CAs."""
+    read = (
+        [_certificates(value, path, config_dir)]
+        if isinstance(value, str)
+        else [_certificates(v, path.index(i), config_dir) for i, v in enumerate(require_list(value, path))]
+    )
+    return tuple(ca for _, cas in read for ca in cas), tuple(file for file, _ in read)
+
+
 def parse_certificate(name: str, raw: Any, path: KeyPath, config_dir: Path) -> ServedCertificate:
     raw = require_mapping(raw, path)
     check_unknown_keys(raw, ("key", "cert", "ca"), path)
@@ -110,7 +131,7 @@ def parse_certificate(name: str, raw: Any, path: KeyPath, config_dir: Path) -> S
         if key not in raw:
             raise ConfigError(path.key(key), "is required: a PEM file (relative to the config file)")
     key_file, key_pem = _read(raw["key"], path.key("key"), config_dir)
-    cert_file, cert_pem = _read(raw["cert"], path.key("cert"), config_dir)
+    cert_file, chain = _certificates(raw["cert"], path.key("cert"), config_dir)
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
     except TypeError:
@@ -119,10 +140,6 @@ def parse_certificate(name: str, raw: Any, path: KeyPath, config_dir: Path) -> S
         ) from None
     except ValueError as e:
         raise ConfigError(path.key("key"), f"{key_file} holds no PEM private key ({e})") from None
-    try:
-        chain = x509.load_pem_x509_certificates(cert_pem)
-    except ValueError as e:
-        raise ConfigError(path.key("cert"), f"{cert_file} holds no PEM certificate ({e})") from None
     leaf = chain[0]
     public = serialization.PublicFormat.SubjectPublicKeyInfo
     if leaf.public_key().public_bytes(serialization.Encoding.DER, public) != key.public_key().public_bytes(
@@ -139,7 +156,7 @@ def parse_certificate(name: str, raw: Any, path: KeyPath, config_dir: Path) -> S
     names = {name.lower(), *(str(n.value) for n in filed_as.altnames)}
     if filed_as.cn:
         names.add(filed_as.cn)
-    cas, ca_files = read_cas(raw["ca"], path.key("ca"), config_dir) if "ca" in raw else ((), ())
+    cas, ca_files = _cas(raw["ca"], path.key("ca"), config_dir) if "ca" in raw else ((), ())
     return ServedCertificate(name, pem, frozenset(names), (key_file, cert_file, *ca_files), cas)
 
 
