@@ -54,6 +54,11 @@ class BoundedCopy:
         return b"".join(self.parts) if self.complete and self.size <= self.limit else None
 
 
+def clipped(text: str) -> str:
+    """A value (a body's part, a header) as a log line or a report names it: 40 characters at most."""
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def decoded(message: http.Message, limit: int) -> bytes | None:
     """The body without its gzip or deflate encoding, if that is at most `limit` bytes; None when
     it is not, is in another encoding, or fails to decode."""

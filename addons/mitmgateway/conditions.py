@@ -20,7 +20,7 @@ import referencing
 import referencing.exceptions
 import referencing.jsonschema
 
-from .bodies import NOT_PARSED, parsed_request_body
+from .bodies import NOT_PARSED, clipped, parsed_request_body
 from .config.errors import ConfigError, KeyPath
 from .config.schema import (
     check_type,
@@ -188,13 +188,9 @@ def _unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> An
     for item in instance:
         key = json.dumps(_canonical(item), sort_keys=True)
         if key in seen:
-            yield jsonschema.ValidationError(f"has non-unique elements ({_short(key)} twice)")
+            yield jsonschema.ValidationError(f"has non-unique elements ({clipped(key)} twice)")
             return
         seen.add(key)
-
-
-def _short(text: str) -> str:
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _schema(value: Any, path: KeyPath) -> jsonschema.protocols.Validator:

@@ -14,8 +14,10 @@ from gateway_unit import gateway_for, make_flow
 from mitmgateway.bodies import BoundedCopy
 from mitmgateway.config.assemble import load_config
 from mitmgateway.config.errors import ROOT, ConfigError
+from mitmgateway.hooks.mirrors import copy_of
 from mitmgateway.policies import StepState
-from mitmgateway.upstreams.mirror import MirrorSpec, parse_json_path, parse_mirror
+from mitmgateway.upstreams.endpoints import Upstream
+from mitmgateway.upstreams.mirror import MirrorSpec, MirrorTarget, parse_json_path, parse_mirror
 
 CONFIG = """\
 http: {{port: 8080}}
@@ -218,3 +220,13 @@ def test_a_bounded_copy_passes_every_chunk_on_and_keeps_only_a_body_within_its_l
     unfinished = BoundedCopy(5, None)
     unfinished(b"ab")
     assert unfinished.body is None, "not before the body's end"
+
+
+def test_a_copy_carries_one_cookie_field_as_the_primarys_http1_upstream_gets():
+    # An HTTP/2 client sends its cookie in crumbs; mitmproxy joins them for an HTTP/1 upstream.
+    request = make_flow(headers={"Cookie": "a=1", "X-A": "x"}).request
+    request.headers.add("cookie", "b=2")
+    target = MirrorTarget(spec(), Upstream("http", "127.0.0.1", 9101, ""), "/items", "next.local")
+    copy = copy_of(request, target, b"")
+    assert [v for n, v in copy.fields if n.lower() == b"cookie"] == [b"a=1; b=2"]
+    assert (b"Host", b"next.local") in copy.fields and (b"X-A", b"x") in copy.fields

@@ -43,8 +43,9 @@ from ..upstreams.mirror import MirrorSpec, MirrorTarget
 logger = logging.getLogger("mitmgateway")
 
 MISMATCH_MARKER = ":twisted_rightwards_arrows:"
-_REPLACED_FIELDS = frozenset({b"host", b"content-length", b"transfer-encoding"})
-"""Fields of the forwarded request the copy carries its own of (its Host, its length)."""
+_REPLACED_FIELDS = frozenset({b"host", b"content-length", b"transfer-encoding", b"cookie"})
+"""Fields of the forwarded request the copy carries its own of (its Host, its length, its one
+Cookie)."""
 
 
 class _Primary(NamedTuple):
@@ -61,10 +62,15 @@ class _Copy(NamedTuple):
     body: bytes
 
 
-def _copy_of(request: http.Request, target: MirrorTarget, body: bytes) -> _Copy:
+def copy_of(request: http.Request, target: MirrorTarget, body: bytes) -> _Copy:
+    """The forwarded request as the mirror gets it, over HTTP/1.1 as the primary's upstream does."""
     fields = [(n, v) for n, v in request.headers.fields if n.lower() not in _REPLACED_FIELDS]
     if target.host:
         fields.insert(0, (b"Host", target.host.encode("utf-8", "surrogateescape")))
+    if cookies := [v for n, v in request.headers.fields if n.lower() == b"cookie"]:
+        # HTTP/2 sends a cookie in crumbs, HTTP/1 in one field: mitmproxy joins them so for an
+        # HTTP/1 upstream, and the mirror must parse what the primary did.
+        fields.append((b"Cookie", b"; ".join(cookies)))
     if body or request.method in ("POST", "PUT", "PATCH"):
         fields.append((b"Content-Length", str(len(body)).encode()))
     return _Copy(request.method, target.path, tuple(fields), body)
@@ -207,7 +213,7 @@ class Mirrors:
             answer.timestamp_start,
             answer.timestamp_end,
         )
-        copy = _copy_of(flow.request, target, flow.request.raw_content)
+        copy = copy_of(flow.request, target, flow.request.raw_content)
         self._in_flight[spec] += 1
         task = asyncio.get_running_loop().create_task(
             self._mirror(flow, _Exchange(target, copy, upstream_answer))
@@ -241,8 +247,11 @@ class Mirrors:
             # Compared in the thread too: decoding and walking two bodies is no work for the loop.
             answer, difference = await loop.run_in_executor(self._executor, exchange.run)
         except Exception as e:  # whatever becomes of a copy is the mirror's, never the primary's
-            reason = "no answer within its timeout" if exchange.cut else f"{type(e).__name__}: {e}"
-            self._count(flow, target, "error", reason if str(e) or exchange.cut else type(e).__name__)
+            if exchange.cut:
+                reason = "no answer within its timeout"
+            else:
+                reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            self._count(flow, target, "error", reason)
             await self._shown(flow)
             return
         finally:

@@ -29,7 +29,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from ..bodies import NOT_PARSED, STREAM_BODIES_OVER, decoded, parse_json
+from ..bodies import NOT_PARSED, STREAM_BODIES_OVER, clipped, decoded, parse_json
 from ..config.errors import ConfigError, KeyPath
 from ..config.schema import (
     byte_size,
@@ -186,7 +186,7 @@ class MirrorSpec:
             # A repeated field is the same as its values joined (RFC 9110, 5.3).
             ours, theirs = ", ".join(primary.get_all(name)), ", ".join(mirror.get_all(name))
             if ours != theirs:
-                return f"header {name}: {_clipped(ours or '(none)')} ≠ {_clipped(theirs or '(none)')}"
+                return f"header {name}: {clipped(ours or '(none)')} ≠ {clipped(theirs or '(none)')}"
         return None
 
     def _body_difference(self, primary: http.Response, mirror: http.Response) -> str | None:
@@ -227,11 +227,7 @@ def _json_difference(ours: Any, theirs: Any, where: str) -> str | None:
 
 
 def _brief(value: Any) -> str:
-    return _clipped("(ignored)" if value is _IGNORED else json.dumps(value, default=lambda _: "(ignored)"))
-
-
-def _clipped(text: str) -> str:
-    return text if len(text) <= 40 else text[:37] + "..."
+    return clipped("(ignored)" if value is _IGNORED else json.dumps(value, default=lambda _: "(ignored)"))
 
 
 def _without(document: Any, paths: tuple[JsonPath, ...]) -> Any:
