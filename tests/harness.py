@@ -227,11 +227,40 @@ class RedisServer:
             self.process = None
 
 
-class JwksServer:
-    """An identity provider's JWKS endpoint on 127.0.0.1, in a thread of the test process.
+class LocalServer:
+    """An HTTP server in a thread of the test process, on 127.0.0.1: `start()` serves with the
+    handler class `handler()` makes (after `stop()`, on the same port again: connections are
+    refused meanwhile, as from a server that is down)."""
 
-    `document` and `cache_control` may be changed while it serves; `delay` makes it slow;
-    `stop()` takes it down (connections refused) and `start()` brings it back on the same port.
+    port = 0
+    _server: ThreadingHTTPServer | None = None
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), self.handler())
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+class JwksServer(LocalServer):
+    """An identity provider's JWKS endpoint.
+
+    `document` and `cache_control` may be changed while it serves; `delay` makes it slow.
     """
 
     def __init__(self) -> None:
@@ -239,15 +268,13 @@ class JwksServer:
         self.cache_control = "max-age=300"
         self.delay = 0.0
         self.fetches = 0
-        self.port = free_port()
-        self._server: ThreadingHTTPServer | None = None
         self.start()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/.well-known/jwks.json"
 
-    def start(self) -> None:
+    def handler(self) -> type[BaseHTTPRequestHandler]:
         provider = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -265,17 +292,7 @@ class JwksServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        return Handler
 
 
 @dataclass(frozen=True)

@@ -15,33 +15,16 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from harness import Upstream, admin_get, free_port, metric, wait_for_port, wait_until
+from harness import LocalServer, Upstream, admin_get, free_port, metric, wait_for_port, wait_until
 
 HOST = "shop.local"
 SAME = ["$.headers.Host", "$.served"]
 """What two instances of the demo upstream answer differently: the Host they were sent, and how
 many requests each has served."""
-
-
-class LocalServer:
-    """An HTTP server in this process on 127.0.0.1, answering with `handler`'s class."""
-
-    def serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @dataclass
@@ -53,6 +36,9 @@ class HeldUpstream(LocalServer):
     received: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.start()
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
         held = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -74,7 +60,7 @@ class HeldUpstream(LocalServer):
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.serve(Handler)
+        return Handler
 
     def stop(self) -> None:
         self.released.set()
@@ -323,7 +309,11 @@ class ChunkedUpstream(LocalServer):
     """An upstream whose answers stream (chunked, no Content-Length): `{"service": NAME, "path": ...}`."""
 
     def __init__(self, name: str) -> None:
-        service = name
+        self.service = name
+        self.start()
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        service = self.service
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -341,7 +331,7 @@ class ChunkedUpstream(LocalServer):
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.serve(Handler)
+        return Handler
 
 
 def test_an_answer_that_streams_is_compared_from_a_bounded_copy(start_gateway, request):

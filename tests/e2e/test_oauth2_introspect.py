@@ -8,17 +8,17 @@ from __future__ import annotations
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs
 
 import pytest
 
-from harness import wait_until
+from harness import LocalServer, wait_until
 
 GATEWAY_CREDENTIAL = "Basic Z2F0ZXdheTpzZWNyZXQ="
 
 
-class AuthorizationServer:
+class AuthorizationServer(LocalServer):
     """An RFC 7662 introspection endpoint: `tokens` maps a token to its answer (unknown ones are
     inactive); each call is kept; `delay` holds answers back."""
 
@@ -26,11 +26,9 @@ class AuthorizationServer:
         self.tokens: dict[str, dict] = {}
         self.calls: list[tuple[dict[str, list[str]], str | None, str | None]] = []
         self.delay = 0.0
-        self.server: ThreadingHTTPServer | None = None
-        self.port = 0
         self.start()
 
-    def start(self) -> None:
+    def handler(self) -> type[BaseHTTPRequestHandler]:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -51,16 +49,7 @@ class AuthorizationServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
+        return Handler
 
     @property
     def url(self) -> str:
@@ -178,8 +167,17 @@ def test_an_outage_is_answered_within_the_timeout_logged_once_and_ends_when_the_
     # Slow: each request is answered when the timeout (1 s) passes, not when the server answers.
     server.delay = 3
     started = time.monotonic()
-    slow = gateway.send("/orders/1", headers=bearer("later"))
-    assert (slow.status, slow.headers["Retry-After"]) == (503, "1")
+    answers: list = []
+    waiting = threading.Thread(
+        target=lambda: answers.append(gateway.send("/orders/1", headers=bearer("later")))
+    )
+    waiting.start()
+    assert wait_until(lambda: len(server.calls) == 2)  # the call is out, its answer held
+    # Meanwhile the gateway serves: the call waits in a thread, not on the event loop.
+    assert gateway.send("/orders/1", headers=bearer("known")).status == 200
+    assert not answers, "served while the slow call was still out"
+    waiting.join()
+    assert (answers[0].status, answers[0].headers["Retry-After"]) == (503, "1")
     assert time.monotonic() - started < 2.5
     server.delay = 0
 
@@ -188,7 +186,7 @@ def test_an_outage_is_answered_within_the_timeout_logged_once_and_ends_when_the_
     assert [gateway.send("/orders/1", headers=bearer(f"new-{i}")).status for i in range(3)] == [503] * 3
     assert gateway.send("/orders/1", headers=bearer("known")).status == 200
     assert gateway.send("/open/1", headers=bearer("new-9")).status == 200, "passThrough: anonymous"
-    assert gateway.log().count("unavailable") == 1, gateway.log()
+    assert gateway.log().count(f"token introspection at {server.url} unavailable") == 1, gateway.log()
 
     server.start()
     assert wait_until(lambda: gateway.send("/orders/1", headers=bearer("later")).status == 200, timeout=5)
