@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import os
@@ -255,6 +256,34 @@ class LocalServer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class RawServer:
+    """A TCP server in a thread of the test process, on 127.0.0.1, for an upstream that speaks
+    HTTP its own way (or not at all): `answer(conn)` runs in a thread per connection."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def answer(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.listener.accept()
+                threading.Thread(target=self.answer, args=(conn,), daemon=True).start()
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # (wakes the accepting thread; close does not)
+        self.listener.close()
 
 
 class JwksServer(LocalServer):

@@ -7,7 +7,6 @@ flow of its own)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
 import threading
@@ -19,7 +18,7 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from harness import LocalServer, Upstream, admin_get, free_port, metric, wait_for_port, wait_until
+from harness import LocalServer, RawServer, Upstream, admin_get, free_port, metric, wait_for_port, wait_until
 
 HOST = "shop.local"
 SAME = ["$.headers.Host", "$.served"]
@@ -224,34 +223,11 @@ def test_mitmweb_shows_a_mirrors_different_answer_as_a_flow_of_its_own(start_gat
     assert "mirror" not in matched["comment"]
 
 
-class DrippingUpstream:
+class DrippingUpstream(RawServer):
     """An upstream that answers a byte every 0.3 s: each wait shorter than a mirror's timeout,
     the whole answer much longer."""
 
-    def __init__(self) -> None:
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(8)
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-
-    def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)  # (wakes the accepting thread; close does not)
-        self.listener.close()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
-
-    def _drip(self, conn: socket.socket) -> None:
+    def answer(self, conn: socket.socket) -> None:
         with conn:
             conn.recv(65536)
             try:

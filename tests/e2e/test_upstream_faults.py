@@ -11,13 +11,12 @@ import http.client
 import json
 import socket
 import struct
-import threading
 from collections.abc import Iterator
 
 import pytest
 from test_observability import metric
 
-from harness import admin_get, free_port, stop, wait_until
+from harness import RawServer, admin_get, free_port, stop, wait_until
 from mitmgateway.config import KeyPath
 from mitmgateway.decision import Decision
 from mitmgateway.upstreams.endpoints import parse_service_endpoint
@@ -27,30 +26,11 @@ from processes import start_upstream
 PROXY = "- proxy: [{action: {serviceEndpoint: backend, proxyTimeout: 1000}}]"
 
 
-class FaultyUpstream:
+class FaultyUpstream(RawServer):
     """An upstream that misbehaves as the request path says: /reset, /garbage, /close, /partial,
     /trailers."""
 
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _answer(conn: socket.socket) -> None:
+    def answer(self, conn: socket.socket) -> None:
         with conn:
             head = b""
             while b"\r\n\r\n" not in head:
@@ -73,9 +53,6 @@ class FaultyUpstream:
             # /close: closed without a word
             elif path == b"/ok":
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-
-    def stop(self) -> None:
-        self.listener.close()
 
 
 @pytest.fixture

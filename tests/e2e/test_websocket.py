@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
-import threading
 
 import pytest
 from wsproto import ConnectionType, WSConnection
@@ -25,31 +24,19 @@ from wsproto.events import (
 
 from certificates import CertificateAuthority
 from conftest import one_pipeline
-from harness import free_port, wait_for_port
+from harness import RawServer, free_port, wait_for_port
 
 GREETING = "welcome"
 
 
-class WebSocketEchoServer:
+class WebSocketEchoServer(RawServer):
     """A WebSocket upstream on 127.0.0.1: greets each client, then echoes what it receives."""
 
     def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
         self.handshakes: list[Request] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                conn, _ = self.listener.accept()
-                threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def answer(self, conn: socket.socket) -> None:
         ws = WSConnection(ConnectionType.SERVER)
         with conn, contextlib.suppress(OSError):
             while data := conn.recv(65536):
@@ -67,9 +54,6 @@ class WebSocketEchoServer:
                     elif isinstance(event, CloseConnection):
                         conn.sendall(ws.send(event.response()))
                         return
-
-    def stop(self) -> None:
-        self.listener.close()
 
 
 class WebSocketClient:
