@@ -9,18 +9,10 @@ its pipeline then runs once the body has arrived.
 from __future__ import annotations
 
 import fnmatch
-import json
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import jsonschema
-import referencing
-import referencing.exceptions
-import referencing.jsonschema
-
-from .bodies import NOT_PARSED, clipped, parsed_request_body
 from .config.errors import ConfigError, KeyPath
 from .config.schema import (
     check_type,
@@ -32,12 +24,11 @@ from .config.schema import (
     unknown,
 )
 from .expressions import REQUEST_MEMBERS, compile_condition
+from .json_schema import JsonSchema, json_schema
 from .routing import compile_regex
 
 if TYPE_CHECKING:
     from .context import RequestContext
-
-logger = logging.getLogger("mitmgateway")
 
 Condition = Callable[["RequestContext"], bool]
 
@@ -168,108 +159,6 @@ def _expression(params: _Expression, path: KeyPath) -> Condition:
     return compile_condition(params.expression, path.key("expression"))
 
 
-def _canonical(value: Any) -> Any:
-    """A JSON value as uniqueItems compares it: 1 and 1.0 alike, keys in any order."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _canonical(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_canonical(v) for v in value]
-    return value
-
-
-def _unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> Any:
-    # jsonschema compares every pair of items: a 38 KB body of small objects took 10 s. A set of
-    # canonical forms makes it one pass.
-    if not unique or not validator.is_type(instance, "array"):
-        return
-    seen = set()
-    for item in instance:
-        key = json.dumps(_canonical(item), sort_keys=True)
-        if key in seen:
-            yield jsonschema.ValidationError(f"has non-unique elements ({clipped(key)} twice)")
-            return
-        seen.add(key)
-
-
-def _schema(value: Any, path: KeyPath) -> jsonschema.protocols.Validator:
-    schema = require_mapping(value, path)
-    base = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    try:
-        base.check_schema(schema)
-    except jsonschema.SchemaError as e:
-        raise ConfigError(
-            path, f"not a valid JSON Schema: {e.message} (at schema{_where(e.absolute_path)})"
-        ) from None
-    # Every $ref resolved now, within the schema: nothing is ever fetched (jsonschema would fetch
-    # an unknown one, on each request), and a wrong one is an error here, not at a request.
-    resource = referencing.Resource.from_contents(
-        schema, default_specification=referencing.jsonschema.DRAFT202012
-    )
-    uri = schema.get("$id") if isinstance(schema.get("$id"), str) else "urn:mitmgateway:json-schema"
-    registry = referencing.Registry().with_resource(uri, resource).crawl()
-    resolver = registry.resolver(base_uri=uri)
-    for ref in _refs(schema):
-        try:
-            resolver.lookup(ref)
-        except referencing.exceptions.Unresolvable:
-            raise ConfigError(
-                path, f"$ref {ref!r} names nothing within the schema (a $ref is never fetched)"
-            ) from None
-    validator_class = jsonschema.validators.extend(base, {"uniqueItems": _unique_items})
-    return validator_class(schema, registry=registry, format_checker=base.FORMAT_CHECKER)
-
-
-def _refs(schema: Any) -> list[str]:
-    if isinstance(schema, dict):
-        found = [schema["$ref"]] if isinstance(schema.get("$ref"), str) else []
-        return found + [ref for value in schema.values() for ref in _refs(value)]
-    if isinstance(schema, list):
-        return [ref for value in schema for ref in _refs(value)]
-    return []
-
-
-def _where(path: Any) -> str:
-    return "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in path)
-
-
-@dataclass(frozen=True)
-class _JsonSchema:
-    schema: jsonschema.protocols.Validator = option("schema", parse=_schema)
-    log_errors: bool = option("logErrors", False)
-
-
-# The most of a body the condition reads (decoded): Express Gateway's body parsers' limit. A
-# larger body does not validate; parsing and validating stay a few milliseconds of the loop.
-_BODY_READ = 100 << 10
-
-
-def _json_schema(params: _JsonSchema, path: KeyPath) -> Condition:
-    validator, log_errors, where = params.schema, params.log_errors, str(path)
-
-    def validates(ctx: RequestContext) -> bool:
-        body = parsed_request_body(ctx.flow.request, _BODY_READ)
-        if body is NOT_PARSED:
-            if log_errors:
-                logger.info("json-schema %s: the body is not JSON or a form of at most 100 KiB", where)
-            return False
-        error = jsonschema.exceptions.best_match(validator.iter_errors(body))
-        if error is None:
-            return True
-        if log_errors:
-            logger.info(
-                "json-schema %s: the body does not validate at $%s: %s",
-                where,
-                _where(error.absolute_path),
-                error.message,
-            )
-        return False
-
-    validates.reads_body = True  # type: ignore[attr-defined]
-    return validates
-
-
 CONDITIONS: dict[str, tuple[type, Callable[[Any, KeyPath], Condition]]] = {
     "always": (_NoParams, _always),
     "never": (_NoParams, _never),
@@ -284,7 +173,7 @@ CONDITIONS: dict[str, tuple[type, Callable[[Any, KeyPath], Condition]]] = {
     "anonymous": (_NoParams, _anonymous),
     "tlsClientAuthenticated": (_NoParams, _tls_client_authenticated),
     "expression": (_Expression, _expression),
-    "json-schema": (_JsonSchema, _json_schema),
+    "json-schema": (JsonSchema, json_schema),
 }
 
 NOT_YET: dict[str, str] = {}
