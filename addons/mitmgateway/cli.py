@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ from .config.assemble import load_config
 from .config.errors import ConfigError
 from .config.model import GatewayConfig
 from .policies import StepState
+from .policies.key_auth import hash_api_key_secret
 from .routing import ApiEndpoint
 
 CONFIG_HELP = "the gateway's config file, in Express Gateway's format (default: %(default)s)"
@@ -51,8 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate a config without serving it")
     check.add_argument("-c", "--config", type=Path, default=Path("gateway.config.yml"), help=CONFIG_HELP)
     commands.add_parser(
-        "consumers", help="manage consumers.yml (mitmgateway consumers --help)", add_help=False
+        "consumers",
+        help="users, apps, credentials and scopes, as eg has them (mitmgateway consumers --help)",
+        add_help=False,
     )
+    commands.add_parser("admin-token", help="make a token for the admin API (admin.tokenHash)")
     commands.add_parser(
         "whatif",
         help="replay recorded flows against a candidate config (mitmgateway whatif --help)",
@@ -74,6 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return whatif_cli.main(argv[1:])
     args = _parser().parse_args(argv)
+    if args.command == "admin-token":
+        token = secrets.token_urlsafe(32)
+        print(f"admin API token (shown once): {token}")
+        print(f"in gateway.config.yml: admin: {{tokenHash: {hash_api_key_secret(token)}}}")
+        return 0
     config_path = args.config.expanduser().absolute()
     if args.command == "check":
         return check(config_path)
@@ -95,9 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mitmgateway: invalid gateway config: {e}", file=sys.stderr)
         return 1
     admin = (config.admin.address, config.admin.port) if config.admin else None
+    from .observe.admin import admin_api_settings
     from .pool import WorkerPool
 
-    return WorkerPool(config_path, args.settings, args.workers, admin).run()
+    return WorkerPool(config_path, args.settings, args.workers, admin, admin_api_settings(config)).run()
 
 
 def _optimized(argv: list[str]) -> None:

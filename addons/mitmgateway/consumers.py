@@ -11,6 +11,15 @@ may call the APIs and how they prove it::
           - {type: jwt, sub: alice@example.com}
           - {type: key-auth, keyId: 3f2a..., keySecretHash: sha256:..., scopes: [orders:read]}
           - {type: basic-auth, username: alice, passwordHash: $2b$12$...}
+      alice-dashboard:          # an app (Express Gateway's): it has an owner
+        owner: alice
+        credentials: [...]
+    scopes: [orders:read]       # the scopes the admin API lets credentials name (its /scopes)
+
+A consumer is one of Express Gateway's users, or one of its apps when it names its ``owner``.
+``id`` is Express Gateway's id for it (the admin API gives one to what it creates; the name
+otherwise); ``firstname``, ``lastname``, ``email``, ``redirectUri``, ``createdAt`` and
+``updatedAt`` are the admin API's to show, the gateway does not read them.
 
 Secrets are never stored: API key secrets as SHA-256 (they are long random strings, so a fast
 hash is enough), passwords as bcrypt or argon2 hashes. It is parsed with the gateway config and
@@ -46,6 +55,10 @@ class Consumer:
     active: bool
     scopes: frozenset[str]
     credentials: tuple[Credential, ...]
+    name: str = ""
+    """Its key in the file: a user's username, an app's name (the id unless one is given)."""
+    owner: str | None = None
+    """An app's user."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +79,14 @@ class Authenticated:
 
     def as_user(self, claims: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """What conditions, templates (``${req.user.id}``) and the log see."""
-        return {**(claims or {}), "id": self.consumer.id, "scopes": list(self._sorted_scopes)}
+        consumer = self.consumer
+        # Express Gateway's req.user: its type, and a user's username or an app's name.
+        named = (
+            {"type": "application", "name": consumer.name}
+            if consumer.owner
+            else {"type": "user", "username": consumer.name}
+        )
+        return {**(claims or {}), **named, "id": consumer.id, "scopes": list(self._sorted_scopes)}
 
 
 @dataclass(frozen=True)
@@ -94,7 +114,16 @@ def _credential(raw: Any, path: KeyPath) -> Credential:
         known = ", ".join(sorted(CREDENTIAL_TYPES))
         raise ConfigError(path.key("type"), f"must be one of {known}, got {kind!r}")
     id_key, secret_key = credential_type.id_key, credential_type.secret_key
-    check_unknown_keys(raw, ["type", id_key, *([secret_key] if secret_key else []), "active", "scopes"], path)
+    known = [
+        "type",
+        id_key,
+        *([secret_key] if secret_key else []),
+        "active",
+        "scopes",
+        "createdAt",
+        "updatedAt",
+    ]
+    check_unknown_keys(raw, known, path)
     if id_key not in raw:
         raise ConfigError(path.key(id_key), f"is required for a {kind} credential")
     secret_hash = None
@@ -113,6 +142,50 @@ def _credential(raw: Any, path: KeyPath) -> Credential:
     )
 
 
+PROFILE_KEYS = ("firstname", "lastname", "email", "redirectUri", "createdAt", "updatedAt")
+"""What the admin API keeps of a consumer for Express Gateway's clients; the gateway never reads it."""
+
+
+def _consumer(name: str, raw: Any, path: KeyPath) -> Consumer:
+    raw = require_mapping(raw, path)
+    check_unknown_keys(raw, ["id", "owner", "active", "scopes", "credentials", *PROFILE_KEYS], path)
+    for key in PROFILE_KEYS:
+        if key in raw:
+            check_type(str, raw[key], path.key(key))
+    credentials_path = path.key("credentials")
+    credentials = tuple(
+        _credential(item, credentials_path.index(i))
+        for i, item in enumerate(require_list(raw.get("credentials", []), credentials_path))
+    )
+    owner = raw.get("owner")
+    return Consumer(
+        check_type(str, raw.get("id", name), path.key("id")),
+        check_type(bool, raw.get("active", True), path.key("active")),
+        _scopes(raw.get("scopes"), path.key("scopes")),
+        credentials,
+        name,
+        None if owner is None else check_type(str, owner, path.key("owner")),
+    )
+
+
+def _check_relations(consumers: Mapping[str, Consumer], path: KeyPath) -> None:
+    """Ids are unique, and an app's owner is a user in the file."""
+    ids: dict[str, str] = {}
+    for name, consumer in consumers.items():
+        if consumer.id in ids:
+            raise ConfigError(
+                path.key(name).key("id"), f"{consumer.id!r} is the id of {ids[consumer.id]!r} too"
+            )
+        ids[consumer.id] = name
+        if consumer.owner is None:
+            continue
+        owner = consumers.get(consumer.owner)
+        if owner is None or owner.owner is not None:
+            raise ConfigError(
+                path.key(name).key("owner"), f"must name a user in this file, got {consumer.owner!r}"
+            )
+
+
 def parse_consumers(document: Any, file: Path) -> Consumers:
     """The consumers in `document` (read from `file`), with credentials of the types the auth
     policies declare."""
@@ -120,31 +193,25 @@ def parse_consumers(document: Any, file: Path) -> Consumers:
     # so it cannot import them first).
     importlib.import_module(f"{__package__}.policies")
     root = require_mapping(document, ROOT)
-    check_unknown_keys(root, ["consumers"], ROOT)
+    check_unknown_keys(root, ["consumers", "scopes"], ROOT)
+    _scopes(root.get("scopes"), KeyPath("scopes"))
     by_credential: dict[tuple[str, str], Authenticated] = {}
     path = KeyPath("consumers")
-    for name, raw in require_mapping(root.get("consumers"), path).items():
-        entry_path = path.key(str(name))
-        raw = require_mapping(raw, entry_path)
-        check_unknown_keys(raw, ["active", "scopes", "credentials"], entry_path)
-        credentials_path = entry_path.key("credentials")
-        credentials = tuple(
-            _credential(item, credentials_path.index(i))
-            for i, item in enumerate(require_list(raw.get("credentials", []), credentials_path))
-        )
-        consumer = Consumer(
-            str(name),
-            check_type(bool, raw.get("active", True), entry_path.key("active")),
-            _scopes(raw.get("scopes"), entry_path.key("scopes")),
-            credentials,
-        )
+    consumers = {
+        str(name): _consumer(str(name), raw, path.key(str(name)))
+        for name, raw in require_mapping(root.get("consumers"), path).items()
+    }
+    _check_relations(consumers, path)
+    for consumer in consumers.values():
+        credentials_path = path.key(consumer.name).key("credentials")
+        credentials = consumer.credentials
         for i, credential in enumerate(credentials):
             key = (credential.type, credential.id)
             if key in by_credential:
                 raise ConfigError(
                     credentials_path.index(i),
                     f"{credential.type} credential {credential.id!r} also belongs to "
-                    f"{by_credential[key].consumer.id!r}",
+                    f"{by_credential[key].consumer.name!r}",
                 )
             by_credential[key] = Authenticated(consumer, credential)
     return Consumers(file, by_credential)

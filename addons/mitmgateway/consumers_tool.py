@@ -1,162 +1,185 @@
-"""``mitmgateway consumers``: manage consumers.yml (the gateway reloads it live).
+"""``mitmgateway consumers``: Express Gateway's ``eg users|apps|credentials|scopes``, on the files
+directly or through a running gateway's admin API (``--admin URL``, as ``eg`` uses its cli.url).
 
-  mitmgateway consumers add alice [--scope orders:read ...]
-  mitmgateway consumers credential alice key-auth [--scope S ...]     prints KEYID:SECRET, once
-  mitmgateway consumers credential alice basic-auth --username alice  prints the password, once
-  mitmgateway consumers credential alice jwt --sub alice@example.com
-  mitmgateway consumers list
-  mitmgateway consumers deactivate alice [--credential ID]            and activate, the same way
+  mitmgateway consumers users create -p username=bob -p firstname=Bob -p lastname=Smith
+  mitmgateway consumers apps create -u bob -p name=bobs-app
+  mitmgateway consumers credentials create -c bob -t key-auth [-p scopes=orders:read]
+  mitmgateway consumers credentials deactivate -t key-auth KEYID
+  mitmgateway consumers users list | info bob | update bob -p email=b@x.io | deactivate bob | remove bob
+  mitmgateway consumers scopes create orders:read | list | info S | remove S
 
 (``scripts/consumers.py`` is the same tool, under the name the README first gave it.)
 
-Secrets are shown once and stored only as hashes (SHA-256 for API keys, bcrypt for passwords).
-The file is replaced atomically (a reader never sees half of it); the comment lines at its top
-are kept, comments elsewhere are not.
+Either way the same handlers run (admin_api/): writes are checked as the gateway loads the file,
+the file is replaced atomically with its comments kept, secrets are shown once and stored hashed.
+What it prints is the admin API's JSON (a status change prints its status).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
-import stat
+import json
 import sys
-import tempfile
-from collections.abc import Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
-import bcrypt
-import yaml
-
+from .admin_api import AdminApi, AdminRequest, Reply
+from .config.companion_files import CONSUMERS_FILE
 from .config.errors import ConfigError
-from .consumers import parse_consumers
-from .credentials import CREDENTIAL_TYPES
-from .policies.key_auth import hash_api_key_secret
+from .config.source import load_document
 
 NAME = "mitmgateway consumers"
-HEADER = "# Consumers of the gateway and their credentials; managed by mitmgateway consumers.\n"
+Send = Callable[[AdminRequest], Reply]
 
 
-def read(file: Path) -> tuple[str, dict[str, Any]]:
-    """The file's leading comment block and its document."""
-    if not file.exists():
-        return HEADER, {"consumers": {}}
-    text = file.read_text()
-    lines = text.splitlines(keepends=True)
-    first_content = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
-    header = "".join(lines[:first_content])
-    document = yaml.safe_load(text) or {}
-    document.setdefault("consumers", {})
-    return header or HEADER, document
+def _properties(pairs: Sequence[str]) -> dict[str, Any]:
+    """``-p key=value`` pairs (``scopes`` a comma-separated list), as eg takes them."""
+    properties: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            sys.exit(f"{NAME}: -p takes key=value, got {pair!r}")
+        properties[key] = [s for s in value.split(",") if s] if key == "scopes" else value
+    return properties
 
 
-def write(file: Path, header: str, document: dict[str, Any]) -> None:
-    try:
-        parse_consumers(document, file)  # never write a file the gateway would refuse
-    except ConfigError as e:
-        sys.exit(f"{NAME}: refusing to write an invalid file: {e}")
-    text = header + yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
-    fd, temporary = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        # mkstemp's 0600 for a new file (it holds credential hashes); an existing file keeps
-        # the mode its owner gave it (say 0640 for a gateway running as another user of a group).
-        if file.exists():
-            os.chmod(temporary, stat.S_IMODE(file.stat().st_mode))
-        os.replace(temporary, file)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+def _over_http(base: str, token: str | None) -> Send:
+    def send(request: AdminRequest) -> Reply:
+        query = f"?{urlencode(request.query)}" if request.query else ""
+        data = None if request.body is None else json.dumps(request.body).encode()
+        http_request = urllib.request.Request(
+            base.rstrip("/") + request.path + query, data=data, method=request.method
+        )
+        http_request.add_header("Content-Type", "application/json")
+        if token:
+            http_request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(http_request, timeout=30) as response:
+                status, text = response.status, response.read().decode()
+        except urllib.error.HTTPError as e:
+            status, text = e.code, e.read().decode()
+        except OSError as e:
+            sys.exit(f"{NAME}: cannot reach the admin API at {base}: {e}")
+        try:
+            return Reply(status, json.loads(text) if text else None)
+        except ValueError:
+            return Reply(status, text.strip())
+
+    return send
 
 
-def consumer(document: dict[str, Any], name: str) -> dict[str, Any]:
-    found = document["consumers"].get(name)
-    if found is None:
-        sys.exit(f"{NAME}: no consumer {name!r}")
-    return found
+def _on_files(config: Path, consumers_file: Path | None) -> Send:
+    """The admin API's handlers on the files; the gateway, if one runs, reloads them."""
+    if consumers_file is None:
+        named = None
+        if config.exists():
+            try:
+                named = (load_document(config).data or {}).get("consumers")
+            except ConfigError as e:
+                sys.exit(f"{NAME}: {e}")
+        consumers_file = config.parent / (named if isinstance(named, str) else CONSUMERS_FILE)
+    return AdminApi(config if config.exists() else None, consumers_file).handle
 
 
-def _id_key(credential: dict[str, Any]) -> str:
-    return CREDENTIAL_TYPES[credential["type"]].id_key
+def _request(args: argparse.Namespace) -> AdminRequest:
+    """The admin API request an eg command stands for."""
+    group, verb = args.group, args.verb
+    ids: list[str] = getattr(args, "ids", None) or []
+    q = lambda value: quote(value, safe="")  # noqa: E731
+    if group == "scopes":
+        if verb == "list":
+            return AdminRequest("GET", "/scopes")
+        if verb == "create":
+            return AdminRequest("POST", "/scopes", body={"scopes": ids})
+        return AdminRequest({"info": "GET", "remove": "DELETE"}[verb], f"/scopes/{q(ids[0])}")
+    if group == "credentials":
+        if verb == "create":
+            body = {
+                "consumerId": args.consumer,
+                "type": args.type,
+                "credential": _properties(args.properties),
+            }
+            return AdminRequest("POST", "/credentials", body=body)
+        if verb == "list":
+            return AdminRequest(
+                "GET", f"/credentials/{q(args.consumer)}" if args.consumer else "/credentials"
+            )
+        path = f"/credentials/{q(args.type)}/{q(ids[0])}"
+        if verb == "info":
+            return AdminRequest("GET", path)
+        return AdminRequest("PUT", f"{path}/status", body={"status": verb == "activate"})
+    path = f"/{group}/{q(ids[0])}" if ids else f"/{group}"
+    if verb == "list":
+        return AdminRequest("GET", f"/{group}")
+    if verb == "create":
+        body = _properties(args.properties)
+        if group == "apps":
+            body["userId"] = args.user
+        return AdminRequest("POST", f"/{group}", body=body)
+    if verb in ("activate", "deactivate"):
+        return AdminRequest("PUT", f"{path}/status", body={"status": verb == "activate"})
+    if verb == "update":
+        return AdminRequest("PUT", path, body=_properties(args.properties))
+    return AdminRequest({"info": "GET", "remove": "DELETE"}[verb], path)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=NAME, description="Users, apps, credentials and scopes (eg's commands)."
+    )
+    parser.add_argument(
+        "--config", "-c", type=Path, default=Path("gateway.config.yml"), help="on the files of this config"
+    )
+    parser.add_argument(
+        "--file", type=Path, help="the consumers file (default: the one the config names, or consumers.yml)"
+    )
+    parser.add_argument("--admin", metavar="URL", help="through a running gateway's admin API instead")
+    parser.add_argument("--admin-token", metavar="TOKEN", help="the admin API's token, if it has one")
+    groups = parser.add_subparsers(dest="group", required=True)
+    verbs = {
+        "users": ("create", "list", "info", "update", "activate", "deactivate", "remove"),
+        "apps": ("create", "list", "info", "update", "activate", "deactivate", "remove"),
+        "credentials": ("create", "list", "info", "activate", "deactivate"),
+        "scopes": ("create", "list", "info", "remove"),
+    }
+    for group, names in verbs.items():
+        sub = groups.add_parser(group).add_subparsers(dest="verb", required=True)
+        for verb in names:
+            command = sub.add_parser(verb)
+            if verb in ("create", "update") and group != "scopes":
+                command.add_argument("-p", "--property", dest="properties", action="append", default=[])
+            if group == "apps" and verb == "create":
+                command.add_argument("-u", "--user", required=True, help="the app's user (username or id)")
+            if group == "credentials":
+                if verb in ("create", "list"):
+                    command.add_argument(
+                        "-c", "--consumer", required=verb == "create", help="username, app name or id"
+                    )
+                if verb != "list":
+                    command.add_argument("-t", "--type", required=True, help="key-auth, basic-auth or jwt")
+            if group == "scopes" and verb == "create":
+                command.add_argument("ids", nargs="+", metavar="scope")
+            elif verb not in ("create", "list"):
+                command.add_argument("ids", nargs=1, metavar="id")
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog=NAME, description="Manage consumers.yml (reloaded live).")
-    parser.add_argument("--file", type=Path, default=Path("consumers.yml"))
-    commands = parser.add_subparsers(dest="command", required=True)
-    add = commands.add_parser("add")
-    add.add_argument("name")
-    add.add_argument("--scope", action="append", default=[])
-    credential = commands.add_parser("credential")
-    credential.add_argument("name")
-    credential.add_argument("type", choices=sorted(CREDENTIAL_TYPES))
-    credential.add_argument("--scope", action="append", default=[])
-    credential.add_argument("--sub", help="jwt: the token's sub")
-    credential.add_argument("--username", help="basic-auth: the user name")
-    commands.add_parser("list")
-    for verb in ("activate", "deactivate"):
-        toggle = commands.add_parser(verb)
-        toggle.add_argument("name")
-        toggle.add_argument("--credential", help="a credential's sub, keyId or username (default: all)")
-    args = parser.parse_args(argv)
-
-    header, document = read(args.file)
-    consumers = document["consumers"]
-    if args.command == "add":
-        if args.name in consumers:
-            sys.exit(f"{NAME}: {args.name!r} exists already")
-        consumers[args.name] = {"active": True, "scopes": args.scope, "credentials": []}
-        write(args.file, header, document)
-        print(f"added consumer {args.name}")
-    elif args.command == "credential":
-        entry = consumer(document, args.name)
-        item: dict[str, Any] = {"type": args.type}
-        shown = None
-        if args.type == "jwt":
-            if not args.sub:
-                sys.exit(f"{NAME}: a jwt credential needs --sub")
-            item["sub"] = args.sub
-        elif args.type == "key-auth":
-            key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(24)
-            item.update(keyId=key_id, keySecretHash=hash_api_key_secret(secret))
-            shown = f"API key (shown once): {key_id}:{secret}"
-        else:
-            if not args.username:
-                sys.exit(f"{NAME}: a basic-auth credential needs --username")
-            password = secrets.token_urlsafe(18)
-            hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(12)).decode()
-            item.update(username=args.username, passwordHash=hashed)
-            shown = f"password for {args.username} (shown once): {password}"
-        item.update(active=True, scopes=args.scope)
-        entry.setdefault("credentials", []).append(item)
-        write(args.file, header, document)
-        print(f"added a {args.type} credential to {args.name}")
-        if shown:
-            print(shown)
-    elif args.command == "list":
-        if not args.file.exists():
-            sys.exit(f"{NAME}: no {args.file} here (add a consumer to create it, or give --file)")
-        if not consumers:
-            print(f"{args.file}: no consumers")
-        for name, entry in consumers.items():
-            state = "active" if entry.get("active", True) else "inactive"
-            print(f"{name} ({state}) scopes: {', '.join(entry.get('scopes') or []) or '-'}")
-            for item in entry.get("credentials") or []:
-                state = "active" if item.get("active", True) else "inactive"
-                print(f"  {item['type']} {item[_id_key(item)]} ({state})")
-    else:
-        entry = consumer(document, args.name)
-        active = args.command == "activate"
-        if args.credential is None:
-            entry["active"] = active
-        else:
-            credentials = entry.get("credentials") or []
-            matches = [c for c in credentials if c.get(_id_key(c)) == args.credential]
-            if not matches:
-                sys.exit(f"{NAME}: {args.name!r} has no credential {args.credential!r}")
-            for item in matches:
-                item["active"] = active
-        write(args.file, header, document)
-        print(f"{args.command}d {args.name}{' ' + args.credential if args.credential else ''}")
+    args = _parser().parse_args(argv)
+    send = (
+        _over_http(args.admin, args.admin_token)
+        if args.admin
+        else _on_files(args.config.absolute(), args.file)
+    )
+    reply = send(_request(args))
+    if reply.status >= 400:
+        text = reply.body if isinstance(reply.body, str) else json.dumps(reply.body)
+        sys.exit(f"{NAME}: {reply.status}: {text or 'not found'}")
+    if isinstance(reply.body, dict) and set(reply.body) == {"status"}:
+        print(reply.body["status"])
+    elif reply.body is not None:
+        print(json.dumps(reply.body, indent=2))

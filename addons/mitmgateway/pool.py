@@ -22,7 +22,7 @@ from mitmproxy.utils import vt_codes
 from prometheus_client.multiprocess import mark_process_dead
 
 from .hooks.observation import POOL_DIR_ENV
-from .observe.admin import AdminServer
+from .observe.admin import AdminApiSettings, AdminServer, announced_serving
 from .observe.metrics import MULTIPROCESS_DIR_ENV, collect_multiprocess
 from .runner import WORKER_ENV, LabelledFormatter
 
@@ -43,7 +43,12 @@ class WorkerPool:
     """
 
     def __init__(
-        self, config: Path, settings: Sequence[str], workers: int, admin: tuple[str, int] | None
+        self,
+        config: Path,
+        settings: Sequence[str],
+        workers: int,
+        admin: tuple[str, int] | None,
+        admin_api: AdminApiSettings | None = None,
     ) -> None:
         self.command = [
             sys.executable,
@@ -59,6 +64,7 @@ class WorkerPool:
         ]
         self.size = workers
         self.admin_address = admin
+        self.admin_api = admin_api
         self.stopping = False
         self.processes: list[subprocess.Popen[bytes]] = []
         self.served: set[int] = set()
@@ -89,6 +95,10 @@ class WorkerPool:
     def _ready_file(self, process: subprocess.Popen[bytes]) -> Path:
         return self.directory / f"ready-{process.pid}"
 
+    def serve_as_now(self, file: Path) -> bool:
+        """Whether every worker serves `file` as it is now (the admin API waits for its writes)."""
+        return all(announced_serving(self._ready_file(p), file) for p in self.processes if p.poll() is None)
+
     def ready(self) -> bool:
         return bool(self.processes) and all(
             process.poll() is None and self._ready_file(process).exists() for process in self.processes
@@ -101,11 +111,15 @@ class WorkerPool:
         logging.basicConfig(level=logging.INFO, handlers=[handler])
         signal.signal(signal.SIGTERM, self._stop_all)
         signal.signal(signal.SIGINT, self._stop_all)
-        admin = AdminServer(ready=self.ready, metrics=lambda: collect_multiprocess(str(self.directory)))
+        admin = AdminServer(
+            ready=self.ready,
+            metrics=lambda: collect_multiprocess(str(self.directory)),
+            served=self.serve_as_now,
+        )
         try:
             for slot in range(self.size):
                 self.processes.append(self._start_one(slot))
-            admin.configure(self.admin_address)
+            admin.configure(self.admin_address, self.admin_api)
             code = self._supervise()
         finally:
             self._stop_all()

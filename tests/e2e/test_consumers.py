@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -161,22 +162,23 @@ def script(directory: Path, *args: str) -> str:
 
 
 def test_consumers_script_round_trip_on_a_running_gateway(start_gateway, upstreams, tmp_path):
-    (tmp_path / "consumers.yml").write_text("# our partners\nconsumers: {}\n")
-    script(tmp_path, "add", "partner", "--scope", "orders:read")
-    out = script(tmp_path, "credential", "partner", "key-auth")
-    api_key = out.split("API key (shown once): ")[1].strip()
-    assert api_key.split(":")[1] not in (tmp_path / "consumers.yml").read_text(), "only the hash is stored"
+    (tmp_path / "consumers.yml").write_text("# our partners\nconsumers: {}  # none yet\n")
+    script(tmp_path, "users", "create", "-p", "username=partner", "-p", "firstname=P", "-p", "lastname=Q")
+    created = json.loads(script(tmp_path, "credentials", "create", "-c", "partner", "-t", "key-auth"))
+    api_key = f"{created['keyId']}:{created['keySecret']}"
+    assert created["keySecret"] not in (tmp_path / "consumers.yml").read_text(), "only the hash is stored"
     assert (tmp_path / "consumers.yml").read_text().startswith("# our partners\n")
-    assert "partner (active) scopes: orders:read" in script(tmp_path, "list")
+    listed = json.loads(script(tmp_path, "credentials", "list", "-c", "partner"))["credentials"]
+    assert [(c["type"], c["keyId"], c["isActive"]) for c in listed] == [("key-auth", created["keyId"], True)]
 
     config = one_pipeline(upstreams["orders"].url, f"- key-auth: [{{action: {{}}}}]\n{PROXY}")
     gw = start_gateway(config)
     assert gw.send(headers={"Authorization": f"apiKey {api_key}"}).status == 200
-    script(tmp_path, "deactivate", "partner")
+    assert script(tmp_path, "users", "deactivate", "partner").strip() == "Deactivated"
     assert wait_until(
         lambda: gw.send(headers={"Authorization": f"apiKey {api_key}"}).status == 401, timeout=5
     )
-    script(tmp_path, "activate", "partner")
+    script(tmp_path, "users", "activate", "partner")
     assert wait_until(
         lambda: gw.send(headers={"Authorization": f"apiKey {api_key}"}).status == 200, timeout=5
     )
@@ -225,8 +227,9 @@ def test_a_consumers_file_created_after_start_takes_effect(start_gateway, upstre
     config = one_pipeline(upstreams["orders"].url, f"- key-auth: [{{action: {{}}}}]\n{PROXY}")
     gw = start_gateway(config)
     assert gw.send(headers={"Authorization": "apiKey nobody:x"}).status == 401
-    script(tmp_path, "add", "late")
-    api_key = script(tmp_path, "credential", "late", "key-auth").split("API key (shown once): ")[1].strip()
+    script(tmp_path, "users", "create", "-p", "username=late", "-p", "firstname=L", "-p", "lastname=T")
+    created = json.loads(script(tmp_path, "credentials", "create", "-c", "late", "-t", "key-auth"))
+    api_key = f"{created['keyId']}:{created['keySecret']}"
     assert wait_until(
         lambda: gw.send(headers={"Authorization": f"apiKey {api_key}"}).status == 200, timeout=5
     )

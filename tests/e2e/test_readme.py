@@ -212,13 +212,18 @@ JUDGES: dict[str, Callable[[Checkout, str, Path], None] | None] = {
     ".venv/bin/mitmgateway run -c gateway.config.yml --shadow "
     "examples/whatif/rate-limit-after-jwt.yml": serves(),
     ".venv/bin/mitmgateway check -c gateway.config.yml": succeeds("gateway.config.yml: OK"),
-    f"{CONSUMERS} add partner-acme --scope orders:read": consumers_file_is_private,
-    f"{CONSUMERS} credential partner-acme key-auth": succeeds("API key (shown once): "),
-    f"{CONSUMERS} credential partner-acme basic-auth --username acme": succeeds("shown once"),
-    f"{CONSUMERS} credential partner-acme jwt --sub acme-service@idp.example.com": succeeds(),
-    f"{CONSUMERS} list": succeeds("partner-acme (active) scopes: orders:read"),
-    f"{CONSUMERS} deactivate partner-acme [--credential KEYID]": succeeds(),
-    ".venv/bin/python scripts/consumers.py activate partner-acme": succeeds("activated partner-acme"),
+    f"{CONSUMERS} users create -p username=partner-acme -p firstname=Acme -p lastname=Partner": (
+        consumers_file_is_private
+    ),
+    f"{CONSUMERS} credentials create -c partner-acme -t key-auth": succeeds('"keySecret": '),
+    f"{CONSUMERS} credentials create -c partner-acme -t basic-auth": succeeds('"password": '),
+    f"{CONSUMERS} credentials create -c partner-acme -t jwt -p keyId=acme-service@idp.example.com": succeeds(
+        '"keyId": "acme-service@idp.example.com"'
+    ),
+    f"{CONSUMERS} users list": succeeds('"username": "partner-acme"'),
+    f"{CONSUMERS} users deactivate partner-acme": succeeds("Deactivated"),
+    ".venv/bin/python scripts/consumers.py users activate partner-acme": succeeds("Activated"),
+    ".venv/bin/mitmgateway admin-token": succeeds("admin API token (shown once): ", "tokenHash: sha256:"),
     ".venv/bin/python scripts/gen_keys.py": succeeds("private key: keys/privKey.pem"),
     ".venv/bin/python scripts/mint_token.py --sub demo-user": succeeds("eyJ"),
     ".venv/bin/python scripts/demo_upstream.py orders 9002": echo_service,
@@ -240,8 +245,6 @@ SHORTENED = {
     "scripts/soak --requests 30000 --runner mitmgateway": (
         "scripts/soak --requests 1500 --reloads 4 --max-keys 300 --runner mitmgateway"
     ),
-    # Optional arguments in brackets are left out.
-    f"{CONSUMERS} deactivate partner-acme [--credential KEYID]": f"{CONSUMERS} deactivate partner-acme",
 }
 # In the README's order, the quick start first (it makes the keys the others use), then the demo's
 # variants its text quotes.

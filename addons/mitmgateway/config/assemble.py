@@ -10,6 +10,7 @@ built once it is valid. The request path only reads what this builds.
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import logging
 import sys
 from collections.abc import Callable, Mapping
@@ -23,12 +24,13 @@ from ..https import parse_https
 from ..paths import PathRules
 from ..pipeline import Pipeline
 from ..policies import StepState
+from ..policies.key_auth import KEY_AUTH_CREDENTIAL
 from ..routing import Router
 from ..stores import StoreSettings
 from ..stores.base import parse_store_settings
 from ..upstreams.endpoints import build_upstream_trust, parse_service_endpoint
 from ..upstreams.tls import UpstreamTrust
-from .companion_files import CONSUMERS_FILE, SYSTEM_CONFIG, load_consumers, system_config_store
+from .companion_files import SYSTEM_CONFIG, consumers_file, load_consumers, system_config_store
 from .errors import ROOT, ConfigError, ErrorCollector, KeyPath
 from .model import AccessLogSettings, AdminListener, ErrorSettings, GatewayConfig, HttpListener, RequestLimits
 from .pipelines import PipelineBuilder, api_endpoints, declared_policies
@@ -92,6 +94,30 @@ def _http(raw: Any, path: KeyPath, reading: Reading) -> HttpListener | None:
     return http
 
 
+def _admin(raw: Any, path: KeyPath, _reading: Reading) -> AdminListener | None:
+    if raw is None:
+        return None
+    admin = parse_fields(AdminListener, raw, path)
+    if admin.token_hash is not None and not KEY_AUTH_CREDENTIAL.is_stored_form(admin.token_hash):
+        raise ConfigError(path.key("tokenHash"), "must be sha256:HEX, as mitmgateway admin-token prints it")
+    if admin.token_hash is None and not is_loopback(admin.address):
+        raise ConfigError(
+            path.key("hostname" if admin.hostname else "host"),
+            f"{admin.address} is not loopback: the admin API changes consumers and the config, so off "
+            "loopback it needs a credential (admin.tokenHash, from mitmgateway admin-token)",
+        )
+    return admin
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name other than localhost may resolve anywhere
+
+
 def _upstream_trust(_raw: None, _path: KeyPath, reading: Reading) -> UpstreamTrust:
     services = reading.parts.get("serviceEndpoints", {})
     return build_upstream_trust(services, reading.config_dir, KeyPath("serviceEndpoints"))
@@ -126,7 +152,7 @@ SECTIONS: dict[str, Section] = {
     "serviceEndpoints": _service_endpoints,
     # Not a section: the CA files serviceEndpoints name, read as soon as they are known.
     "upstreamTrust": _upstream_trust,
-    "admin": _fields(AdminListener),
+    "admin": _admin,
     "accessLog": _access_log,
     "policies": lambda raw, path, _reading: declared_policies(raw, path),
     "rateLimitStore": _rate_limit_store,
@@ -211,7 +237,7 @@ def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
         # Watched even while missing: creating one of them takes effect too.
         watched_files=(
             file,
-            consumers.file or file.parent / CONSUMERS_FILE,
+            consumers_file(file.parent, consumers),
             file.parent / SYSTEM_CONFIG,
             *(https.files if https is not None else ()),
             *upstream_trust.files,

@@ -17,6 +17,12 @@ SYSTEM_CONFIG = "system.config.yml"
 CONSUMERS_FILE = "consumers.yml"
 
 
+def consumers_file(config_dir: Path, consumers: Consumers) -> Path:
+    """Where the consumers are kept: the file they were read from, else consumers.yml beside the
+    config (watched even while missing, and where the admin API creates it)."""
+    return consumers.file or config_dir / CONSUMERS_FILE
+
+
 def load_consumers(config_dir: Path, named: Any) -> Consumers:
     """The consumers file the config names, or consumers.yml beside it if there is one."""
     if named is None:

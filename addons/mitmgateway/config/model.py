@@ -30,11 +30,14 @@ class HttpListener:
 
 @dataclass(frozen=True)
 class AdminListener:
-    """Where /metrics, /health and /ready are served (EG's admin section; EG spells it `host`)."""
+    """Where /metrics, /health, /ready and the admin API are served (EG's admin section; EG
+    spells it `host`)."""
 
     port: int = option("port", parse=tcp_port)
     host: str = option("host", "127.0.0.1")
     hostname: str | None = option("hostname", None)
+    token_hash: str | None = option("tokenHash", None)
+    """The admin API's credential, as ``mitmgateway admin-token`` prints it (sha256:HEX)."""
 
     @property
     def address(self) -> str:

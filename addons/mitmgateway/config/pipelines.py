@@ -40,6 +40,13 @@ def _api_endpoint(value: Any, entry_path: KeyPath) -> tuple[ApiEndpoint, ...]:
     )
 
 
+OAUTH2_REFUSED = (
+    "Express Gateway's oauth2 policy makes the gateway an authorization server with its own login "
+    "pages, which this gateway is not: let an identity provider issue the tokens and check them "
+    "with jwt (secretOrPublicKeyFile, or jwksUri for its key set), or with oauth2-introspect"
+)
+
+
 def declared_policies(raw: Any, path: KeyPath) -> frozenset[str]:
     """The names ``policies`` lists. Express Gateway's generated config lists some this gateway
     does not have (oauth2...): that is fine until a pipeline uses one (an error there)."""
@@ -103,6 +110,8 @@ class PipelineBuilder:
         if len(entry) != 1:
             raise ConfigError(path, "each entry names one policy: '- POLICY: [{action: ...}]'")
         ((policy_name, raw_steps),) = entry.items()
+        if policy_name == "oauth2":
+            raise ConfigError(path.key(policy_name), OAUTH2_REFUSED)
         if policy_name not in POLICIES:
             raise ConfigError(
                 path.key(policy_name),

@@ -18,6 +18,17 @@ from .errors import ROOT, ConfigError, KeyPath
 # rateLimitBy must pass through untouched.
 ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
+FileSignature = tuple[int, int, int]
+
+
+def file_signature(path: Path) -> FileSignature | None:
+    """What tells one version of a file from the next (None: there is no file)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML keeps the last of two equal keys silently; a gateway config must not."""

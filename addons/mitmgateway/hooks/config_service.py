@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from mitmproxy import ctx, exceptions
 from ..config.assemble import load_config
 from ..config.errors import ConfigError
 from ..config.model import GatewayConfig
+from ..config.source import FileSignature, file_signature
 from ..observe.metrics import GatewayMetrics
 from ..policies import StepState
 
@@ -34,6 +34,9 @@ class CurrentConfig:
 
     def __init__(self) -> None:
         self.config: GatewayConfig | None = None
+        self.sources: Mapping[Path, FileSignature | None] = {}
+        """The files the config in service was read from, as they were when it was loaded (the
+        admin API waits for its own writes to show here)."""
         self._followers: list[Follower] = []
 
     def follow(self, apply: Follower) -> None:
@@ -41,17 +44,10 @@ class CurrentConfig:
         self._followers.append(apply)
 
     def swap(self, config: GatewayConfig) -> None:
+        self.sources = {file: file_signature(file) for file in config.watched_files}
         previous, self.config = self.config, config
         for apply in self._followers:
             apply(config, previous)
-
-
-def _file_signature(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size, st.st_ino
 
 
 class WatchedFiles:
@@ -59,22 +55,22 @@ class WatchedFiles:
     since it was last loaded; shared by the serving config and the shadow config."""
 
     def __init__(self) -> None:
-        self._seen: tuple[tuple[int, int, int] | None, ...] = ()
+        self._seen: tuple[FileSignature | None, ...] = ()
 
     @contextmanager
     def loading(self, config_file: Path, others: Callable[[], Iterable[Path]]) -> Iterator[None]:
         """Around a load: afterwards (loaded or refused) the config file counts as it was before
         loading (an edit meanwhile is seen next poll), and `others()`, the files of the config now
         in service, as they are now."""
-        first = _file_signature(config_file)
+        first = file_signature(config_file)
         try:
             yield
         finally:
-            self._seen = (first, *(_file_signature(f) for f in others()))
+            self._seen = (first, *(file_signature(f) for f in others()))
 
     def changed(self, files: tuple[Path, ...]) -> list[Path]:
         """The files that changed since the last load (none while the config file is missing)."""
-        now = tuple(_file_signature(f) for f in files)
+        now = tuple(file_signature(f) for f in files)
         if now[0] is None or now == self._seen:
             return []
         seen = self._seen

@@ -9,9 +9,10 @@ from pathlib import Path
 from mitmproxy import http
 
 from ..config.model import GatewayConfig
+from ..config.source import file_signature
 from ..decision import Decision
 from ..observe.access_log import AccessLog
-from ..observe.admin import AdminServer
+from ..observe.admin import AdminServer, admin_api_settings, announce_sources
 from ..observe.decision_view import DecisionView
 from ..observe.metrics import GatewayMetrics
 from .config_service import CurrentConfig
@@ -27,7 +28,7 @@ class Observation:
         self.metrics = metrics
         self.access_log = access_log
         self.accepting = True
-        self.admin = AdminServer(ready=self.ready, metrics=self.metrics.exposition)
+        self.admin = AdminServer(ready=self.ready, metrics=self.metrics.exposition, served=self._served)
         pool_dir = os.environ.get(POOL_DIR_ENV)
         self._ready_file = Path(pool_dir) / f"ready-{os.getpid()}" if pool_dir else None
         self._running = False
@@ -36,6 +37,9 @@ class Observation:
     def ready(self) -> bool:
         return self.current.config is not None and self.accepting
 
+    def _served(self, file: Path) -> bool:
+        return self.current.sources.get(file) == file_signature(file)
+
     def load(self, loader) -> None:
         self._decision_view.install()
 
@@ -43,7 +47,7 @@ class Observation:
         self.access_log.configure(config.access_log)
         if self._ready_file is None:
             admin = config.admin
-            self.admin.configure((admin.address, admin.port) if admin else None)
+            self.admin.configure((admin.address, admin.port) if admin else None, admin_api_settings(config))
         self._announce_ready()
 
     def running(self) -> None:
@@ -51,8 +55,9 @@ class Observation:
         self._announce_ready()
 
     def _announce_ready(self) -> None:
+        """Tell the pool that this worker is ready, and which files its config was read from."""
         if self._ready_file is not None and self._running and self.ready():
-            self._ready_file.touch()
+            announce_sources(self._ready_file, self.current.sources)
 
     def stop_accepting(self) -> None:
         """Shutting down: /ready (and the pool) must stop sending traffic here."""

@@ -44,9 +44,14 @@ MAX_PENDING_CHECKS = 64
 _ARGON2 = PasswordHasher()  # holds only its parameters: one serves every check
 
 
+def hash_password(password: str) -> str:
+    """The form a password is stored in: bcrypt at cost 12 (the cost `_dummy_hash` has)."""
+    return bcrypt.hashpw(password.encode("utf-8", "surrogateescape"), bcrypt.gensalt(12)).decode()
+
+
 @functools.cache
 def _dummy_hash() -> str:
-    return bcrypt.hashpw(b"no such user", bcrypt.gensalt(12)).decode()
+    return hash_password("no such user")
 
 
 def password_matches(password: str, stored: str | None) -> bool:
