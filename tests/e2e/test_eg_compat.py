@@ -75,7 +75,9 @@ def test_a_pipeline_using_a_listed_policy_the_gateway_lacks_is_an_error(tmp_path
     )
     with pytest.raises(ConfigError) as refused:
         load_config(config, StepState())
-    assert "pipelines.orders.policies[1].oauth2: unknown policy 'oauth2'" in str(refused.value)
+    # Express Gateway's authorization server is not here: the error says what to use instead.
+    assert "pipelines.orders.policies[1].oauth2: Express Gateway's oauth2 policy" in str(refused.value)
+    assert "jwksUri" in str(refused.value) and "oauth2-introspect" in str(refused.value)
 
 
 @pytest.mark.parametrize(

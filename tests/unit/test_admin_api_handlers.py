@@ -13,7 +13,6 @@ import yaml
 from conftest import one_pipeline
 from mitmgateway.admin_api import AdminApi, AdminRequest
 from mitmgateway.config.assemble import load_config
-from mitmgateway.config.errors import ConfigError
 from mitmgateway.consumers import parse_consumers
 from mitmgateway.policies import StepState
 from mitmgateway.policies.basic_auth import password_matches
@@ -218,16 +217,3 @@ def test_a_json_config_stays_json(tmp_path):
     api = AdminApi(config, tmp_path / "consumers.yml")
     assert api.handle(AdminRequest("PUT", "/policies/cors")).status == 200
     assert "cors" in json.loads(config.read_text())["policies"]
-
-
-def test_a_pipeline_using_oauth2_is_refused_with_what_to_use(tmp_path):
-    config = tmp_path / "gateway.config.yml"
-    config.write_text(
-        one_pipeline("http://127.0.0.1:9", "- oauth2: [{action: {}}]")
-        .replace("{port}", "8080")
-        .replace("policies: [jwt,", "policies: [oauth2, jwt,")
-    )
-    with pytest.raises(ConfigError) as info:
-        load_config(config, StepState())
-    assert "pipelines.api.policies[0].oauth2" in str(info.value)
-    assert "jwksUri" in str(info.value) and "oauth2-introspect" in str(info.value)
