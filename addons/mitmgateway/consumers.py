@@ -33,7 +33,7 @@ import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .config.errors import ROOT, ConfigError, KeyPath
 from .config.schema import check_type, check_unknown_keys, require_list, require_mapping
@@ -89,10 +89,27 @@ class Authenticated:
         return {**(claims or {}), **named, "id": consumer.id, "scopes": list(self._sorted_scopes)}
 
 
+class ConsumerDirectory(Protocol):
+    """Who the auth policies look credentials up in: `Consumers` from a file, or the
+    `SharedConsumers` of a Redis (shared_consumers.py)."""
+
+    file: Path | None
+
+    @property
+    def kept_in(self) -> str | None:
+        """Where they are kept, for the log (None: nowhere, so nobody can authenticate)."""
+
+    def find(self, credential_type: str, credential_id: str) -> Authenticated | None: ...
+
+
 @dataclass(frozen=True)
 class Consumers:
     file: Path | None = None
     by_credential: Mapping[tuple[str, str], Authenticated] = field(default_factory=dict)
+
+    @property
+    def kept_in(self) -> str | None:
+        return None if self.file is None else str(self.file)
 
     def find(self, credential_type: str, credential_id: str) -> Authenticated | None:
         """The active consumer behind an active credential, if there is one."""

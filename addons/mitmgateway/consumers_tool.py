@@ -28,9 +28,10 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from .admin_api import AdminApi, AdminRequest, Reply
-from .config.companion_files import CONSUMERS_FILE
+from .config.companion_files import CONSUMERS_FILE, load_consumers
 from .config.errors import ConfigError
 from .config.source import load_document
+from .stores import StoreSettings
 
 NAME = "mitmgateway consumers"
 Send = Callable[[AdminRequest], Reply]
@@ -73,16 +74,20 @@ def _over_http(base: str, token: str | None) -> Send:
 
 
 def _on_files(config: Path, consumers_file: Path | None) -> Send:
-    """The admin API's handlers on the files; the gateway, if one runs, reloads them."""
+    """The admin API's handlers on the files (or the Redis the config keeps consumers in); the
+    gateway, if one runs, reloads them."""
+    store = None
     if consumers_file is None:
         named = None
-        if config.exists():
-            try:
+        try:
+            if config.exists():
                 named = (load_document(config).data or {}).get("consumers")
-            except ConfigError as e:
-                sys.exit(f"{NAME}: {e}")
+            where = load_consumers(config.parent, named) if isinstance(named, dict) else None
+        except ConfigError as e:
+            sys.exit(f"{NAME}: {e}")
+        store = where if isinstance(where, StoreSettings) else None
         consumers_file = config.parent / (named if isinstance(named, str) else CONSUMERS_FILE)
-    return AdminApi(config if config.exists() else None, consumers_file).handle
+    return AdminApi(config if config.exists() else None, consumers_file, consumer_store=store).handle
 
 
 def _request(args: argparse.Namespace) -> AdminRequest:

@@ -22,7 +22,7 @@ from mitmproxy.utils import vt_codes
 from prometheus_client.multiprocess import mark_process_dead
 
 from .hooks.observation import POOL_DIR_ENV
-from .observe.admin import AdminApiSettings, AdminServer, announced_serving
+from .observe.admin import AdminApiSettings, AdminServer, announced
 from .observe.metrics import MULTIPROCESS_DIR_ENV, collect_multiprocess
 from .runner import WORKER_ENV, LabelledFormatter
 
@@ -95,9 +95,9 @@ class WorkerPool:
     def _ready_file(self, process: subprocess.Popen[bytes]) -> Path:
         return self.directory / f"ready-{process.pid}"
 
-    def serve_as_now(self, file: Path) -> bool:
-        """Whether every worker serves `file` as it is now (the admin API waits for its writes)."""
-        return all(announced_serving(self._ready_file(p), file) for p in self.processes if p.poll() is None)
+    def announced(self, key: str) -> list[object]:
+        """What each running worker serves of the source `key` (the admin API waits for its writes)."""
+        return [announced(self._ready_file(p), key) for p in self.processes if p.poll() is None]
 
     def ready(self) -> bool:
         return bool(self.processes) and all(
@@ -114,7 +114,7 @@ class WorkerPool:
         admin = AdminServer(
             ready=self.ready,
             metrics=lambda: collect_multiprocess(str(self.directory)),
-            served=self.serve_as_now,
+            served=self.announced,
         )
         try:
             for slot in range(self.size):

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from conftest import one_pipeline
-from harness import ROOT, free_port, gateway_command
+from harness import ROOT, free_port, gateway_command, wait_until
 
 KEY_AUTH = "- key-auth: [{action: {}}]\n- proxy: [{action: {serviceEndpoint: backend}}]"
 SCRIPT = ROOT / "examples" / "admin-api" / "eg-quickstart.sh"
@@ -203,3 +203,38 @@ def test_consumers_cli_against_a_running_gateway(admin_gateway):
     run("users", "deactivate", "frank")
     assert gateway.send("/orders", headers={"Authorization": f"apiKey {key}"}).status == 401
     assert json.loads(run("users", "info", "frank"))["isActive"] is False
+
+
+def test_consumers_in_redis_are_shared_by_every_instance_and_survive_an_outage(
+    start_gateway, upstreams, tmp_path, redis_server
+):
+    (tmp_path / "system.config.yml").write_text(
+        f"db:\n  redis:\n    host: 127.0.0.1\n    port: {redis_server.port}\n    namespace: EG\n"
+    )
+    started = []
+    for name in ("a.yml", "b.yml"):
+        admin_port = free_port()
+        extra = f"admin: {{port: {admin_port}}}\nconsumers: {{store: redis}}\n"
+        gateway = start_gateway(one_pipeline(upstreams["orders"].url, KEY_AUTH, extra=extra), name=name)
+        started.append((gateway, admin_port))
+    (a, a_admin), (b, _b_admin) = started
+    assert call(a_admin, "POST", "/users", {"username": "gina", "firstname": "G", "lastname": "H"})[0] == 200
+    status, created = call(a_admin, "POST", "/credentials", {"consumerId": "gina", "type": "key-auth"})
+    assert status == 200
+    key = {"Authorization": f"apiKey {created['keyId']}:{created['keySecret']}"}
+    assert a.send("/orders", headers=key).status == 200  # served by the instance written to at once
+    # ...and by the other within a second, without a restart or a file.
+    assert wait_until(lambda: b.send("/orders", headers=key).status == 200, timeout=1.0)
+    assert not (tmp_path / "consumers.yml").exists()
+
+    redis_server.stop()
+    for gateway in (a, b):
+        assert gateway.send("/orders", headers=key).status == 200  # the consumers last seen
+    assert call(a_admin, "GET", "/users")[0] == 503
+    assert wait_until(lambda: "unavailable" in a.log() and "unavailable" in b.log())
+    redis_server.start()  # empty again (no persistence): a new version is seen by both
+    assert call(a_admin, "POST", "/users", {"username": "hal", "firstname": "H", "lastname": "I"})[0] == 200
+    assert wait_until(lambda: b.send("/orders", headers=key).status == 401, timeout=2.0)
+    for gateway in (a, b):
+        assert wait_until(lambda gateway=gateway: "is back" in gateway.log())
+        assert gateway.log().count("unavailable") == 1, gateway.log()  # the outage said once

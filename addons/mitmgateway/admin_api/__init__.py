@@ -6,14 +6,14 @@ answer; ``mitmgateway consumers`` runs the same handlers on the files when no ga
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
+from ..stores import StoreSettings
 from .config_sections import ConfigSections, check_gateway_config
 from .consumer_entities import ConsumerEntities
 from .credential_entities import CredentialEntities
 from .routes import AdminRequest, Reply, RouteTable
-from .store import ConsumerFile, EditedFile
+from .store import Applied, ConsumerFile, ConsumerStore, EditedFile, SharedConsumerDocument
 
 __all__ = ["AdminApi", "AdminRequest", "Reply"]
 
@@ -23,11 +23,16 @@ class AdminApi:
         self,
         config_file: Path | None,
         consumers_file: Path,
-        applied: Callable[[Path], None] = lambda _file: None,
+        applied: Applied = lambda _source, _is_served: None,
+        consumer_store: StoreSettings | None = None,
     ) -> None:
-        """`applied(file)` returns once the gateway serves `file` as written (or has waited long
-        enough); `config_file` None: only the consumers' endpoints."""
-        consumers = ConsumerFile(consumers_file, applied)
+        """`applied`: see store.py; `config_file` None: only the consumers' endpoints;
+        `consumer_store`: the Redis that keeps the consumers, if not `consumers_file`."""
+        consumers: ConsumerStore = (
+            SharedConsumerDocument(consumer_store, applied)
+            if consumer_store is not None
+            else ConsumerFile(consumers_file, applied)
+        )
         self.routes = RouteTable()
         self.routes.extend(ConsumerEntities(consumers).routes())
         self.routes.extend(CredentialEntities(consumers).routes())

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from ruamel.yaml.comments import CommentedMap
 
 from .routes import AdminError, AdminRequest, Handler, Reply
-from .store import ConsumerFile
+from .store import ConsumerStore
 
 USER_FIELDS = {"username": True, "firstname": True, "lastname": True, "email": False, "redirectUri": False}
 """A user's fields, and whether one is required (Express Gateway's users model)."""
@@ -147,7 +147,7 @@ def status_reply(entry: CommentedMap, status: Any, also: Sequence[CommentedMap] 
 
 
 class ConsumerEntities:
-    def __init__(self, store: ConsumerFile) -> None:
+    def __init__(self, store: ConsumerStore) -> None:
         self.store = store
 
     def routes(self) -> dict[tuple[str, str], Handler]:

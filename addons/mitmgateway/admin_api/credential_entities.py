@@ -25,7 +25,7 @@ from ..policies.basic_auth import hash_password
 from ..policies.key_auth import hash_api_key_secret
 from .consumer_entities import consumers_in, entity_id, find, now, status_reply
 from .routes import AdminError, AdminRequest, Handler, Reply
-from .store import ConsumerFile
+from .store import ConsumerStore
 
 CREATED_HERE = ("key-auth", "basic-auth", "jwt")
 OAUTH2_HINT = (
@@ -139,7 +139,7 @@ def _new_credential(
 
 
 class CredentialEntities:
-    def __init__(self, store: ConsumerFile) -> None:
+    def __init__(self, store: ConsumerStore) -> None:
         self.store = store
 
     def routes(self) -> dict[tuple[str, str], Handler]:

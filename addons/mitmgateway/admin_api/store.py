@@ -8,20 +8,28 @@ a script that creates a credential and calls an API with it next is not refused 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Protocol
 
+from redis.exceptions import RedisError
 from ruamel.yaml.comments import CommentedMap
 
-from ..config.editing import dump, one_writer, plain, read_editable, replace_file
+from ..config.editing import dump, one_writer, plain, read_editable, read_editable_text, replace_file
 from ..config.errors import ConfigError
-from ..config.source import load_document
+from ..config.source import listed_signature, load_document
 from ..consumers import parse_consumers
+from ..shared_consumers import connect, redis_keys, source_key
+from ..stores import StoreSettings
 from .routes import AdminError
 
-Applied = Callable[[Path], None]
+Applied = Callable[[str, Callable[[object], bool]], None]
+"""`applied(source, is_served)` returns once the gateway serves what was written to `source` (a
+file's path, consumers in Redis): once `is_served` holds for what each of its processes serves
+of it (or it waited long enough)."""
 CONSUMERS_HEADER = (
     "# Consumers of the gateway and their credentials (its admin API and mitmgateway consumers write here).\n"
 )
@@ -59,7 +67,8 @@ class EditedFile:
                 replace_file(self.file, header + text, self.check)
             except ConfigError as e:
                 raise AdminError(400, str(e)) from None
-        self.applied(self.file)
+            written = listed_signature(self.file)
+        self.applied(str(self.file), lambda served: served == written)
 
 
 def check_consumers_file(candidate: Path) -> None:
@@ -71,18 +80,78 @@ def check_consumers_file(candidate: Path) -> None:
         raise e.in_file(str(candidate), document.where) from None
 
 
+class ConsumerStore(Protocol):
+    """Where the admin API keeps consumers: consumers.yml, or a Redis."""
+
+    def read(self) -> CommentedMap: ...
+
+    def change(self) -> AbstractContextManager[CommentedMap]: ...
+
+
 class ConsumerFile(EditedFile):
     def __init__(self, file: Path, applied: Applied) -> None:
         super().__init__(file, check_consumers_file, applied, CONSUMERS_HEADER)
 
     def read(self) -> CommentedMap:
-        document = super().read()
-        consumers = document.get("consumers")
-        if consumers is None:
-            document["consumers"] = consumers = CommentedMap()
-        if not isinstance(consumers, CommentedMap):
-            raise AdminError(500, f"{self.file}: consumers must be a mapping")
-        for name, entry in consumers.items():
-            if entry is None:  # `alice:` alone is a consumer with nothing set
-                consumers[name] = CommentedMap()
-        return document
+        return with_consumers(super().read(), str(self.file))
+
+
+def with_consumers(document: CommentedMap, where: str) -> CommentedMap:
+    """`document` with a consumers mapping in which each consumer is a mapping."""
+    consumers = document.get("consumers")
+    if consumers is None:
+        document["consumers"] = consumers = CommentedMap()
+    if not isinstance(consumers, CommentedMap):
+        raise AdminError(500, f"{where}: consumers must be a mapping")
+    for name, entry in consumers.items():
+        if entry is None:  # `alice:` alone is a consumer with nothing set
+            consumers[name] = CommentedMap()
+    return document
+
+
+class SharedConsumerDocument:
+    """The consumers kept in Redis (shared_consumers.py), as the admin API reads and changes them:
+    one JSON document, written whole with its version incremented, under a Redis lock."""
+
+    def __init__(self, settings: StoreSettings, applied: Applied) -> None:
+        self.keys = redis_keys(settings)
+        self.source_key = source_key(settings)
+        self.applied = applied
+        self._client = connect(settings)
+
+    def read(self) -> CommentedMap:
+        try:
+            raw = self._client.get(self.keys[0])
+        except (RedisError, OSError) as e:
+            raise AdminError(503, f"the consumers' Redis is unavailable: {e}") from None
+        document = read_editable_text(raw.decode() if raw else "", {})
+        return with_consumers(document, self.source_key)
+
+    @contextmanager
+    def change(self) -> Iterator[CommentedMap]:
+        document_key, version_key, lock_key = self.keys
+        lock = self._client.lock(lock_key, timeout=30, blocking_timeout=10)
+        try:
+            if not lock.acquire():
+                raise AdminError(503, "another write to the consumers is under way; try again")
+        except (RedisError, OSError) as e:
+            raise AdminError(503, f"the consumers' Redis is unavailable: {e}") from None
+        try:
+            document = self.read()
+            yield document
+            data = plain(document)
+            try:
+                parse_consumers(data, Path(self.source_key))
+            except ConfigError as e:
+                raise AdminError(400, str(e)) from None
+            try:
+                pipeline = self._client.pipeline(transaction=True)
+                pipeline.set(document_key, json.dumps(data))
+                pipeline.incr(version_key)
+                version = pipeline.execute()[1]
+            except (RedisError, OSError) as e:
+                raise AdminError(503, f"the consumers' Redis is unavailable: {e}") from None
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                lock.release()
+        self.applied(self.source_key, lambda served: isinstance(served, int) and served >= version)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..clients import ClientResolver, parse_trusted_proxies
-from ..consumers import Consumers
+from ..consumers import ConsumerDirectory
 from ..https import parse_https
 from ..paths import PathRules
 from ..pipeline import Pipeline
@@ -213,11 +213,16 @@ def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
     store_settings: StoreSettings = parts["rateLimitStore"]
     store_key = ("rateLimitStore", store_settings.identity())
     store = state.get(store_key, lambda: state.open_store(store_settings), set())
-    consumers: Consumers = parts["consumers"]
+    consumers: ConsumerDirectory = parts["consumers"]
+    if isinstance(consumers, StoreSettings):  # kept in Redis: followed across reloads
+        consumers_key = ("sharedConsumers", consumers.identity())
+        consumers = state.get(consumers_key, lambda: state.shared_consumers(parts["consumers"]), set())
     builder = PipelineBuilder(
         file.parent, state, parts["policies"], parts["serviceEndpoints"], store, consumers
     )
     builder.used_state.add(store_key)
+    if isinstance(parts["consumers"], StoreSettings):
+        builder.used_state.add(consumers_key)
     pipelines, routes = _pipelines(sections.get("pipelines"), builder, parts["apiEndpoints"], errors)
     https = parts["https"]
     return GatewayConfig(

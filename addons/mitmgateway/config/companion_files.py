@@ -7,24 +7,38 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from ..consumers import Consumers, parse_consumers
+from ..consumers import ConsumerDirectory, Consumers, parse_consumers
 from ..stores import StoreSettings
 from .errors import ROOT, ConfigError, KeyPath
-from .schema import check_type, require_mapping, tcp_port
+from .schema import check_type, check_unknown_keys, require_mapping, tcp_port
 from .source import load_document
 
 SYSTEM_CONFIG = "system.config.yml"
 CONSUMERS_FILE = "consumers.yml"
 
 
-def consumers_file(config_dir: Path, consumers: Consumers) -> Path:
+def consumers_file(config_dir: Path, consumers: ConsumerDirectory) -> Path:
     """Where the consumers are kept: the file they were read from, else consumers.yml beside the
     config (watched even while missing, and where the admin API creates it)."""
     return consumers.file or config_dir / CONSUMERS_FILE
 
 
-def load_consumers(config_dir: Path, named: Any) -> Consumers:
-    """The consumers file the config names, or consumers.yml beside it if there is one."""
+def load_consumers(config_dir: Path, named: Any) -> Consumers | StoreSettings:
+    """The consumers file the config names, or consumers.yml beside it if there is one; or, with
+    ``consumers: {store: redis}``, the Redis of system.config.yml's db.redis that keeps them."""
+    if isinstance(named, dict):
+        path = KeyPath("consumers")
+        check_unknown_keys(named, ["store"], path)
+        if named.get("store") != "redis":
+            raise ConfigError(
+                path.key("store"), f"must be redis (or give a file name), got {named.get('store')!r}"
+            )
+        store = system_config_store(config_dir)
+        if store is None:
+            raise ConfigError(
+                path.key("store"), f"redis needs a Redis: db.redis in {config_dir / SYSTEM_CONFIG}"
+            )
+        return store
     if named is None:
         file = config_dir / CONSUMERS_FILE
         if not file.exists():

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from ..bodies import STREAM_BODIES_OVER
 from ..clients import ClientResolver
-from ..consumers import Consumers
+from ..consumers import ConsumerDirectory, Consumers
 from ..https import HttpsListener
 from ..paths import PathRules
 from ..pipeline import Pipeline
@@ -97,7 +97,7 @@ class GatewayConfig:
     admin: AdminListener | None = None
     access_log: Path | None = None
     """None: no access log; Path('-'): standard output."""
-    consumers: Consumers = Consumers()
+    consumers: ConsumerDirectory = Consumers()
     json_errors: bool = False
     limits: RequestLimits = RequestLimits()
     path_rules: PathRules = PathRules()

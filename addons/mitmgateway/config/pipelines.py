@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..conditions import parse_condition, reads_body
-from ..consumers import Consumers
+from ..consumers import ConsumerDirectory
 from ..pipeline import Pipeline, Step
 from ..policies import POLICIES, BuildContext, StepState
 from ..routing import ApiEndpoint, parse_api_endpoint
@@ -70,7 +70,7 @@ class PipelineBuilder:
         declared: frozenset[str],
         service_endpoints: Mapping[str, ServiceEndpoint],
         rate_limit_store: RateLimitStore,
-        consumers: Consumers,
+        consumers: ConsumerDirectory,
     ) -> None:
         self.config_dir = config_dir
         self.rate_limit_store = rate_limit_store

@@ -30,6 +30,12 @@ def file_signature(path: Path) -> FileSignature | None:
     return st.st_mtime_ns, st.st_size, st.st_ino
 
 
+def listed_signature(path: Path) -> list[int] | None:
+    """`file_signature` as JSON has it (what a pool's workers announce)."""
+    signature = file_signature(path)
+    return None if signature is None else list(signature)
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML keeps the last of two equal keys silently; a gateway config must not."""
 

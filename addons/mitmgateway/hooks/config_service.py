@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,9 +19,10 @@ from mitmproxy import ctx, exceptions
 from ..config.assemble import load_config
 from ..config.errors import ConfigError
 from ..config.model import GatewayConfig
-from ..config.source import FileSignature, file_signature
+from ..config.source import FileSignature, file_signature, listed_signature
 from ..observe.metrics import GatewayMetrics
 from ..policies import StepState
+from ..shared_consumers import SharedConsumers
 
 logger = logging.getLogger("mitmgateway")
 
@@ -34,17 +35,24 @@ class CurrentConfig:
 
     def __init__(self) -> None:
         self.config: GatewayConfig | None = None
-        self.sources: Mapping[Path, FileSignature | None] = {}
-        """The files the config in service was read from, as they were when it was loaded (the
-        admin API waits for its own writes to show here)."""
+        self._file_sources: dict[str, object] = {}
         self._followers: list[Follower] = []
 
     def follow(self, apply: Follower) -> None:
         """Call ``apply(new, previous)`` on every swap."""
         self._followers.append(apply)
 
+    def served(self) -> dict[str, object]:
+        """What the config in service was read from, as it was then: each file's signature, and
+        the version of consumers kept in Redis. The admin API waits for its writes to show here."""
+        sources = dict(self._file_sources)
+        config = self.config
+        if config is not None and isinstance(config.consumers, SharedConsumers):
+            sources[config.consumers.source_key] = config.consumers.version
+        return sources
+
     def swap(self, config: GatewayConfig) -> None:
-        self.sources = {file: file_signature(file) for file in config.watched_files}
+        self._file_sources = {str(file): listed_signature(file) for file in config.watched_files}
         previous, self.config = self.config, config
         for apply in self._followers:
             apply(config, previous)

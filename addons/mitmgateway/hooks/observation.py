@@ -9,12 +9,12 @@ from pathlib import Path
 from mitmproxy import http
 
 from ..config.model import GatewayConfig
-from ..config.source import file_signature
 from ..decision import Decision
 from ..observe.access_log import AccessLog
 from ..observe.admin import AdminServer, admin_api_settings, announce_sources
 from ..observe.decision_view import DecisionView
 from ..observe.metrics import GatewayMetrics
+from ..shared_consumers import SharedConsumers
 from .config_service import CurrentConfig
 
 POOL_DIR_ENV = "MITMGATEWAY_POOL_DIR"
@@ -28,7 +28,11 @@ class Observation:
         self.metrics = metrics
         self.access_log = access_log
         self.accepting = True
-        self.admin = AdminServer(ready=self.ready, metrics=self.metrics.exposition, served=self._served)
+        self.admin = AdminServer(
+            ready=self.ready,
+            metrics=self.metrics.exposition,
+            served=lambda key: [self.current.served().get(key)],
+        )
         pool_dir = os.environ.get(POOL_DIR_ENV)
         self._ready_file = Path(pool_dir) / f"ready-{os.getpid()}" if pool_dir else None
         self._running = False
@@ -37,14 +41,14 @@ class Observation:
     def ready(self) -> bool:
         return self.current.config is not None and self.accepting
 
-    def _served(self, file: Path) -> bool:
-        return self.current.sources.get(file) == file_signature(file)
-
     def load(self, loader) -> None:
         self._decision_view.install()
 
     def apply(self, config: GatewayConfig, previous: GatewayConfig | None) -> None:
         self.access_log.configure(config.access_log)
+        if isinstance(config.consumers, SharedConsumers):
+            # A new version of the consumers comes without a swap: the pool hears of it too.
+            config.consumers.on_change = self._announce_ready
         if self._ready_file is None:
             admin = config.admin
             self.admin.configure((admin.address, admin.port) if admin else None, admin_api_settings(config))
@@ -57,7 +61,7 @@ class Observation:
     def _announce_ready(self) -> None:
         """Tell the pool that this worker is ready, and which files its config was read from."""
         if self._ready_file is not None and self._running and self.ready():
-            announce_sources(self._ready_file, self.current.sources)
+            announce_sources(self._ready_file, self.current.served())
 
     def stop_accepting(self) -> None:
         """Shutting down: /ready (and the pool) must stop sending traffic here."""

@@ -30,8 +30,9 @@ from ..admin_api import AdminApi
 from ..admin_api.routes import AdminRequest, Reply
 from ..config.companion_files import consumers_file
 from ..config.model import GatewayConfig
-from ..config.source import FileSignature, file_signature
 from ..policies.key_auth import hash_api_key_secret
+from ..shared_consumers import SharedConsumers
+from ..stores import StoreSettings
 
 logger = logging.getLogger("mitmgateway")
 
@@ -45,31 +46,33 @@ class AdminApiSettings:
     config_file: Path
     consumers_file: Path
     token_hash: str | None
+    consumer_store: StoreSettings | None = None
+    """Where the consumers are kept when not in consumers_file: a Redis."""
 
 
 def admin_api_settings(config: GatewayConfig) -> AdminApiSettings | None:
     if config.admin is None:
         return None
-    return AdminApiSettings(
-        config.file, consumers_file(config.file.parent, config.consumers), config.admin.token_hash
-    )
+    consumers = config.consumers
+    store = consumers.settings if isinstance(consumers, SharedConsumers) else None
+    where = consumers_file(config.file.parent, consumers)
+    return AdminApiSettings(config.file, where, config.admin.token_hash, store)
 
 
-def announce_sources(ready_file: Path, sources: Mapping[Path, FileSignature | None]) -> None:
-    """A pool worker's ready file: the files its config in service was read from, as they were."""
-    temporary = ready_file.with_name(f".{ready_file.name}")
-    temporary.write_text(json.dumps({str(file): signature for file, signature in sources.items()}))
+def announce_sources(ready_file: Path, sources: Mapping[str, object]) -> None:
+    """A pool worker's ready file: what its config in service was read from (CurrentConfig.served)."""
+    # Its own temporary name: the consumers' polling thread announces too.
+    temporary = ready_file.with_name(f".{ready_file.name}.{threading.get_ident()}")
+    temporary.write_text(json.dumps(sources))
     os.replace(temporary, ready_file)
 
 
-def announced_serving(ready_file: Path, file: Path) -> bool:
-    """Whether the worker behind `ready_file` serves `file` as it is now."""
+def announced(ready_file: Path, key: str) -> object:
+    """What the worker behind `ready_file` serves of the source `key` (None if unknown)."""
     try:
-        sources = json.loads(ready_file.read_text() or "{}")
+        return json.loads(ready_file.read_text() or "{}").get(key)
     except (OSError, ValueError):
-        return False
-    signature = file_signature(file)
-    return sources.get(str(file)) == (list(signature) if signature else None)
+        return None
 
 
 class AdminServer:
@@ -77,9 +80,10 @@ class AdminServer:
         self,
         ready: Callable[[], bool],
         metrics: Callable[[], bytes],
-        served: Callable[[Path], bool] = lambda _file: True,
+        served: Callable[[str], list[object]] = lambda _key: [],
     ) -> None:
-        """`served(file)`: whether the gateway serves `file` as it is now (after a write)."""
+        """`served(key)`: what each process of the gateway serves of the source `key` (a file's
+        signature, the version of consumers in Redis), for a write to wait for."""
         self.ready = ready
         self.metrics = metrics
         self.served = served
@@ -95,7 +99,12 @@ class AdminServer:
             self._settings = settings
             self.token_hash = settings.token_hash if settings else None
             self.api = (
-                AdminApi(settings.config_file, settings.consumers_file, self._wait_until_served)
+                AdminApi(
+                    settings.config_file,
+                    settings.consumers_file,
+                    self._wait_until_served,
+                    settings.consumer_store,
+                )
                 if settings
                 else None
             )
@@ -134,12 +143,12 @@ class AdminServer:
             hash_api_key_secret(token.strip()), self.token_hash
         )
 
-    def _wait_until_served(self, file: Path) -> None:
+    def _wait_until_served(self, key: str, is_served: Callable[[object], bool]) -> None:
         deadline = time.monotonic() + SERVED_WITHIN_SECONDS
-        while not self.served(file):
+        while not all(is_served(value) for value in self.served(key)):
             if time.monotonic() > deadline:
                 logger.warning(
-                    "admin API: %s written, but not served after %.0f s", file, SERVED_WITHIN_SECONDS
+                    "admin API: %s written, but not served after %.0f s", key, SERVED_WITHIN_SECONDS
                 )
                 return
             time.sleep(0.05)

@@ -18,8 +18,9 @@ from ..outages import Outage
 from ..stores import RateLimitStore, StoreSettings, open_store
 
 if TYPE_CHECKING:
-    from ..consumers import Consumers
+    from ..consumers import ConsumerDirectory
     from ..context import RequestContext
+    from ..shared_consumers import SharedConsumers
     from ..upstreams.endpoints import ServiceEndpoint
 
 S = TypeVar("S")
@@ -57,6 +58,11 @@ class StepState:
     ) -> IntrospectionEndpoint:
         return IntrospectionEndpoint(url, authorization, timeout, ttl, outage)
 
+    def shared_consumers(self, settings: StoreSettings) -> SharedConsumers:
+        from ..shared_consumers import SharedConsumers  # the sync redis client, when used
+
+        return SharedConsumers(settings)
+
     def delay(self, seconds: float) -> Awaitable[None]:
         """What a step awaits to hold a request back (a rate limit's delayMs)."""
         return asyncio.sleep(seconds)
@@ -81,7 +87,7 @@ class BuildContext:
     config_dir: Path
     service_endpoints: Mapping[str, ServiceEndpoint]
     rate_limit_store: RateLimitStore
-    consumers: Consumers
+    consumers: ConsumerDirectory
     state: StepState
     used_state: set[Any] = field(default_factory=set)
     reporting: bool = False

@@ -199,7 +199,7 @@ class JwtPolicy(Policy):
         # As in Express Gateway: the token's sub must name an active jwt credential of an active
         # consumer (looked up per request, so a deactivation applies at once).
         self.consumers = build.consumers if action.check_credential_existence else None
-        if self.consumers is not None and build.consumers.file is None:
+        if self.consumers is not None and build.consumers.kept_in is None:
             logger.warning(
                 "%s: checkCredentialExistence is true but there is no consumers file: every token "
                 "will be refused (add consumers.yml, or set it to false)",

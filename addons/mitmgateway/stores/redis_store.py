@@ -31,7 +31,7 @@ MAX_CONNECTIONS = 64
 MAX_KEY_LENGTH = 200
 
 
-def _without_password(url: str) -> str:
+def without_password(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -83,7 +83,7 @@ class RedisStore(RateLimitStore):
             "fixed-window": self.client.register_script(FIXED_WINDOW),
             "sliding-window": self.client.register_script(SLIDING_WINDOW),
         }
-        self.outage = Outage(f"rate-limit store {_without_password(self.url)}")
+        self.outage = Outage(f"rate-limit store {without_password(self.url)}")
 
     def hit(
         self, key: str, window_ms: int, algorithm: Algorithm, limit: int, now: float

@@ -32,6 +32,7 @@ from ..observe.access_log import AccessLog
 from ..outages import Outage
 from ..pipeline import Step
 from ..policies import StepState
+from ..shared_consumers import SharedConsumers
 from ..stores import Algorithm, Hit, RateLimitStore, StoreSettings
 from ..stores.memory import MemoryStore
 from .outcome import Outcome
@@ -117,6 +118,9 @@ class ReplayState(StepState):
         self, url: str, authorization: str | None, timeout: float, ttl: float, outage: Outage
     ) -> IntrospectionEndpoint:
         return _NotAskedOffline(url, authorization, timeout, ttl, outage)
+
+    def shared_consumers(self, settings: StoreSettings) -> SharedConsumers:
+        return SharedConsumers(settings, follow=False)  # read once: a replay judges with one set
 
     def delay(self, seconds: float) -> Awaitable[None]:
         return _no_delay()
