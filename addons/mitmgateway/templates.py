@@ -30,12 +30,27 @@ def _header(name: str) -> Getter:
     return lambda ctx: ctx.flow.request.headers.get(name)
 
 
+def _client_member(dotted: str) -> Getter:
+    """``req.client.subject.CN``: a member of Node's req.client (the TLS client certificate)."""
+    keys = tuple(dotted.split("."))
+    client = REQUEST_MEMBERS["client"]
+
+    def get(ctx: RequestContext) -> Any:
+        value: Any = client(ctx)
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        return value
+
+    return get
+
+
 # The request's own text members, read as expressions read them (headers and query are not text).
 SIMPLE_REFERENCES: dict[str, Getter] = {
     f"req.{name}": getter for name, getter in REQUEST_MEMBERS.items() if name not in ("headers", "query")
 }
 PREFIXED_REFERENCES: dict[str, Callable[[str], Getter]] = {
     "req.headers.": _header,
+    "req.client.": _client_member,
     "req.user.": _claim,
     "user.": _claim,
 }
