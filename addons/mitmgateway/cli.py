@@ -10,10 +10,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config.assemble import load_config
+from .admin_api.config_sections import checked_config
 from .config.errors import ConfigError
 from .config.model import GatewayConfig
-from .policies import StepState
 from .policies.key_auth import hash_api_key_secret
 from .routing import ApiEndpoint
 
@@ -100,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers == 1:
         return runner.serve(config_path, args.settings, reuse_port=args.reuse_port)
     try:
-        config = load_config(config_path, StepState())
+        config = checked_config(config_path)
     except ConfigError as e:
         print(f"mitmgateway: invalid gateway config: {e}", file=sys.stderr)
         return 1
@@ -120,7 +119,7 @@ def _optimized(argv: list[str]) -> None:
 
 def check(config_path: Path) -> int:
     try:
-        config = load_config(config_path, StepState())
+        config = checked_config(config_path)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -143,7 +144,12 @@ def _parser() -> argparse.ArgumentParser:
         "--file", type=Path, help="the consumers file (default: the one the config names, or consumers.yml)"
     )
     parser.add_argument("--admin", metavar="URL", help="through a running gateway's admin API instead")
-    parser.add_argument("--admin-token", metavar="TOKEN", help="the admin API's token, if it has one")
+    parser.add_argument(
+        "--admin-token",
+        metavar="TOKEN",
+        default=os.environ.get("MITMGATEWAY_ADMIN_TOKEN"),
+        help="the admin API token (better: $MITMGATEWAY_ADMIN_TOKEN, which ps does not show)",
+    )
     groups = parser.add_subparsers(dest="group", required=True)
     verbs = {
         "users": ("create", "list", "info", "update", "activate", "deactivate", "remove"),

@@ -21,8 +21,11 @@ from pathlib import Path
 from mitmproxy.utils import vt_codes
 from prometheus_client.multiprocess import mark_process_dead
 
+from .admin_api.config_sections import checked_config
+from .config.errors import ConfigError
+from .config.source import file_signature
 from .hooks.observation import POOL_DIR_ENV
-from .observe.admin import AdminApiSettings, AdminServer, announced
+from .observe.admin import AdminApiSettings, AdminServer, admin_api_settings, announced
 from .observe.metrics import MULTIPROCESS_DIR_ENV, collect_multiprocess
 from .runner import WORKER_ENV, LabelledFormatter
 
@@ -63,6 +66,8 @@ class WorkerPool:
             *(arg for setting in settings for arg in ("--set", setting)),
         ]
         self.size = workers
+        self.config = config
+        self._config_signature = file_signature(config)
         self.admin_address = admin
         self.admin_api = admin_api
         self.stopping = False
@@ -111,7 +116,7 @@ class WorkerPool:
         logging.basicConfig(level=logging.INFO, handlers=[handler])
         signal.signal(signal.SIGTERM, self._stop_all)
         signal.signal(signal.SIGINT, self._stop_all)
-        admin = AdminServer(
+        self.admin = AdminServer(
             ready=self.ready,
             metrics=lambda: collect_multiprocess(str(self.directory)),
             served=self.announced,
@@ -119,19 +124,33 @@ class WorkerPool:
         try:
             for slot in range(self.size):
                 self.processes.append(self._start_one(slot))
-            admin.configure(self.admin_address, self.admin_api)
+            self.admin.configure(self.admin_address, self.admin_api)
             code = self._supervise()
         finally:
             self._stop_all()
             code = self._wait_all()
-            admin.stop()
+            self.admin.stop()
             shutil.rmtree(self.directory, ignore_errors=True)
         return code
+
+    def _follow_admin_settings(self) -> None:
+        """The admin API as the config now says (a new admin.tokenHash takes effect at once; the
+        admin port's address is the one the pool started with)."""
+        signature = file_signature(self.config)
+        if signature == self._config_signature:
+            return
+        self._config_signature = signature
+        try:
+            settings = admin_api_settings(checked_config(self.config))
+        except ConfigError:
+            return  # the workers refuse it too, and say why
+        self.admin.configure(self.admin_address, settings)
 
     def _supervise(self) -> int:
         last_restart = [0.0] * self.size
         while not self.stopping:
             time.sleep(0.2)
+            self._follow_admin_settings()
             for i, process in enumerate(self.processes):
                 if self._ready_file(process).exists():
                     self.served.add(process.pid)

@@ -34,10 +34,20 @@ logger = logging.getLogger("mitmgateway")
 POLL_SECONDS = 0.5
 
 
-def redis_keys(settings: StoreSettings) -> tuple[str, str, str]:
-    """The document's key, its version's, and the admin API's write lock's."""
+def redis_keys(settings: StoreSettings) -> tuple[str, str, str, str]:
+    """The document's key, its version's, the admin API's write lock's, and the generation's (a
+    random id set by the first write: a Redis that lost its data starts a new one)."""
     base = f"{settings.namespace}-consumers"
-    return base, f"{base}-version", f"{base}-lock"
+    return base, f"{base}-version", f"{base}-lock", f"{base}-generation"
+
+
+Version = list[object]
+"""``[generation, number]``, as JSON has it (the pool's ready files)."""
+
+
+def served_since(served: object, written: Version) -> bool:
+    """Whether a process serving version `served` serves what was `written` (or a later write)."""
+    return isinstance(served, list) and served[:1] == written[:1] and served[1] >= written[1]
 
 
 def source_key(settings: StoreSettings) -> str:
@@ -55,21 +65,23 @@ class SharedConsumers:
 
     file: Path | None = None
 
-    def __init__(self, settings: StoreSettings, follow: bool = True) -> None:
-        """`follow`: poll for changes (a what-if replay reads them once)."""
+    def __init__(self, settings: StoreSettings, follow: bool = True, read: bool = True) -> None:
+        """`follow`: poll for changes (a what-if replay reads them once); `read`: reach Redis at
+        all (checking a config does not: it finds no consumers)."""
         self.settings = settings
         self.source_key = source_key(settings)
         self.kept_in = f"redis {without_password(settings.url or '')} ({settings.namespace}-consumers)"
-        self.version = -1
-        """The version served (-1: none seen yet)."""
+        self.version: Version = ["", -1]
+        """The version served (number -1: none seen yet)."""
         self.on_change: Callable[[], None] = lambda: None
         """Called (from the polling thread) when a new version is served."""
         self._current = Consumers()
         self._client = connect(settings)
         self._outage = Outage(f"consumers in {self.kept_in}")
         self._stopped = threading.Event()
-        self._poll()  # a starting gateway serves them from its first request
-        if follow:
+        if read:
+            self._poll()  # a starting gateway serves them from its first request
+        if read and follow:
             threading.Thread(target=self._poll_forever, name="mitmgateway consumers", daemon=True).start()
 
     def find(self, credential_type: str, credential_id: str) -> Authenticated | None:
@@ -84,12 +96,13 @@ class SharedConsumers:
             self._poll()
 
     def _poll(self) -> None:
-        document_key, version_key, _lock = redis_keys(self.settings)
+        document_key, version_key, _lock, generation_key = redis_keys(self.settings)
         try:
-            version = int(self._client.get(version_key) or 0)
+            generation, number = self._client.mget(generation_key, version_key)
+            version: Version = [(generation or b"").decode(), int(number or 0)]
             raw = self._client.get(document_key) if version != self.version else None
         except (RedisError, OSError, ValueError) as e:
-            seen = "the consumers last seen" if self.version >= 0 else "no consumers (none seen yet)"
+            seen = "the consumers last seen" if self.version[1] >= 0 else "no consumers (none seen yet)"
             self._outage.failed(e, f"serving {seen}")
             return
         self._outage.recovered()
@@ -100,7 +113,7 @@ class SharedConsumers:
         except (ValueError, ConfigError) as e:
             # Only a writer that went around the admin API can store what the loader refuses.
             logger.error(
-                "consumers in %s: version %d refused, serving the last good one: %s", self.kept_in, version, e
+                "consumers in %s: version %s refused, serving the last good one: %s", self.kept_in, version, e
             )
         else:
             self._current = consumers

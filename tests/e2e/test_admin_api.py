@@ -4,6 +4,7 @@ the answer, under mitmdump and under --workers 2."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import stat
@@ -238,3 +239,24 @@ def test_consumers_in_redis_are_shared_by_every_instance_and_survive_an_outage(
     for gateway in (a, b):
         assert wait_until(lambda gateway=gateway: "is back" in gateway.log())
         assert gateway.log().count("unavailable") == 1, gateway.log()  # the outage said once
+
+
+def test_a_web_page_cannot_write_through_the_tokenless_admin_api(admin_gateway):
+    """A page the operator opens may POST text/plain to 127.0.0.1 unasked, or reach it under a
+    name of its own (DNS rebinding): neither writes."""
+    _gateway, admin_port = admin_gateway()
+    for username, headers, expected in [
+        ("mallory", {"Content-Type": "text/plain", "Host": f"127.0.0.1:{admin_port}"}, 415),
+        ("rebound", {"Content-Type": "application/json", "Host": "attacker.example"}, 403),
+        ("operator", {"Content-Type": "application/json", "Host": f"localhost:{admin_port}"}, 200),
+    ]:
+        body = json.dumps({"username": username, "firstname": "M", "lastname": "X"})
+        conn = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=10)
+        conn.putrequest("POST", "/users", skip_host=True)
+        for name, value in headers.items():
+            conn.putheader(name, value)
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body.encode())
+        assert conn.getresponse().status == expected, headers
+        conn.close()
+    assert [u["username"] for u in call(admin_port, "GET", "/users")[1]["users"]] == ["operator"]

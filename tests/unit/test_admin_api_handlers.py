@@ -217,3 +217,32 @@ def test_a_json_config_stays_json(tmp_path):
     api = AdminApi(config, tmp_path / "consumers.yml")
     assert api.handle(AdminRequest("PUT", "/policies/cors")).status == 200
     assert "cors" in json.loads(config.read_text())["policies"]
+
+
+def test_hand_written_yaml_booleans_read_as_the_gateway_reads_them(api, tmp_path):
+    (tmp_path / "consumers.yml").write_text("consumers:\n  carl:\n    active: no\n")
+    assert api("GET", "/users/carl")[1]["isActive"] is False
+    assert api("PUT", "/users/carl/status", {"status": True}) == (200, {"status": "Activated"})
+    assert (
+        consumers_of(tmp_path).by_credential == {}
+        and "active: true" in (tmp_path / "consumers.yml").read_text()
+    )
+
+
+def test_what_the_gateway_would_read_otherwise_is_refused(api):
+    bob(api)
+    status, text = api(
+        "POST", "/credentials", {"consumerId": "bob", "type": "key-auth", "credential": {"keyId": "${HOME}"}}
+    )
+    assert status == 400 and "variable" in text
+    assert api("POST", "/scopes", {"scopes": ["${X}"]})[0] == 400
+    assert api("POST", "/users", {"username": "u" * 600, "firstname": "U", "lastname": "V"})[0] == 400
+
+
+def test_an_entry_added_to_a_flow_style_section_stays_readable(api, tmp_path):
+    # `apiEndpoints: {api: {host: '*'}}` is flow style; ruamel would write `pathRegex: ^/v[12]?/x`
+    # into it unquoted, which PyYAML cannot read.
+    endpoint = {"host": "*", "pathRegex": "^/v[12]?/items$", "methods": ["GET", "POST"]}
+    status, text = api("PUT", "/api-endpoints/odd", endpoint)
+    assert status == 201, text
+    assert api("GET", "/api-endpoints/odd") == (200, endpoint)

@@ -15,8 +15,11 @@ from typing import Any
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from ..config.assemble import SECTION_ALIASES, load_config
-from ..config.editing import plain
+from ..config.editing import block, plain
+from ..config.model import GatewayConfig
 from ..policies import StepState
+from ..shared_consumers import SharedConsumers
+from ..stores import StoreSettings
 from .routes import AdminError, AdminRequest, Handler, Reply
 from .store import EditedFile
 
@@ -27,14 +30,26 @@ NAMED_SECTIONS = {
 }
 
 
-def check_gateway_config(candidate: Path) -> None:
-    # As `mitmgateway check` loads it: building a config reaches nothing (no Redis call, no key
-    # set fetched); what its state holds is released at once.
-    state = StepState()
+class CheckingState(StepState):
+    """Step state for checking a change: nothing is reached (no Redis read, no key set fetched)
+    and what it holds is released at once."""
+
+    def shared_consumers(self, settings: StoreSettings) -> SharedConsumers:
+        return SharedConsumers(settings, read=False)
+
+
+def checked_config(file: Path) -> GatewayConfig:
+    """The config in `file`, loaded as the gateway would load it (a ConfigError if it would not),
+    without serving it: nothing of it is kept running."""
+    state = CheckingState()
     try:
-        load_config(candidate, state)
+        return load_config(file, state)
     finally:
         state.keep_only(set())
+
+
+def check_gateway_config(candidate: Path) -> None:
+    checked_config(candidate)
 
 
 def section_key(document: CommentedMap, key: str) -> str:
@@ -78,7 +93,7 @@ class ConfigSections:
         with self.config.change() as document:
             section = _section_to_change(document, key, CommentedMap)
             existed = name in section
-            section[name] = request.body
+            section[name] = block(request.body)
         return Reply(204 if existed else 201)
 
     def _delete(self, request: AdminRequest, key: str) -> Reply:
@@ -104,4 +119,7 @@ def _section_to_change(document: CommentedMap, key: str, kind: type) -> Any:
     spelled = section_key(document, key)
     if document.get(spelled) is None:
         document[spelled] = kind()
-    return document[spelled]
+    section = document[spelled]
+    if isinstance(section, CommentedMap | CommentedSeq):
+        section.fa.set_block_style()  # what is added to a flow-style section must stay readable
+    return section

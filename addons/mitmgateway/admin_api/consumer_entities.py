@@ -24,7 +24,28 @@ from .store import ConsumerStore
 USER_FIELDS = {"username": True, "firstname": True, "lastname": True, "email": False, "redirectUri": False}
 """A user's fields, and whether one is required (Express Gateway's users model)."""
 APP_FIELDS = {"name": True, "redirectUri": False}
+MAX_FIELD_LENGTH = 512
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+
+
+_YAML11_FALSE = frozenset({"false", "no", "n", "off"})
+
+
+def is_active(entry: Mapping[str, Any]) -> bool:
+    """An entry's ``active`` as the gateway reads it: YAML 1.1, where a hand-written ``no`` or
+    ``off`` is false (the round-trip reader keeps it as text)."""
+    value = entry.get("active", True)
+    return value.strip().lower() not in _YAML11_FALSE if isinstance(value, str) else bool(value)
+
+
+def no_references(value: Any, name: str) -> None:
+    """Refuse a ``${...}`` in what a request writes to the consumers: the gateway would read it
+    as an environment variable's value (say a keyId of ``${HOME}``)."""
+    if isinstance(value, str) and "${" in value:
+        raise AdminError(400, f"{name} must not hold '${{' (the gateway reads it as a variable)")
+    if isinstance(value, list):
+        for item in value:
+            no_references(item, name)
 
 
 def now() -> str:
@@ -78,6 +99,9 @@ def _checked(fields: Mapping[str, bool], body: Any, creating: bool) -> dict[str,
             raise AdminError(400, f"one or more properties is invalid: {key}")
         if not isinstance(value, str) or (fields[key] and not value):
             raise AdminError(400, f"{key} must be a non-empty string")
+        if len(value) > MAX_FIELD_LENGTH:
+            raise AdminError(400, f"{key} must be at most {MAX_FIELD_LENGTH} characters")
+        no_references(value, key)
     if "email" in body and not _EMAIL.fullmatch(body["email"]):
         raise AdminError(400, f"email must be an email address, got {body['email']!r}")
     if "redirectUri" in body and not (
@@ -92,7 +116,7 @@ def user_view(name: str, entry: Mapping[str, Any]) -> dict[str, Any]:
     view.update(
         (key, entry[key]) for key in ("firstname", "lastname", "email", "redirectUri") if key in entry
     )
-    view["isActive"] = bool(entry.get("active", True))
+    view["isActive"] = is_active(entry)
     if entry.get("scopes"):
         view["scopes"] = list(entry["scopes"])
     view.update((key, entry[key]) for key in ("createdAt", "updatedAt") if key in entry)
@@ -107,7 +131,7 @@ def app_view(document: Mapping[str, Any], name: str, entry: Mapping[str, Any]) -
         "userId": entity_id(entry["owner"], owner),
     }
     view.update((key, entry[key]) for key in ("redirectUri",) if key in entry)
-    view["isActive"] = bool(entry.get("active", True))
+    view["isActive"] = is_active(entry)
     view.update((key, entry[key]) for key in ("createdAt", "updatedAt") if key in entry)
     return view
 
@@ -138,7 +162,7 @@ def status_reply(entry: CommentedMap, status: Any, also: Sequence[CommentedMap] 
     """Express Gateway's answer to ``PUT .../status {status}``: as it was, or the change made."""
     if not isinstance(status, bool):
         raise AdminError(400, "status must be true or false")
-    if bool(entry.get("active", True)) == status:
+    if is_active(entry) == status:
         return Reply(200, {"status": "Active" if status else "Inactive"})
     for changed in [entry, *also]:
         changed["active"] = status

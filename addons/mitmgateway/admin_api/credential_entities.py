@@ -23,7 +23,16 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ..credentials import CREDENTIAL_TYPES
 from ..policies.basic_auth import hash_password
 from ..policies.key_auth import hash_api_key_secret
-from .consumer_entities import consumers_in, entity_id, find, now, status_reply
+from .consumer_entities import (
+    MAX_FIELD_LENGTH,
+    consumers_in,
+    entity_id,
+    find,
+    is_active,
+    no_references,
+    now,
+    status_reply,
+)
 from .routes import AdminError, AdminRequest, Handler, Reply
 from .store import ConsumerStore
 
@@ -50,7 +59,7 @@ def credential_view(name: str, entry: Mapping[str, Any], item: Mapping[str, Any]
         "id": consumer_id if kind == "basic-auth" else str(item[id_key]),
         "consumerId": consumer_id,
         _eg_key(id_key): item[id_key],
-        "isActive": bool(item.get("active", True)),
+        "isActive": is_active(item),
         "scopes": list(item.get("scopes") or []),
     }
     view.update((key, item[key]) for key in ("createdAt", "updatedAt") if key in item)
@@ -88,6 +97,7 @@ def _registered(document: Mapping[str, Any], scopes: Any) -> list[str]:
     scopes = [scopes] if isinstance(scopes, str) else scopes
     if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
         raise AdminError(400, "scopes must be a scope or a list of scopes")
+    no_references(scopes, "scopes")
     if missing := [s for s in scopes if s not in (document.get("scopes") or [])]:
         raise AdminError(
             400, f"One or more scopes don't exist: {', '.join(missing)} (create them with POST /scopes)"
@@ -101,6 +111,10 @@ def _only(details: Mapping[str, Any], allowed: tuple[str, ...], kind: str) -> No
             raise AdminError(400, f"credential.{key}: a {kind} credential has no such property")
         if key != "autoGeneratePassword" and not isinstance(value, str):
             raise AdminError(400, f"credential.{key} must be a string")
+        if key in ("keyId", "keySecret") and len(value) > MAX_FIELD_LENGTH:
+            raise AdminError(400, f"credential.{key} must be at most {MAX_FIELD_LENGTH} characters")
+        if key == "keyId":
+            no_references(value, "credential.keyId")
 
 
 def _new_credential(
@@ -111,7 +125,7 @@ def _new_credential(
     shown: dict[str, Any] = {}
     if kind == "basic-auth":
         _only(details, ("password", "autoGeneratePassword", "passwordKey"), kind)
-        if any(i.get("type") == kind and i.get("active", True) for i in _credentials(entry)):
+        if any(i.get("type") == kind and is_active(i) for i in _credentials(entry)):
             raise AdminError(409, "Credential already exists and is active")
         entry["credentials"] = CommentedSeq(i for i in _credentials(entry) if i.get("type") != kind)
         if (taken := find_credential(document, kind, name)) is not None and taken[0] != name:
@@ -225,8 +239,9 @@ class CredentialEntities:
         return self._add_scopes([scopes] if isinstance(scopes, str) else scopes)
 
     def _add_scopes(self, scopes: list[Any]) -> Reply:
-        if not scopes or not all(isinstance(s, str) and s for s in scopes):
+        if not scopes or not all(isinstance(s, str) and 0 < len(s) <= MAX_FIELD_LENGTH for s in scopes):
             raise AdminError(400, "scopes must be a list of names")
+        no_references(scopes, "scopes")
         with self.store.change() as document:
             registered = document.get("scopes")
             if registered is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -18,11 +19,11 @@ from typing import Protocol
 from redis.exceptions import RedisError
 from ruamel.yaml.comments import CommentedMap
 
-from ..config.editing import dump, one_writer, plain, read_editable, read_editable_text, replace_file
+from ..config.editing import dump, one_writer, plain, read_editable, replace_file
 from ..config.errors import ConfigError
 from ..config.source import listed_signature, load_document
 from ..consumers import parse_consumers
-from ..shared_consumers import connect, redis_keys, source_key
+from ..shared_consumers import connect, redis_keys, served_since, source_key
 from ..stores import StoreSettings
 from .routes import AdminError
 
@@ -67,8 +68,8 @@ class EditedFile:
                 replace_file(self.file, header + text, self.check)
             except ConfigError as e:
                 raise AdminError(400, str(e)) from None
-            written = listed_signature(self.file)
-        self.applied(str(self.file), lambda served: served == written)
+        # Served once the gateway serves the file as it is now: this write, or a later one.
+        self.applied(str(self.file), lambda served: served == listed_signature(self.file))
 
 
 def check_consumers_file(candidate: Path) -> None:
@@ -124,12 +125,20 @@ class SharedConsumerDocument:
             raw = self._client.get(self.keys[0])
         except (RedisError, OSError) as e:
             raise AdminError(503, f"the consumers' Redis is unavailable: {e}") from None
-        document = read_editable_text(raw.decode() if raw else "", {})
-        return with_consumers(document, self.source_key)
+        try:
+            data = json.loads(raw) if raw else {}
+        except ValueError as e:
+            raise AdminError(500, f"{self.source_key}: the document is not JSON: {e}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("consumers", {}), dict):
+            raise AdminError(500, f"{self.source_key}: consumers must be a mapping")
+        # Mappings the handlers insert into, where a file's would keep their place.
+        return with_consumers(
+            CommentedMap({**data, "consumers": CommentedMap(data.get("consumers") or {})}), ""
+        )
 
     @contextmanager
     def change(self) -> Iterator[CommentedMap]:
-        document_key, version_key, lock_key = self.keys
+        document_key, version_key, lock_key, generation_key = self.keys
         lock = self._client.lock(lock_key, timeout=30, blocking_timeout=10)
         try:
             if not lock.acquire():
@@ -146,12 +155,17 @@ class SharedConsumerDocument:
                 raise AdminError(400, str(e)) from None
             try:
                 pipeline = self._client.pipeline(transaction=True)
+                # A generation of its own for a Redis that lost its data: a version counted
+                # again from 0 is not taken for one already seen.
+                pipeline.setnx(generation_key, uuid.uuid4().hex)
+                pipeline.get(generation_key)
                 pipeline.set(document_key, json.dumps(data))
                 pipeline.incr(version_key)
-                version = pipeline.execute()[1]
+                _, generation, _, number = pipeline.execute()
+                written = [generation.decode(), number]
             except (RedisError, OSError) as e:
                 raise AdminError(503, f"the consumers' Redis is unavailable: {e}") from None
         finally:
             with contextlib.suppress(RedisError, OSError):
                 lock.release()
-        self.applied(self.source_key, lambda served: isinstance(served, int) and served >= version)
+        self.applied(self.source_key, lambda served: served_since(served, written))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 
 from .errors import ConfigError
@@ -61,6 +61,20 @@ def plain(value: Any) -> Any:
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list):
         return [plain(v) for v in value]
+    return value
+
+
+def block(value: Any) -> Any:
+    """`value` (from JSON) as mappings and lists written in block style: inside a flow-style
+    ``{...}``, ruamel leaves some strings (``/x?``) unquoted that PyYAML then cannot read."""
+    if isinstance(value, dict):
+        mapping = CommentedMap((k, block(v)) for k, v in value.items())
+        mapping.fa.set_block_style()
+        return mapping
+    if isinstance(value, list):
+        sequence = CommentedSeq(block(v) for v in value)
+        sequence.fa.set_block_style()
+        return sequence
     return value
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from mitmproxy import ctx, exceptions
 from ..config.assemble import load_config
 from ..config.errors import ConfigError
 from ..config.model import GatewayConfig
-from ..config.source import FileSignature, file_signature, listed_signature
+from ..config.source import FileSignature, file_signature
 from ..observe.metrics import GatewayMetrics
 from ..policies import StepState
 from ..shared_consumers import SharedConsumers
@@ -51,8 +51,13 @@ class CurrentConfig:
             sources[config.consumers.source_key] = config.consumers.version
         return sources
 
-    def swap(self, config: GatewayConfig) -> None:
-        self._file_sources = {str(file): listed_signature(file) for file in config.watched_files}
+    def swap(self, config: GatewayConfig, read: Mapping[Path, FileSignature | None] | None = None) -> None:
+        """Serve `config`; `read`: the signatures its files had when it was read (else now)."""
+        signatures = read or {}
+        self._file_sources = {
+            str(file): list(sig) if (sig := signatures.get(file, file_signature(file))) else None
+            for file in config.watched_files
+        }
         previous, self.config = self.config, config
         for apply in self._followers:
             apply(config, previous)
@@ -66,15 +71,19 @@ class WatchedFiles:
         self._seen: tuple[FileSignature | None, ...] = ()
 
     @contextmanager
-    def loading(self, config_file: Path, others: Callable[[], Iterable[Path]]) -> Iterator[None]:
-        """Around a load: afterwards (loaded or refused) the config file counts as it was before
-        loading (an edit meanwhile is seen next poll), and `others()`, the files of the config now
-        in service, as they are now."""
-        first = file_signature(config_file)
+    def loading(
+        self, config_file: Path, others: Callable[[], Iterable[Path]]
+    ) -> Iterator[dict[Path, FileSignature | None]]:
+        """Around a load: yields the signatures the config's files had before it was read (the
+        config file and `others()`, the files of the config in service). Afterwards (loaded or
+        refused) each file counts as it was then, so an edit made while the load read it is
+        seen next poll; a file the new config adds, as it is now."""
+        before = {f: file_signature(f) for f in (config_file, *others())}
         try:
-            yield
+            yield before
         finally:
-            self._seen = (first, *(file_signature(f) for f in others()))
+            files = (config_file, *others())
+            self._seen = tuple(before[f] if f in before else file_signature(f) for f in files)
 
     def changed(self, files: tuple[Path, ...]) -> list[Path]:
         """The files that changed since the last load (none while the config file is missing)."""
@@ -136,10 +145,10 @@ class ConfigService:
 
     def _load(self, path: Path) -> None:
         """Load `path` and swap it in (a ConfigError leaves the config in service as it is)."""
-        with self.files.loading(path, lambda: self._watched(path)[1:]):
+        with self.files.loading(path, lambda: self._watched(path)[1:]) as read:
             config = load_config(path, self.state)
             self.state.keep_only(set(config.used_state))
-            self.current.swap(config)
+            self.current.swap(config, read)
 
     def _watched(self, config_file: Path) -> tuple[Path, ...]:
         """The config file (first) and every other file the config in service was read from."""

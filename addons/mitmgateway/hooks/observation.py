@@ -4,6 +4,7 @@ mitmweb's Gateway content view, all read from each flow's decision record once i
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 from mitmproxy import http
@@ -36,6 +37,7 @@ class Observation:
         pool_dir = os.environ.get(POOL_DIR_ENV)
         self._ready_file = Path(pool_dir) / f"ready-{os.getpid()}" if pool_dir else None
         self._running = False
+        self._announcing = threading.Lock()
         self._decision_view = DecisionView()
 
     def ready(self) -> bool:
@@ -61,7 +63,10 @@ class Observation:
     def _announce_ready(self) -> None:
         """Tell the pool that this worker is ready, and which files its config was read from."""
         if self._ready_file is not None and self._running and self.ready():
-            announce_sources(self._ready_file, self.current.served())
+            # The event loop (a swap) and the consumers' polling thread both announce: one at a
+            # time, so an older announcement never replaces a newer one.
+            with self._announcing:
+                announce_sources(self._ready_file, self.current.served())
 
     def stop_accepting(self) -> None:
         """Shutting down: /ready (and the pool) must stop sending traffic here."""

@@ -13,6 +13,7 @@ an admin port off loopback without one.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -61,8 +62,7 @@ def admin_api_settings(config: GatewayConfig) -> AdminApiSettings | None:
 
 def announce_sources(ready_file: Path, sources: Mapping[str, object]) -> None:
     """A pool worker's ready file: what its config in service was read from (CurrentConfig.served)."""
-    # Its own temporary name: the consumers' polling thread announces too.
-    temporary = ready_file.with_name(f".{ready_file.name}.{threading.get_ident()}")
+    temporary = ready_file.with_name(f".{ready_file.name}")
     temporary.write_text(json.dumps(sources))
     os.replace(temporary, ready_file)
 
@@ -154,8 +154,24 @@ class AdminServer:
             time.sleep(0.05)
 
 
+def _names_loopback(host: str | None) -> bool:
+    """Whether a Host field names this machine's loopback (localhost or a loopback address, with
+    any port)."""
+    name = (host or "").strip().lower()
+    if name.rpartition(":")[2].isdigit() and (not name.startswith("[") or "]:" in name):
+        name = name.rpartition(":")[0]
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _handler(admin: AdminServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        timeout = 10  # a client that stops sending mid-request does not hold its thread for ever
+
         def do_GET(self) -> None:
             path = self.path.partition("?")[0]
             if path == "/health":
@@ -185,8 +201,15 @@ def _handler(admin: AdminServer) -> type[BaseHTTPRequestHandler]:
             if not admin.authorized(self.headers.get("Authorization")):
                 self._reply(401, b"the admin API needs the admin token (Authorization: Bearer TOKEN)\n")
                 return
-            length_field = self.headers.get("Content-Length") or "0"
-            length = int(length_field) if length_field.isdigit() else -1
+            if admin.token_hash is None and not _names_loopback(self.headers.get("Host")):
+                # Without a token, only what loopback names: a web page the operator opens could
+                # otherwise reach it under a name of its own resolving to 127.0.0.1 (DNS rebinding).
+                self._reply(403, b"the admin API answers to localhost and 127.0.0.1 only\n")
+                return
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
             if length < 0:
                 self._reply(400, b"Content-Length must be a number\n")
                 return
@@ -194,10 +217,16 @@ def _handler(admin: AdminServer) -> type[BaseHTTPRequestHandler]:
                 self._reply(413, b"Payload Too Large\n")
                 return
             raw = self.rfile.read(length) if length > 0 else b""
+            content_type = (self.headers.get("Content-Type") or "").partition(";")[0].strip().lower()
+            if raw.strip() and content_type != "application/json":
+                # A web page may POST text/plain here unasked; it cannot send JSON without a
+                # preflight, which this server never grants.
+                self._reply(415, b"the admin API takes application/json\n")
+                return
             try:
                 body = json.loads(raw) if raw.strip() else None
-            except ValueError as e:
-                self._reply(400, f"the body is not JSON: {e}\n".encode())
+            except (ValueError, RecursionError) as e:
+                self._reply(400, f"the body is not JSON: {str(e)[:200]}\n".encode())
                 return
             path, _, query = self.path.partition("?")
             try:
