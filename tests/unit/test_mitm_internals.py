@@ -3,6 +3,7 @@ expects it in the installed mitmproxy: an upgrade that moves one fails here, by 
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 
 import pytest
@@ -53,3 +54,39 @@ def test_a_message_made_again_from_a_live_state_is_what_from_state_makes(message
     assert made.headers.get_all("x-a") == expected.headers.get_all("x-a")
     made.headers["X-New"] = "n"  # its own fields, not the state's
     assert b"X-New" not in dict(state["headers"])
+
+
+def test_the_dispatch_table_installs_in_mitmdumps_manager_and_leaves_it_as_it_was():
+    asyncio.run(_install_and_uninstall())
+
+
+async def _install_and_uninstall() -> None:
+    from mitmproxy import addonmanager, master, options
+    from mitmproxy.proxy.layers.http import HttpRequestHook
+    from mitmproxy.test import tflow
+
+    from mitmgateway.mitm import dispatch
+
+    class Counting:
+        def __init__(self) -> None:
+            self.requests = 0
+
+        def request(self, flow) -> None:  # type: ignore[no-untyped-def]
+            self.requests += 1
+
+    dumpish = master.Master(options.Options())
+    counting = Counting()
+    dumpish.addons.add(counting)
+    manager = dumpish.addons
+    assert dispatch.install(dumpish) and type(manager) is dispatch.DispatchTable
+    assert not dispatch.install(dumpish), "installed once"
+    await manager.trigger_event(HttpRequestHook(tflow.tflow()))
+    assert counting.requests == 1 and "request" in manager._handlers
+    later = type("Later", (Counting,), {})()
+    manager.add(later)  # an addon loaded later (a script reload) is found: the table was dropped
+    await manager.trigger_event(HttpRequestHook(tflow.tflow()))
+    assert (counting.requests, later.requests) == (2, 1)
+    dispatch.uninstall(dumpish)
+    assert type(manager) is addonmanager.AddonManager and not hasattr(manager, "_handlers")
+    await manager.trigger_event(HttpRequestHook(tflow.tflow()))
+    assert (counting.requests, later.requests) == (3, 2)

@@ -3,6 +3,8 @@ own; `addons/gateway.py` (under mitmdump and mitmweb) and the lean runner both l
 
 In mitmproxy's calling order:
 
+- `LeanDispatch`: under mitmdump and mitmweb, every event's handlers looked up once, as the lean
+  runner does (mitmproxy's manager walks all its addons for each event of each flow);
 - `Listeners`: reverse mode on the config's ports, its certificates, the ``tls_*`` hooks (first:
   it refuses options that would weaken TLS before any config is served);
 - `ConfigService`: gateway.config.yml loaded, watched and swapped whole (`CurrentConfig`);
@@ -38,6 +40,7 @@ from ..observe.metrics import GatewayMetrics
 from .config_service import ConfigService, CurrentConfig
 from .gate import RequestGate
 from .heap import StartupHeap
+from .lean_dispatch import LeanDispatch
 from .listeners import Listeners
 from .mirrors import Mirrors
 from .observation import Observation
@@ -64,6 +67,7 @@ def gateway_addons() -> list[Any]:
     recorder = Recorder()
     shadow = ShadowConfig(metrics)
     return [
+        LeanDispatch(),
         listeners,
         config_service,
         RecordingTap(recorder, also_for=lambda: shadow.active),

@@ -1,8 +1,11 @@
-"""The lean runner's event dispatch: mitmproxy's addon manager without its per-event walk.
+"""The gateway's event dispatch: mitmproxy's addon manager without its per-event walk, in the
+lean runner and, installed in place while the gateway is loaded, in mitmdump and mitmweb.
 
 Written against mitmproxy 11.0's ``addonmanager.AddonManager``: it overrides
 ``invoke_addon_sync``, ``trigger_event`` and ``handle_lifecycle`` and uses its private
-``_iter_hooks`` (how the manager finds an addon's handler for an event) to build its table.
+``_iter_hooks`` (how the manager finds an addon's handler for an event) to build its table;
+`install` changes the class of the manager mitmdump made, which holds all its state in instance
+attributes the subclass shares.
 """
 
 from __future__ import annotations
@@ -68,3 +71,23 @@ class DispatchTable(addonmanager.AddonManager):
         message = event.args()[0]
         if isinstance(message, flow.Flow) and self._handlers_for(hooks.UpdateHook([])):
             await self.trigger_event(hooks.UpdateHook([message]))
+
+
+def install(gateway_master: master.Master) -> bool:
+    """Serve mitmdump's or mitmweb's events through the table too, for as long as the gateway is
+    loaded: the manager they made is made a `DispatchTable` in place (its addons, options and
+    state untouched). False if it already is one (the lean runner) or is not mitmproxy's own."""
+    manager = gateway_master.addons
+    if type(manager) is not addonmanager.AddonManager:
+        return False
+    manager.__class__ = DispatchTable
+    manager._handlers = {}
+    return True
+
+
+def uninstall(gateway_master: master.Master) -> None:
+    """Back to mitmproxy's own manager (the gateway unloaded, or reloading its code)."""
+    manager = gateway_master.addons
+    if type(manager) is DispatchTable:
+        manager.__class__ = addonmanager.AddonManager
+        del manager._handlers
