@@ -228,6 +228,16 @@ class RedisServer:
             self.process = None
 
 
+def answer_json(handler: BaseHTTPRequestHandler, payload: object, status: int = 200) -> None:
+    """Answer the request `handler` serves with `payload` as JSON."""
+    body = json.dumps(payload).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 class LocalServer:
     """An HTTP server in a thread of the test process, on 127.0.0.1: `start()` serves with the
     handler class `handler()` makes (after `stop()`, on the same port again: connections are

@@ -5,7 +5,6 @@ slow): answered 503 within the timeout, logged once, served again when it is bac
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler
@@ -13,7 +12,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from harness import LocalServer, wait_until
+from harness import LocalServer, answer_json, wait_until
 
 GATEWAY_CREDENTIAL = "Basic Z2F0ZXdheTpzZWNyZXQ="
 
@@ -38,13 +37,7 @@ class AuthorizationServer(LocalServer):
                     (form, self.headers.get("Authorization"), self.headers.get("Content-Type"))
                 )
                 time.sleep(owner.delay)
-                answer = owner.tokens.get(form["token"][0], {"active": False})
-                body = json.dumps(answer).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                answer_json(self, owner.tokens.get(form["token"][0], {"active": False}))
 
             def log_message(self, *args: object) -> None:
                 pass

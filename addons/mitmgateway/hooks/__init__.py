@@ -23,9 +23,9 @@ In mitmproxy's calling order:
   full collections (last: after every other addon's start).
 
 They share the config in service and the flow, and nothing else but the few services handed to
-them here. On each swap of the config, listeners, the gate and observation apply it, in that
-order. `addons/gateway.py` adds the code reloader (hooks/reloader.py), which only a ``-s`` script
-has.
+them here. On each swap of the config, listeners, the gate, the upstream connections' pools and
+observation apply it, in that order. `addons/gateway.py` adds the code reloader
+(hooks/reloader.py), which only a ``-s`` script has.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def gateway_addons() -> list[Any]:
     listeners = Listeners(current, client_certificates)
     gate = RequestGate(current, exchanges, upstreams, client_certificates)
     observation = Observation(current, metrics, access_log)
-    for follower in (listeners, gate, observation):
+    for follower in (listeners, gate, upstreams, observation):
         current.follow(follower.apply)
     recorder = Recorder()
     shadow = ShadowConfig(metrics)

@@ -1,27 +1,66 @@
-"""Upstream connections: each one mitmproxy is about to open, checked against its url's health.
+"""Upstream connections: each one mitmproxy is about to open, checked against its url's health and
+its address's bound, and each one left idle closed (upstreams/pool.py).
 
 mitmproxy's server_* hooks see connections, not flows: the gate tells this addon which upstream
 each client connection's request is about to go to (`expect`), and this addon lets the target
 check its url is reachable before mitmproxy connects, send it to another url of the pool if not
-(nothing of the request was sent yet), and count the connection's success or failure.
+(nothing of the request was sent yet), and count the connection's success or failure. What each
+client connection has in flight (its requests; a WebSocket until it ends) tells which upstream
+connections are idle.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 import weakref
+from collections.abc import Mapping
 
+from mitmproxy import connection, http
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
+from ..config.model import GatewayConfig
+from ..mitm.proxyserver import close_server_connection
 from ..upstreams.health import UpstreamTarget
+from ..upstreams.pool import AddressPool, ClientActivity, OpenConnection, PoolSettings
+
+REAP_SECONDS = 0.5
+Address = tuple[str, int]
 
 
 class UpstreamConnections:
     def __init__(self) -> None:
         # The upstream each client connection is about to connect to; an entry lasts as long as
         # its request.
-        self._targets: weakref.WeakValueDictionary[tuple[str, tuple[str, int]], UpstreamTarget] = (
+        self._targets: weakref.WeakValueDictionary[tuple[str, Address], UpstreamTarget] = (
             weakref.WeakValueDictionary()
         )
+        self._settings: Mapping[Address, PoolSettings] = {}
+        self._pools: dict[Address, AddressPool] = {}
+        self._activity: dict[str, ClientActivity] = {}
+        self._reserved: set[str] = set()
+        """Upstream connections given room in their pool and being opened."""
+        self._reaper: asyncio.Task[None] | None = None
+
+    def apply(self, config: GatewayConfig, previous: GatewayConfig | None) -> None:
+        """Each upstream address's pool settings (the first serviceEndpoint naming it gives them)."""
+        settings: dict[Address, PoolSettings] = {}
+        for service in config.service_endpoints.values():
+            for upstream in service.upstreams:
+                settings.setdefault((upstream.host, upstream.port), service.pool)
+        self._settings = settings
+        for address, pool in self._pools.items():
+            pool.settings = settings.get(address, PoolSettings())
+
+    def running(self) -> None:
+        if self._reaper is None:
+            self._reaper = asyncio.get_running_loop().create_task(self._close_idle_forever())
+
+    def done(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
 
     def expect(self, client_id: str, target: UpstreamTarget) -> None:
         key = (client_id, target.address)
@@ -30,20 +69,92 @@ class UpstreamConnections:
             waiting.shared = target.shared = True
         self._targets[key] = target
 
+    # What each client connection has in flight.
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self._activity_of(flow.client_conn).in_flight.add(flow.id)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        if flow.websocket is None:  # a WebSocket holds its connection until websocket_end
+            self._finished(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._finished(flow)
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        self._finished(flow)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self._activity.pop(client.id, None)
+
+    def _activity_of(self, client: connection.Client) -> ClientActivity:
+        activity = self._activity.get(client.id)
+        if activity is None:
+            activity = self._activity[client.id] = ClientActivity()
+        return activity
+
+    def _finished(self, flow: http.HTTPFlow) -> None:
+        activity = self._activity.get(flow.client_conn.id)
+        if activity is not None and flow.id in activity.in_flight:
+            activity.in_flight.discard(flow.id)
+            if not activity.in_flight:
+                activity.idle_since = time.monotonic()
+
+    # The upstream connections.
+
+    def _pool(self, address: Address) -> AddressPool:
+        pool = self._pools.get(address)
+        if pool is None:
+            pool = self._pools[address] = AddressPool(self._settings.get(address, PoolSettings()))
+        return pool
+
     async def server_connect(self, data: ServerConnectionHookData) -> None:
         key = (data.client.id, data.server.address)
         target = self._targets.get(key)
-        if target is None or not target.pending:
-            return
-        await target.ensure_reachable(data.server)
-        if target.address != key[1]:  # sent to another url
-            if self._targets.get(key) is target:
-                del self._targets[key]
-            self._targets[(data.client.id, target.address)] = target
+        if target is not None and target.pending:
+            await target.ensure_reachable(data.server)
+            if target.address != key[1]:  # sent to another url
+                if self._targets.get(key) is target:
+                    del self._targets[key]
+                self._targets[(data.client.id, target.address)] = target
+        if data.server.error is None and data.server.address is not None:
+            pool = self._pool(data.server.address)
+            if await pool.reserve(timeout=pool.settings.idle_timeout_ms / 1000 + 10):
+                self._reserved.add(data.server.id)
+            else:
+                busy = pool.settings.max_connections
+                data.server.error = f"all {busy} connections to this upstream are busy (pool.maxConnections)"
 
     def server_connected(self, data: ServerConnectionHookData) -> None:
         target = self._targets.get((data.client.id, data.server.address))
         if target is not None:
             target.connected(data.server)
+        if data.server.id not in self._reserved:
+            return
+        self._reserved.discard(data.server.id)
+        client, server = data.client, data.server
+        self._pools[server.address].connected(
+            server.id,
+            OpenConnection(lambda: close_server_connection(client, server), self._activity_of(client)),
+        )
 
-    server_connect_error = server_connected
+    def server_connect_error(self, data: ServerConnectionHookData) -> None:
+        target = self._targets.get((data.client.id, data.server.address))
+        if target is not None:
+            target.connected(data.server)
+        if data.server.id in self._reserved:
+            self._reserved.discard(data.server.id)
+            self._pools[data.server.address].failed()
+
+    def server_disconnected(self, data: ServerConnectionHookData) -> None:
+        if data.server.address in self._pools:
+            self._pools[data.server.address].disconnected(data.server.id)
+
+    async def _close_idle_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REAP_SECONDS)
+            now = time.monotonic()
+            for pool in self._pools.values():
+                for server_id in pool.expired(now):
+                    with contextlib.suppress(Exception):  # a connection already going: nothing to do
+                        pool.close_idle(server_id)

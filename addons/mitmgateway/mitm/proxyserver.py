@@ -2,7 +2,7 @@
 
 Written against mitmproxy 11.0's ``addons/proxyserver.py``: ``Proxyserver.connections`` (the
 handler of each client connection, by client id), ``Proxyserver.servers.update`` (the
-listeners), and the handlers' ``server_event``, ``on_timeout`` and ``close_connection``. It
+listeners), and the handlers' ``server_event``, ``on_timeout``, ``close_connection`` and ``transports``. It
 has no public API for any of them.
 """
 
@@ -29,6 +29,14 @@ async def stop_listening() -> None:
 
 def open_connections() -> int:
     return len(_proxyserver().connections)
+
+
+def close_server_connection(client: connection.Client, server: connection.Server) -> None:
+    """Close one of `client`'s upstream connections, as mitmproxy's own close command does: it is
+    marked closed at once (never used again) and its reader stops."""
+    handler = connection_handler(client)
+    if handler is not None and server in handler.transports:
+        handler.close_connection(server)
 
 
 def close_all_connections() -> None:

@@ -12,6 +12,7 @@ from OpenSSL import SSL
 
 from ..config.errors import ConfigError, KeyPath
 from ..config.schema import check_type, option, parse_fields, positive
+from .pool import PoolSettings
 from .tls import ProxyOptions, UpstreamTrust, parse_proxy_options, trust_context
 
 
@@ -78,6 +79,7 @@ class _ServiceEndpointFields:
     urls: tuple[Upstream, ...] | None = option("urls", None, parse=_urls)
     proxy_options: ProxyOptions = option("proxyOptions", ProxyOptions(), parse=parse_proxy_options)
     health_check: HealthCheck = option("healthCheck", HealthCheck(), parse=_health_check)
+    pool: PoolSettings = option("pool", PoolSettings(), parse=lambda v, p: parse_fields(PoolSettings, v, p))
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class ServiceEndpoint:
     health_check: HealthCheck = HealthCheck()
     ca_file: str | None = None
     """proxyOptions.target.caFile, relative to the config file (see tls.py)."""
+    pool: PoolSettings = PoolSettings()
 
 
 def parse_service_endpoint(name: str, raw: Any, path: KeyPath) -> ServiceEndpoint:
@@ -94,7 +97,7 @@ def parse_service_endpoint(name: str, raw: Any, path: KeyPath) -> ServiceEndpoin
     if (fields.url is None) == (fields.urls is None):
         raise ConfigError(path, "give either url or urls")
     upstreams = (fields.url,) if fields.url else fields.urls or ()
-    return ServiceEndpoint(name, upstreams, fields.health_check, fields.proxy_options.ca_file)
+    return ServiceEndpoint(name, upstreams, fields.health_check, fields.proxy_options.ca_file, fields.pool)
 
 
 def build_upstream_trust(

@@ -1,0 +1,134 @@
+"""Upstream connections bounded per address and closed when idle (a serviceEndpoint's ``pool``),
+through a running gateway and an upstream that counts the connections it holds."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler
+
+import pytest
+
+from conftest import one_pipeline
+from harness import LocalServer, answer_json, wait_until
+
+CLIENTS = 500
+POOL = "pool: {maxConnections: 10, idleTimeoutMs: 300}"
+# The upstream counts a connection until its thread reads the close, which may come just after it
+# accepted the gateway's next one: what it sees can exceed the bound by a connection in closing.
+SEEN_AT_MOST = 10 + 2
+
+
+class CountingUpstream(LocalServer):
+    """HTTP/1.1 with keep-alive; counts the connections open now and the most ever open at once;
+    answers each request with its X-Request-Id. With `keep_alive_seconds`, it closes a connection
+    idle that long itself (as Node does after 5 s)."""
+
+    def __init__(self, keep_alive_seconds: float | None = None) -> None:
+        self.open = 0
+        self.peak = 0
+        self.accepted = 0
+        self.keep_alive_seconds = keep_alive_seconds
+        self._lock = threading.Lock()
+        self.start()
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            timeout = owner.keep_alive_seconds
+
+            def setup(self) -> None:
+                super().setup()
+                with owner._lock:
+                    owner.open += 1
+                    owner.accepted += 1
+                    owner.peak = max(owner.peak, owner.open)
+
+            def finish(self) -> None:
+                with owner._lock:
+                    owner.open -= 1
+                super().finish()
+
+            def do_GET(self) -> None:
+                answer_json(self, {"id": self.headers.get("X-Request-Id")})
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        return Handler
+
+
+def gateway_with_pool(start_gateway, upstream: CountingUpstream, pool: str = POOL):  # type: ignore[no-untyped-def]
+    config = one_pipeline(upstream.url, "- proxy: [{action: {serviceEndpoint: backend}}]")
+    return start_gateway(config.replace(f"url: '{upstream.url}'", f"url: '{upstream.url}', {pool}"))
+
+
+def ask(conn: http.client.HTTPConnection, request_id: str) -> tuple[int, str | None]:
+    conn.request("GET", "/x", headers={"X-Request-Id": request_id})
+    response = conn.getresponse()
+    body = response.read()
+    return response.status, json.loads(body)["id"] if response.status == 200 else None
+
+
+@pytest.fixture
+def upstream():
+    server = CountingUpstream()
+    yield server
+    server.stop()
+
+
+def test_idle_clients_hold_no_more_upstream_connections_than_the_pool(start_gateway, upstream):
+    gateway = gateway_with_pool(start_gateway, upstream)
+    clients = [http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30) for _ in range(CLIENTS)]
+    try:
+        with ThreadPoolExecutor(50) as pool:
+            first = list(pool.map(lambda i: ask(clients[i], f"first-{i}"), range(CLIENTS)))
+        # Every answer is its own request's: none went to another client.
+        assert first == [(200, f"first-{i}") for i in range(CLIENTS)]
+        assert upstream.peak <= SEEN_AT_MOST, upstream.peak
+        # The 500 clients stay connected, idle: their upstream connections are let go.
+        assert wait_until(lambda: upstream.open == 0, timeout=5), upstream.open
+        with ThreadPoolExecutor(50) as pool:
+            second = list(pool.map(lambda i: ask(clients[i], f"second-{i}"), range(CLIENTS)))
+        assert second == [(200, f"second-{i}") for i in range(CLIENTS)]
+        assert upstream.peak <= SEEN_AT_MOST, upstream.peak
+    finally:
+        for conn in clients:
+            conn.close()
+
+
+def test_an_upstream_that_closes_idle_connections_fails_no_request(start_gateway):
+    # It lets go after 0.2 s, before the gateway's own idle timeout (1 s): requests 0.25 s apart
+    # each find their connection closed by the upstream.
+    upstream = CountingUpstream(keep_alive_seconds=0.2)
+    try:
+        gateway = gateway_with_pool(start_gateway, upstream, "pool: {idleTimeoutMs: 1000}")
+        conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+        for i in range(8):
+            assert ask(conn, f"r{i}") == (200, f"r{i}")
+            threading.Event().wait(0.25)
+        assert upstream.accepted >= 4, "the upstream did close idle connections"
+        conn.close()
+    finally:
+        upstream.stop()
+
+
+def test_a_pool_setting_that_makes_no_sense_is_refused(tmp_path):
+    from mitmgateway.config.assemble import load_config
+    from mitmgateway.config.errors import ConfigError
+    from mitmgateway.policies import StepState
+
+    config = tmp_path / "gateway.config.yml"
+    text = one_pipeline("http://127.0.0.1:9", "- proxy: [{action: {serviceEndpoint: backend}}]")
+    config.write_text(
+        text.replace("{port}", "8080").replace(
+            "url: 'http://127.0.0.1:9'", "url: 'http://127.0.0.1:9', pool: {maxConnections: 0}"
+        )
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(config, StepState())
+    assert "serviceEndpoints.backend.pool.maxConnections" in str(info.value)

@@ -1,0 +1,42 @@
+"""The bookkeeping of upstream connections per address (upstreams/pool.py), on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from mitmgateway.upstreams.pool import AddressPool, ClientActivity, OpenConnection, PoolSettings
+
+
+def test_at_the_bound_the_longest_idle_goes_first_and_is_counted_until_gone():
+    async def scenario() -> None:
+        pool = AddressPool(PoolSettings(max_connections=2, idle_timeout_ms=60_000))
+        closed: list[str] = []
+        busy, idle_long, idle_short = ClientActivity({"f1"}), ClientActivity(), ClientActivity()
+        idle_long.idle_since -= 10
+        for name, activity in (("a", busy), ("b", idle_long)):
+            assert await pool.reserve(timeout=1)
+            pool.connected(name, OpenConnection(lambda name=name: closed.append(name), activity))
+        waiting = asyncio.ensure_future(pool.reserve(timeout=1))
+        await asyncio.sleep(0.05)
+        assert closed == ["b"] and not waiting.done(), "b closes, and still counts until it is gone"
+        pool.disconnected("b")
+        assert await waiting and pool.used == 2
+        pool.connected("c", OpenConnection(lambda: closed.append("c"), idle_short))
+        # c, idle, is closed for the next request; until mitmproxy says it is gone that request
+        # waits, and gives up at its timeout.
+        started = time.monotonic()
+        assert not await pool.reserve(timeout=0.2)
+        assert closed == ["b", "c"] and time.monotonic() - started >= 0.2
+
+    asyncio.run(scenario())
+
+
+def test_connections_idle_past_the_timeout_are_the_expired_ones():
+    pool = AddressPool(PoolSettings(max_connections=10, idle_timeout_ms=1000))
+    old, recent, busy = ClientActivity(), ClientActivity(), ClientActivity({"flow"})
+    old.idle_since -= 2
+    for name, activity in (("old", old), ("recent", recent), ("busy", busy)):
+        pool.opening += 1
+        pool.connected(name, OpenConnection(lambda: None, activity))
+    assert pool.expired(time.monotonic()) == ["old"]
