@@ -40,3 +40,28 @@ def test_connections_idle_past_the_timeout_are_the_expired_ones():
         pool.opening += 1
         pool.connected(name, OpenConnection(lambda: None, activity))
     assert pool.expired(time.monotonic()) == ["old"]
+
+
+def test_waiting_requests_get_room_first_come_first_served():
+    async def scenario() -> None:
+        pool = AddressPool(PoolSettings(max_connections=1, idle_timeout_ms=60_000))
+        assert await pool.reserve(timeout=1)
+        pool.connected("a", OpenConnection(lambda: None, ClientActivity({"busy"})))
+        order: list[str] = []
+
+        async def wait(name: str) -> None:
+            if await pool.reserve(timeout=2):
+                order.append(name)
+
+        first = asyncio.ensure_future(wait("first"))
+        await asyncio.sleep(0.01)
+        second = asyncio.ensure_future(wait("second"))
+        await asyncio.sleep(0.01)
+        pool.disconnected("a")  # room for one: the first to ask
+        await asyncio.sleep(0.01)
+        assert order == ["first"] and not second.done()
+        pool.failed()  # the first's connection failed: its room goes to the second
+        await asyncio.gather(first, second)
+        assert order == ["first", "second"]
+
+    asyncio.run(scenario())

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -30,8 +31,10 @@ from ..config.schema import option, positive
 class PoolSettings:
     """A serviceEndpoint's ``pool``."""
 
-    max_connections: int = option("maxConnections", 200, parse=positive)
-    """Upstream connections open to one address at once (Express Gateway's agent: 200)."""
+    max_connections: int = option("maxConnections", 1024, parse=positive)
+    """Upstream connections open to one address at once. High by default: a connection cannot go
+    from one client to another here, so each request of a client beyond the bound costs a new
+    connection (and another client's); the idle timeout does the everyday work."""
     idle_timeout_ms: int = option("idleTimeoutMs", 4_000, parse=positive)
     """A connection whose client has sent nothing for this long is closed."""
 
@@ -59,14 +62,15 @@ class OpenConnection:
 
 
 class AddressPool:
-    """The upstream connections open to one address."""
+    """The upstream connections open to one address. Requests waiting for room are served first
+    come, first served: each connection that goes hands its room to the oldest waiter."""
 
     def __init__(self, settings: PoolSettings) -> None:
         self.settings = settings
         self.open: dict[str, OpenConnection] = {}
         """By mitmproxy's server connection id."""
         self.opening = 0
-        self._freed: asyncio.Event = asyncio.Event()
+        self._waiting: deque[asyncio.Future[None]] = deque()
 
     @property
     def used(self) -> int:
@@ -74,17 +78,21 @@ class AddressPool:
 
     async def reserve(self, timeout: float) -> bool:
         """Room for one more connection, made or waited for; False if none came in `timeout`."""
-        deadline = time.monotonic() + timeout
-        while self.used >= self.settings.max_connections:
-            if not any(c.closing for c in self.open.values()):
-                self.close_idle(self._longest_idle())
-            self._freed.clear()
-            try:
-                await asyncio.wait_for(self._freed.wait(), max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                return False
-        self.opening += 1
-        return True
+        if self.used < self.settings.max_connections and not self._waiting:
+            self.opening += 1
+            return True
+        room: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(room)
+        self._make_room()
+        try:
+            await asyncio.wait_for(asyncio.shield(room), timeout)
+        except TimeoutError:
+            if room.done():  # handed over just as the wait ran out: take it
+                return True
+            room.cancel()
+            self._waiting.remove(room)
+            return False
+        return True  # `opening` was counted when it was handed over
 
     def connected(self, server_id: str, connection: OpenConnection) -> None:
         self.opening = max(0, self.opening - 1)
@@ -92,11 +100,11 @@ class AddressPool:
 
     def failed(self) -> None:
         self.opening = max(0, self.opening - 1)
-        self._freed.set()
+        self._hand_over()
 
     def disconnected(self, server_id: str) -> None:
         if self.open.pop(server_id, None) is not None:
-            self._freed.set()
+            self._hand_over()
 
     def close_idle(self, server_id: str | None) -> bool:
         """Close a connection; it is counted until it is gone (`disconnected`), so that the
@@ -116,6 +124,22 @@ class AddressPool:
             for server_id, c in self.open.items()
             if (idle := c.idle_for(now)) is not None and idle >= limit
         ]
+
+    def _hand_over(self) -> None:
+        """Room freed: the oldest waiter takes it."""
+        while self._waiting and self.used < self.settings.max_connections:
+            room = self._waiting.popleft()
+            if not room.done():
+                self.opening += 1
+                room.set_result(None)
+        self._make_room()
+
+    def _make_room(self) -> None:
+        """Close as many idle connections as requests wait for (beyond those closing already)."""
+        closing = sum(1 for c in self.open.values() if c.closing)
+        for _ in range(len(self._waiting) - closing):
+            if not self.close_idle(self._longest_idle()):
+                return
 
     def _longest_idle(self) -> str | None:
         now = time.monotonic()

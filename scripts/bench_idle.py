@@ -1,0 +1,129 @@
+"""Many idle clients: what each costs a gateway, and how many upstream connections they hold.
+
+Starts nginx as the upstream, then each target in turn (bare `mitmdump --mode reverse`, and one
+lean worker with the walkthrough's pipeline, as scripts/bench.py runs them): opens N keep-alive
+client connections, sends one request on each, and leaves them open and idle. Reports the
+target's resident memory per idle client (RSS after minus before, over N), and the upstream
+connections it holds right after and once its idle timeout has passed (counted from
+/proc/net/tcp: established connections to nginx's port). Writes docs/bench/idle.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import Bench, machine
+from processes import ROOT, stop, wait_for_port
+
+TARGETS = ("mitmdump", "lean runner, 1 worker")
+SETTLE_SECONDS = 6.0
+"""Longer than the gateway's default upstream idle timeout (4 s) and its reaper's half second."""
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def established_to(port: int) -> int:
+    """Established TCP connections whose remote port is `port` (IPv4, this machine)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        remote_port = int(fields[2].split(":")[1], 16)
+        if remote_port == port and fields[3] == "01":
+            count += 1
+    return count
+
+
+async def open_idle_clients(port: int, token: str, clients: int) -> list[asyncio.StreamWriter]:
+    request = (
+        f"GET /customers HTTP/1.1\r\nHost: customers.local\r\nAuthorization: Bearer {token}\r\n\r\n"
+    ).encode()
+    writers: list[asyncio.StreamWriter] = []
+    semaphore = asyncio.Semaphore(64)
+
+    async def one() -> None:
+        async with semaphore:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head[:100]
+            length = next(
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            )
+            await reader.readexactly(length)
+            writers.append(writer)
+
+    await asyncio.gather(*(one() for _ in range(clients)))
+    return writers
+
+
+def measure(bench: Bench, target: str, clients: int) -> dict[str, object]:
+    command = bench.targets[target]
+    assert command is not None
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(bench.port, process)
+        time.sleep(1.0)
+        before = rss_kib(process.pid)
+
+        async def run() -> dict[str, object]:
+            writers = await open_idle_clients(bench.port, bench.token, clients)
+            await asyncio.sleep(0.5)
+            after = rss_kib(process.pid)
+            held = established_to(bench.upstream_port)
+            await asyncio.sleep(SETTLE_SECONDS)
+            settled = established_to(bench.upstream_port)
+            for writer in writers:
+                writer.close()
+            return {
+                "target": target,
+                "clients": clients,
+                "rss_kib_before": before,
+                "rss_kib_after": after,
+                "kib_per_idle_client": round((after - before) / clients, 1),
+                "upstream_connections_after_requests": held,
+                f"upstream_connections_after_{SETTLE_SECONDS:g}s_idle": settled,
+            }
+
+        return asyncio.run(run())
+    finally:
+        stop(process)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=2000)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="mitmgateway-bench-idle-") as tmp:
+        bench = Bench(Path(tmp), workers=1)
+        upstream = bench.start_upstream()
+        try:
+            results = [measure(bench, target, args.clients) for target in TARGETS]
+        finally:
+            stop(upstream)
+    for result in results:
+        print(json.dumps(result))
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / "idle.json"
+    out.write_text(json.dumps({"machine": machine(), "results": results}, indent=1) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
