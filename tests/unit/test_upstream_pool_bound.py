@@ -65,3 +65,21 @@ def test_waiting_requests_get_room_first_come_first_served():
         assert order == ["first", "second"]
 
     asyncio.run(scenario())
+
+
+def test_a_request_given_up_while_waiting_leaves_no_room_taken():
+    async def scenario() -> None:
+        pool = AddressPool(PoolSettings(max_connections=1, idle_timeout_ms=60_000))
+        assert await pool.reserve(timeout=1)
+        pool.connected("a", OpenConnection(lambda: None, ClientActivity({"busy"})))
+        gone = asyncio.ensure_future(pool.reserve(timeout=5))
+        handed = asyncio.ensure_future(pool.reserve(timeout=5))
+        await asyncio.sleep(0.01)
+        gone.cancel()  # its client disconnected while it waited
+        await asyncio.sleep(0.01)
+        pool.disconnected("a")
+        assert await handed and pool.used == 1, "the room went to the one still waiting"
+        pool.failed()  # that one's connection failed: no room is left taken
+        assert pool.used == 0 and not pool._waiting
+
+    asyncio.run(scenario())

@@ -94,6 +94,14 @@ class UpstreamConnections:
         return activity
 
     def _finished(self, flow: http.HTTPFlow) -> None:
+        server = flow.server_conn
+        if flow.client_conn.alpn == b"h2" and server.alpn != b"h2" and flow.websocket is None:
+            # mitmproxy never reuses an HTTP/1 upstream connection for an HTTP/2 client (each of
+            # its requests gets its own): done with, it goes at once, or one busy HTTP/2 client
+            # would fill the pool with connections nothing will use again.
+            pool = self._pools.get(server.address) if server.address else None
+            if pool is not None:
+                pool.close_idle(server.id, even_if_busy=True)
         activity = self._activity.get(flow.client_conn.id)
         if activity is not None and flow.id in activity.in_flight:
             activity.in_flight.discard(flow.id)
@@ -121,6 +129,13 @@ class UpstreamConnections:
             pool = self._pool(data.server.address)
             if await pool.reserve(timeout=pool.settings.idle_timeout_ms / 1000 + 10):
                 self._reserved.add(data.server.id)
+                # This hook runs in the task that opens and then serves the connection: when it
+                # ends, however it ends (the client gone before the connection was made, no
+                # server_disconnected), the connection's room is given back.
+                server_id, address = data.server.id, data.server.address
+                task = asyncio.current_task()
+                if task is not None:
+                    task.add_done_callback(lambda _task: self._forget(server_id, address))
             else:
                 busy = pool.settings.max_connections
                 data.server.error = f"all {busy} connections to this upstream are busy (pool.maxConnections)"
@@ -133,10 +148,10 @@ class UpstreamConnections:
             return
         self._reserved.discard(data.server.id)
         client, server = data.client, data.server
-        self._pools[server.address].connected(
-            server.id,
-            OpenConnection(lambda: close_server_connection(client, server), self._activity_of(client)),
-        )
+        # A client gone meanwhile gets no activity entry back: its connection closes with it.
+        activity = self._activity.get(client.id) or ClientActivity()
+        closing = OpenConnection(lambda: close_server_connection(client, server), activity)
+        self._pools[server.address].connected(server.id, closing)
 
     def server_connect_error(self, data: ServerConnectionHookData) -> None:
         target = self._targets.get((data.client.id, data.server.address))
@@ -149,6 +164,16 @@ class UpstreamConnections:
     def server_disconnected(self, data: ServerConnectionHookData) -> None:
         if data.server.address in self._pools:
             self._pools[data.server.address].disconnected(data.server.id)
+
+    def _forget(self, server_id: str, address: Address) -> None:
+        pool = self._pools.get(address)
+        if pool is None:
+            return
+        if server_id in self._reserved:
+            self._reserved.discard(server_id)
+            pool.failed()
+        else:
+            pool.disconnected(server_id)  # nothing if it is gone already
 
     async def _close_idle_forever(self) -> None:
         while True:

@@ -39,7 +39,12 @@ class DispatchTable(addonmanager.AddonManager):
     def _handlers_for(self, event: hooks.Hook) -> list[Callable[..., Any]]:
         handlers = self._handlers.get(event.name)
         if handlers is None:
-            handlers = [func for addon in self.chain for _, func in self._iter_hooks(addon, event)]
+            handlers = []
+            for addon in self.chain:
+                try:
+                    handlers.extend(func for _, func in self._iter_hooks(addon, event))
+                except exceptions.AddonManagerError as e:  # as mitmproxy's manager: said, skipped
+                    logger.error("Addon error: %s", e)
             self._handlers[event.name] = handlers
         return handlers
 
@@ -67,9 +72,11 @@ class DispatchTable(addonmanager.AddonManager):
                 logger.error("Addon error: %s", e, exc_info=True)
 
     async def handle_lifecycle(self, event: hooks.Hook) -> None:
-        await self.trigger_event(event)
         message = event.args()[0]
-        if isinstance(message, flow.Flow) and self._handlers_for(hooks.UpdateHook([])):
+        # Asked before the event runs: a handler may unload the gateway (and this table with it).
+        update = isinstance(message, flow.Flow) and bool(self._handlers_for(hooks.UpdateHook([])))
+        await self.trigger_event(event)
+        if update:
             await self.trigger_event(hooks.UpdateHook([message]))
 
 

@@ -92,6 +92,13 @@ class AddressPool:
             room.cancel()
             self._waiting.remove(room)
             return False
+        except asyncio.CancelledError:  # the client went away while waiting
+            if room.done() and not room.cancelled():
+                self.failed()  # its room goes to the next
+            else:
+                room.cancel()
+                self._waiting.remove(room)
+            raise
         return True  # `opening` was counted when it was handed over
 
     def connected(self, server_id: str, connection: OpenConnection) -> None:
@@ -106,11 +113,14 @@ class AddressPool:
         if self.open.pop(server_id, None) is not None:
             self._hand_over()
 
-    def close_idle(self, server_id: str | None) -> bool:
-        """Close a connection; it is counted until it is gone (`disconnected`), so that the
-        upstream never holds more than the bound, not even for a moment."""
+    def close_idle(self, server_id: str | None, even_if_busy: bool = False) -> bool:
+        """Close a connection its client has nothing in flight on (or, `even_if_busy`, one done
+        with); it is counted until it is gone (`disconnected`), so that the upstream never holds
+        more than the bound, not even for a moment."""
         connection = self.open.get(server_id) if server_id is not None else None
         if connection is None or connection.closing:
+            return False
+        if not even_if_busy and connection.idle_for(time.monotonic()) is None:
             return False
         connection.closing = True
         connection.close()
