@@ -76,3 +76,15 @@ class ClientResolver:
             if not self._trusted(hop):
                 break
         return ClientIdentification(client, chain or None)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address, IPv6 in brackets or not) is this machine's loopback:
+    localhost or a loopback address. Any other name may resolve anywhere."""
+    host = host.strip().lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

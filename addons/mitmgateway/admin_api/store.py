@@ -19,9 +19,10 @@ from typing import Protocol
 from redis.exceptions import RedisError
 from ruamel.yaml.comments import CommentedMap
 
+from ..config.companion_files import load_consumers
 from ..config.editing import dump, one_writer, plain, read_editable, replace_file
 from ..config.errors import ConfigError
-from ..config.source import listed_signature, load_document
+from ..config.source import listed_signature
 from ..consumers import parse_consumers
 from ..shared_consumers import connect, redis_keys, served_since, source_key
 from ..stores import StoreSettings
@@ -74,11 +75,7 @@ class EditedFile:
 
 def check_consumers_file(candidate: Path) -> None:
     """Load `candidate` as the gateway loads its consumers file (a ConfigError if it would not)."""
-    document = load_document(candidate)
-    try:
-        parse_consumers(document.data, candidate)
-    except ConfigError as e:
-        raise e.in_file(str(candidate), document.where) from None
+    load_consumers(candidate.parent, candidate.name)
 
 
 class ConsumerStore(Protocol):

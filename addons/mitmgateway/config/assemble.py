@@ -10,7 +10,6 @@ built once it is valid. The request path only reads what this builds.
 from __future__ import annotations
 
 import importlib
-import ipaddress
 import logging
 import sys
 from collections.abc import Callable, Mapping
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..clients import ClientResolver, parse_trusted_proxies
+from ..clients import ClientResolver, is_loopback, parse_trusted_proxies
 from ..consumers import ConsumerDirectory
 from ..https import parse_https
 from ..paths import PathRules
@@ -107,15 +106,6 @@ def _admin(raw: Any, path: KeyPath, _reading: Reading) -> AdminListener | None:
             "loopback it needs a credential (admin.tokenHash, from mitmgateway admin-token)",
         )
     return admin
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a name other than localhost may resolve anywhere
 
 
 def _upstream_trust(_raw: None, _path: KeyPath, reading: Reading) -> UpstreamTrust:

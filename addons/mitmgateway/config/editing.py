@@ -39,19 +39,14 @@ def read_editable(file: Path, empty: dict[str, Any]) -> CommentedMap:
         text = file.read_text()
     except FileNotFoundError:
         return CommentedMap(empty)
-    return read_editable_text(text, empty, str(file))
-
-
-def read_editable_text(text: str, empty: dict[str, Any], where: str = "") -> CommentedMap:
-    """`text` (YAML, or JSON, which is YAML too) as a mapping that keeps its comments."""
     try:
         document = _yaml().load(text)
     except YAMLError as e:
-        raise ConfigError("", f"cannot be read: {e}", where) from None
+        raise ConfigError("", f"cannot be read: {e}", str(file)) from None
     if document is None:
         return CommentedMap(empty)
     if not isinstance(document, CommentedMap):
-        raise ConfigError("", "must be a mapping", where)
+        raise ConfigError("", "must be a mapping", str(file))
     return document
 
 

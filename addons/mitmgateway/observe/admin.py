@@ -13,7 +13,6 @@ an admin port off loopback without one.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..admin_api import AdminApi
 from ..admin_api.routes import AdminRequest, Reply
+from ..clients import is_loopback
 from ..config.companion_files import consumers_file
 from ..config.model import GatewayConfig
 from ..policies.key_auth import hash_api_key_secret
@@ -157,15 +157,10 @@ class AdminServer:
 def _names_loopback(host: str | None) -> bool:
     """Whether a Host field names this machine's loopback (localhost or a loopback address, with
     any port)."""
-    name = (host or "").strip().lower()
+    name = (host or "").strip()
     if name.rpartition(":")[2].isdigit() and (not name.startswith("[") or "]:" in name):
         name = name.rpartition(":")[0]
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(name)
 
 
 def _handler(admin: AdminServer) -> type[BaseHTTPRequestHandler]:
