@@ -17,6 +17,7 @@ import pytest
 
 from conftest import one_pipeline
 from harness import ROOT, free_port, gateway_command, wait_until
+from mitmgateway.policies.key_auth import hash_api_key_secret
 
 KEY_AUTH = "- key-auth: [{action: {}}]\n- proxy: [{action: {serviceEndpoint: backend}}]"
 SCRIPT = ROOT / "examples" / "admin-api" / "eg-quickstart.sh"
@@ -174,11 +175,17 @@ def test_with_a_token_the_admin_api_answers_only_to_it(start_gateway, upstreams)
     token_hash = token.split("tokenHash: ")[1].split("}")[0]
     admin_port = free_port()
     extra = f"admin: {{port: {admin_port}, host: 0.0.0.0, tokenHash: '{token_hash}'}}\n"
-    start_gateway(one_pipeline(upstreams["orders"].url, KEY_AUTH, extra=extra))
+    gateway = start_gateway(one_pipeline(upstreams["orders"].url, KEY_AUTH, extra=extra))
     assert call(admin_port, "GET", "/users")[0] == 401
     assert call(admin_port, "GET", "/users", token="wrong")[0] == 401
     assert call(admin_port, "GET", "/users", token=secret) == (200, {"users": [], "nextKey": 0})
     assert call(admin_port, "GET", "/health")[0] == 200  # probes need none
+    # A new token in the config: the old one stops working, without a restart.
+    new_secret = "rotated-" + secret
+    new_hash = hash_api_key_secret(new_secret)
+    gateway.config.write_text(gateway.config.read_text().replace(token_hash, new_hash))
+    assert wait_until(lambda: call(admin_port, "GET", "/users", token=secret)[0] == 401)
+    assert call(admin_port, "GET", "/users", token=new_secret)[0] == 200
 
 
 def test_consumers_cli_against_a_running_gateway(admin_gateway):
