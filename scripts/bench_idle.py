@@ -1,11 +1,12 @@
 """Many idle clients: what each costs a gateway, and how many upstream connections they hold.
 
-Starts nginx as the upstream, then each target in turn (bare `mitmdump --mode reverse`, and one
-lean worker with the walkthrough's pipeline, as scripts/bench.py runs them): opens N keep-alive
-client connections, sends one request on each, and leaves them open and idle. Reports the
-target's resident memory per idle client (RSS after minus before, over N), and the upstream
-connections it holds right after and once its idle timeout has passed (counted from
-/proc/net/tcp: established connections to nginx's port). Writes docs/bench/idle.json.
+For each target (bare `mitmdump --mode reverse`, one lean worker with the walkthrough's pipeline,
+and Express Gateway, as scripts/bench_targets.py runs them): opens N keep-alive client
+connections, sends one request on each, and leaves them open and idle. Reports the target's
+resident memory per idle client (RSS after minus before, over N), and the upstream connections
+it holds right after and once its idle timeout has passed (counted from /proc/net/tcp:
+established connections to nginx's port). `scripts/bench` runs this after its loads and keeps the
+figures in docs/bench/bench.json; `scripts/bench idle` runs only this and prints them.
 """
 
 from __future__ import annotations
@@ -13,17 +14,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import Bench, machine
-from processes import ROOT, stop, wait_for_port
+from bench_targets import BASELINE, EXPRESS_GATEWAY, HOST, Bench, stop_target
 
-TARGETS = ("mitmdump", "lean runner, 1 worker")
+IDLE_TARGETS = (BASELINE, "lean runner, 1 worker", EXPRESS_GATEWAY)
 SETTLE_SECONDS = 6.0
 """Longer than the gateway's default upstream idle timeout (4 s) and its reaper's half second."""
 
@@ -47,9 +46,7 @@ def established_to(port: int) -> int:
 
 
 async def open_idle_clients(port: int, token: str, clients: int) -> list[asyncio.StreamWriter]:
-    request = (
-        f"GET /customers HTTP/1.1\r\nHost: customers.local\r\nAuthorization: Bearer {token}\r\n\r\n"
-    ).encode()
+    request = f"GET /customers HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
     writers: list[asyncio.StreamWriter] = []
     semaphore = asyncio.Semaphore(64)
 
@@ -71,12 +68,10 @@ async def open_idle_clients(port: int, token: str, clients: int) -> list[asyncio
     return writers
 
 
-def measure(bench: Bench, target: str, clients: int) -> dict[str, object]:
-    command = bench.targets[target]
-    assert command is not None
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def measure_idle(bench: Bench, target: str, clients: int) -> dict[str, object]:
+    process = bench.start(target)
+    assert process is not None
     try:
-        wait_for_port(bench.port, process)
         time.sleep(1.0)
         before = rss_kib(process.pid)
 
@@ -96,32 +91,28 @@ def measure(bench: Bench, target: str, clients: int) -> dict[str, object]:
                 "rss_kib_after": after,
                 "kib_per_idle_client": round((after - before) / clients, 1),
                 "upstream_connections_after_requests": held,
-                f"upstream_connections_after_{SETTLE_SECONDS:g}s_idle": settled,
+                "idle_seconds": SETTLE_SECONDS,
+                "upstream_connections_after_idle": settled,
             }
 
         return asyncio.run(run())
     finally:
-        stop(process)
+        stop_target(process)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=2000)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mitmgateway-bench-idle-") as tmp:
         bench = Bench(Path(tmp), workers=1)
         upstream = bench.start_upstream()
         try:
-            results = [measure(bench, target, args.clients) for target in TARGETS]
+            for target in IDLE_TARGETS:
+                if target in bench.targets:
+                    print(json.dumps(measure_idle(bench, target, args.clients)), flush=True)
         finally:
-            stop(upstream)
-    for result in results:
-        print(json.dumps(result))
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / "idle.json"
-    out.write_text(json.dumps({"machine": machine(), "results": results}, indent=1) + "\n")
-    print(f"wrote {out}")
+            stop_target(upstream)
     return 0
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from mitmproxy import http, io
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import Bench, machine
+from bench_targets import Bench, machine
 from processes import BIN, ROOT, gateway_command, stop, wait_for_port
 
 MIXED = """

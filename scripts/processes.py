@@ -35,27 +35,34 @@ pipelines:
   customers:
     apiEndpoints: [customers]
     policies:
-      - rate-limit: [{{action: {{max: {max}, windowMs: 1000}}}}]
+      - rate-limit: [{{action: {{max: {max}, windowMs: 1000{delay}}}}}]
       - jwt: [{{action: {{secretOrPublicKeyFile: {public_key}, checkCredentialExistence: false}}}}]
       - proxy: [{{action: {{serviceEndpoint: customers, changeOrigin: true}}}}]
   orders:
     apiEndpoints: [orders]
     policies:
-      - rate-limit: [{{action: {{max: {max}, windowMs: 1000}}}}]
+      - rate-limit: [{{action: {{max: {max}, windowMs: 1000{delay}}}}}]
       - jwt: [{{action: {{secretOrPublicKeyFile: {public_key}, checkCredentialExistence: false}}}}]
       - proxy: [{{action: {{serviceEndpoint: orders, changeOrigin: true}}}}]
 """
 
 
 def walkthrough_config(
-    port: int, customers: str, orders: str, public_key: Path, max_requests: int = 1
+    port: int,
+    customers: str,
+    orders: str,
+    public_key: Path,
+    max_requests: int = 1,
+    delay_after: int | None = None,
 ) -> str:
     """Express Gateway's walkthrough (rate-limit, jwt, proxy for two services by Host) on `port`.
 
-    The bench raises `max_requests` so that only the limiter's work, not its 429s, is measured.
+    The bench raises `max_requests` so that only the limiter's work, not its 429s, is measured,
+    and sets `delay_after` to 0 so that Express Gateway, which it also runs, does not delay.
     """
+    delay = "" if delay_after is None else f", delayAfter: {delay_after}"
     return WALKTHROUGH.format(
-        port=port, customers=customers, orders=orders, public_key=public_key, max=max_requests
+        port=port, customers=customers, orders=orders, public_key=public_key, max=max_requests, delay=delay
     )
 
 
