@@ -1,11 +1,13 @@
-"""Upstream connections bounded per address and closed when idle (a serviceEndpoint's ``pool``),
-through a running gateway and an upstream that counts the connections it holds."""
+"""Upstream connections bounded per address, passed from client to client, and closed when idle
+(a serviceEndpoint's ``pool``), through a running gateway and an upstream that counts the
+connections it accepts and holds."""
 
 from __future__ import annotations
 
 import http.client
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler
 
@@ -19,12 +21,13 @@ POOL = "pool: {maxConnections: 10, idleTimeoutMs: 300}"
 # The upstream counts a connection until its thread reads the close, which may come just after it
 # accepted the gateway's next one: what it sees can exceed the bound by a connection in closing.
 SEEN_AT_MOST = 10 + 2
+SLOW_SECONDS = 0.8
 
 
 class CountingUpstream(LocalServer):
     """HTTP/1.1 with keep-alive; counts the connections open now and the most ever open at once;
-    answers each request with its X-Request-Id. With `keep_alive_seconds`, it closes a connection
-    idle that long itself (as Node does after 5 s)."""
+    answers each request with its X-Request-Id (``/slow``: after SLOW_SECONDS). With
+    `keep_alive_seconds`, it closes a connection idle that long itself (as Node does after 5 s)."""
 
     def __init__(self, keep_alive_seconds: float | None = None) -> None:
         self.open = 0
@@ -54,6 +57,8 @@ class CountingUpstream(LocalServer):
                 super().finish()
 
             def do_GET(self) -> None:
+                if self.path == "/slow":
+                    time.sleep(SLOW_SECONDS)
                 answer_json(self, {"id": self.headers.get("X-Request-Id")})
 
             def log_message(self, *args: object) -> None:
@@ -67,8 +72,8 @@ def gateway_with_pool(start_gateway, upstream: CountingUpstream, pool: str = POO
     return start_gateway(config.replace(f"url: '{upstream.url}'", f"url: '{upstream.url}', {pool}"))
 
 
-def ask(conn: http.client.HTTPConnection, request_id: str) -> tuple[int, str | None]:
-    conn.request("GET", "/x", headers={"X-Request-Id": request_id})
+def ask(conn: http.client.HTTPConnection, request_id: str, path: str = "/x") -> tuple[int, str | None]:
+    conn.request("GET", path, headers={"X-Request-Id": request_id})
     response = conn.getresponse()
     body = response.read()
     return response.status, json.loads(body)["id"] if response.status == 200 else None
@@ -90,6 +95,9 @@ def test_idle_clients_hold_no_more_upstream_connections_than_the_pool(start_gate
         # Every answer is its own request's: none went to another client.
         assert first == [(200, f"first-{i}") for i in range(CLIENTS)]
         assert upstream.peak <= SEEN_AT_MOST, upstream.peak
+        # Past the bound, a request takes the socket of a client idle the longest: the 500
+        # clients' requests went over about as many connections as the pool allows.
+        assert upstream.accepted <= SEEN_AT_MOST, upstream.accepted
         # The 500 clients stay connected, idle: their upstream connections are let go.
         assert wait_until(lambda: upstream.open == 0, timeout=5), upstream.open
         with ThreadPoolExecutor(50) as pool:
@@ -99,6 +107,46 @@ def test_idle_clients_hold_no_more_upstream_connections_than_the_pool(start_gate
     finally:
         for conn in clients:
             conn.close()
+
+
+def ask_once(port: int, request_id: str, path: str = "/x") -> tuple[int, str | None]:
+    """One request on a connection of its own, closed after."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        return ask(conn, request_id, path)
+    finally:
+        conn.close()
+
+
+def test_a_new_client_connection_per_request_reuses_the_upstream_connections(start_gateway, upstream):
+    gateway = gateway_with_pool(start_gateway, upstream, "pool: {idleTimeoutMs: 2000}")
+    one_after_another = [ask_once(gateway.port, f"seq-{i}") for i in range(30)]
+    assert one_after_another == [(200, f"seq-{i}") for i in range(30)]
+    # A client's close reaches the gateway before the next client's request needs a connection
+    # (but for a rare race): each takes the socket the one before it left.
+    assert upstream.accepted <= 3, upstream.accepted
+    before = upstream.accepted
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(lambda i: ask_once(gateway.port, f"par-{i}"), range(400)))
+    # Every answer is its own request's, though its connection served other clients before.
+    assert answers == [(200, f"par-{i}") for i in range(400)]
+    assert upstream.accepted - before <= 20 + 10, upstream.accepted - before
+
+
+def test_an_upstream_connection_cut_off_mid_request_goes_to_no_other_client(start_gateway, upstream):
+    gateway = gateway_with_pool(start_gateway, upstream, "pool: {idleTimeoutMs: 5000}")
+    assert ask_once(gateway.port, "warm") == (200, "warm")  # one socket parked
+    cut = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+    cut.request("GET", "/slow", headers={"X-Request-Id": "cut-off"})
+    time.sleep(SLOW_SECONDS / 4)
+    cut.close()  # the gateway's upstream connection still awaits the slow answer
+    time.sleep(SLOW_SECONDS / 4)
+    accepted = upstream.accepted
+    # Requests now and once the slow answer has come: none of them is answered with it.
+    assert ask_once(gateway.port, "next") == (200, "next")
+    time.sleep(SLOW_SECONDS)
+    assert [ask_once(gateway.port, f"later-{i}") for i in range(3)] == [(200, f"later-{i}") for i in range(3)]
+    assert upstream.accepted == accepted + 1, "the cut-off connection was not passed on"
 
 
 def test_an_upstream_that_closes_idle_connections_fails_no_request(start_gateway):
@@ -113,6 +161,13 @@ def test_an_upstream_that_closes_idle_connections_fails_no_request(start_gateway
             threading.Event().wait(0.25)
         assert upstream.accepted >= 4, "the upstream did close idle connections"
         conn.close()
+        # The same with a new client connection each time: a parked socket the upstream closed
+        # is never handed to the next client.
+        accepted = upstream.accepted
+        for i in range(8):
+            assert ask_once(gateway.port, f"n{i}") == (200, f"n{i}")
+            threading.Event().wait(0.25)
+        assert upstream.accepted >= accepted + 4, "the upstream did close parked connections"
     finally:
         upstream.stop()
 

@@ -90,3 +90,31 @@ async def _install_and_uninstall() -> None:
     assert type(manager) is addonmanager.AddonManager and not hasattr(manager, "_handlers")
     await manager.trigger_event(HttpRequestHook(tflow.tflow()))
     assert (counting.requests, later.requests) == (3, 2)
+
+
+def test_mitmproxy_opens_and_lets_go_of_upstream_sockets_as_the_handover_expects():
+    # mitm/sockets.py hands a parked socket over through the module's asyncio.open_connection,
+    # and lets the previous handler "close" a stand-in writer: both read off mitmproxy's source.
+    import inspect
+
+    from mitmproxy.proxy import server
+    from mitmproxy.proxy.layers.http import _http1
+
+    opening = inspect.getsource(server.ConnectionHandler.open_connection)
+    assert "await asyncio.open_connection(" in opening
+    assert "ServerConnectHook" in opening.split("asyncio.open_connection(")[0], "the hook runs first"
+    assert "await self.handle_connection(command.connection)" in opening, "in the same task"
+    handling = inspect.getsource(server.ConnectionHandler.handle_connection)
+    assert "writer = self.transports[connection].writer" in handling and "writer.close()" in handling
+    # Between exchanges, an Http1Client is back to reading headers with nothing of either kept.
+    done = inspect.getsource(_http1.Http1Connection.mark_done)
+    assert "self.request = self.response = None" in done and "self.stream_id = None" in done
+    assert "self.state = self.read_headers" in done
+
+
+def test_asyncio_stream_readers_keep_what_a_parked_socket_is_checked_by():
+    async def make() -> asyncio.StreamReader:
+        return asyncio.StreamReader()
+
+    reader = asyncio.run(make())
+    assert reader._buffer == b"" and reader._waiter is None

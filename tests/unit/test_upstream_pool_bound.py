@@ -83,3 +83,101 @@ def test_a_request_given_up_while_waiting_leaves_no_room_taken():
         assert pool.used == 0 and not pool._waiting
 
     asyncio.run(scenario())
+
+
+class FakeSocket:
+    """A parked socket as the pool sees one (mitm/sockets.py's ParkedSocket makes real ones)."""
+
+    def __init__(self, name: str, usable: bool = True) -> None:
+        self.name = name
+        self.last_used = time.monotonic()
+        self._usable = usable
+        self.closed = False
+
+    def usable(self) -> bool:
+        return self._usable and not self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def taking(socket: FakeSocket, released: list) -> OpenConnection:  # type: ignore[type-arg]
+    """A connection whose socket can be taken; `released` collects the callbacks to call when its
+    client lets go of it (as mitmproxy's task ending does)."""
+
+    def detach(on_released) -> bool:  # type: ignore[no-untyped-def]
+        released.append(lambda: on_released(socket))
+        return True
+
+    return OpenConnection(socket.close, ClientActivity(), detach)
+
+
+def test_a_parked_socket_goes_to_the_next_connection_and_keeps_its_room():
+    async def scenario() -> None:
+        pool = AddressPool(PoolSettings(max_connections=1, idle_timeout_ms=60_000))
+        room = await pool.reserve(timeout=1)
+        assert room is not None and room.socket is None, "nothing parked: a new connection"
+        released: list = []  # type: ignore[type-arg]
+        socket = FakeSocket("a")
+        pool.connected("a", taking(socket, released))
+        assert pool.park("a")
+        assert pool.used == 1 and not pool.parked, "on its way: counted, not yet handed out"
+        released.pop()()
+        assert list(pool.parked) == [socket] and pool.used == 1
+        room = await pool.reserve(timeout=1)
+        assert room is not None and room.socket is socket and pool.used == 1
+        assert not socket.closed
+
+    asyncio.run(scenario())
+
+
+def test_a_waiting_request_takes_the_socket_of_the_client_idle_the_longest():
+    async def scenario() -> None:
+        pool = AddressPool(PoolSettings(max_connections=1, idle_timeout_ms=60_000))
+        assert await pool.reserve(timeout=1)
+        released: list = []  # type: ignore[type-arg]
+        socket = FakeSocket("idle client's")
+        pool.connected("a", taking(socket, released))
+        waiting = asyncio.ensure_future(pool.reserve(timeout=1))
+        await asyncio.sleep(0.01)
+        assert len(released) == 1 and not waiting.done(), "taken from its client, not closed"
+        released.pop()()
+        room = await waiting
+        assert room is not None and room.socket is socket and not socket.closed
+        assert pool.used == 1 and not pool.parked
+
+    asyncio.run(scenario())
+
+
+def test_parked_sockets_closed_by_the_upstream_or_idle_too_long_are_never_handed_out():
+    async def scenario() -> None:
+        pool = AddressPool(PoolSettings(max_connections=3, idle_timeout_ms=1000))
+        stale, fresh = FakeSocket("stale"), FakeSocket("ok")
+        closed_by_upstream = FakeSocket("gone", usable=False)
+        stale.last_used -= 2
+        pool.opening = 3
+        for socket in (fresh, stale, closed_by_upstream):  # the last parked is taken first
+            pool.opening -= 1
+            pool._park(socket)
+        room = await pool.reserve(timeout=1)
+        assert room is not None and room.socket is fresh
+        assert stale.closed and closed_by_upstream.closed and pool.used == 1
+        pool.failed()
+        pool._park(stale := FakeSocket("stale"))
+        stale.last_used -= 2
+        assert pool.expired(time.monotonic()) == [] and stale.closed and pool.used == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_socket_given_to_a_request_that_went_away_is_parked_again():
+    async def scenario() -> None:
+        pool = AddressPool(PoolSettings(max_connections=1, idle_timeout_ms=60_000))
+        socket = FakeSocket("a")
+        pool._park(socket)
+        room = await pool.reserve(timeout=1)
+        assert room is not None and room.socket is socket
+        pool.give_back(room)
+        assert list(pool.parked) == [socket] and pool.used == 1 and not socket.closed
+
+    asyncio.run(scenario())

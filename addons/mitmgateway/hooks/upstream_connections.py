@@ -1,5 +1,6 @@
 """Upstream connections: each one mitmproxy is about to open, checked against its url's health and
-its address's bound, and each one left idle closed (upstreams/pool.py).
+its address's bound and given a parked socket when there is one; each one its client is done
+with parked for the next client, and each one left idle closed (upstreams/pool.py).
 
 mitmproxy's server_* hooks see connections, not flows: the gate tells this addon which upstream
 each client connection's request is about to go to (`expect`), and this addon lets the target
@@ -21,9 +22,10 @@ from mitmproxy import connection, http
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from ..config.model import GatewayConfig
-from ..mitm.proxyserver import close_server_connection
+from ..mitm import sockets
+from ..mitm.proxyserver import close_server_connection, connection_handler
 from ..upstreams.health import UpstreamTarget
-from ..upstreams.pool import AddressPool, ClientActivity, OpenConnection, PoolSettings
+from ..upstreams.pool import AddressPool, ClientActivity, OpenConnection, PoolSettings, Room
 
 REAP_SECONDS = 0.5
 Address = tuple[str, int]
@@ -39,9 +41,10 @@ class UpstreamConnections:
         self._settings: Mapping[Address, PoolSettings] = {}
         self._pools: dict[Address, AddressPool] = {}
         self._activity: dict[str, ClientActivity] = {}
-        self._reserved: set[str] = set()
-        """Upstream connections given room in their pool and being opened."""
+        self._reserved: dict[str, Room] = {}
+        """Upstream connections given room in their pool (and maybe a parked socket), being opened."""
         self._reaper: asyncio.Task[None] | None = None
+        self._handover = sockets.SocketHandover()
 
     def apply(self, config: GatewayConfig, previous: GatewayConfig | None) -> None:
         """Each upstream address's pool settings (the first serviceEndpoint naming it gives them)."""
@@ -54,13 +57,17 @@ class UpstreamConnections:
             pool.settings = settings.get(address, PoolSettings())
 
     def running(self) -> None:
+        self._handover.install()
         if self._reaper is None:
             self._reaper = asyncio.get_running_loop().create_task(self._close_idle_forever())
 
     def done(self) -> None:
+        self._handover.uninstall()
         if self._reaper is not None:
             self._reaper.cancel()
             self._reaper = None
+        for pool in self._pools.values():
+            pool.close_parked()
 
     def expect(self, client_id: str, target: UpstreamTarget) -> None:
         key = (client_id, target.address)
@@ -85,7 +92,14 @@ class UpstreamConnections:
         self._finished(flow)
 
     def client_disconnected(self, client: connection.Client) -> None:
-        self._activity.pop(client.id, None)
+        activity = self._activity.pop(client.id, None)
+        if activity is not None and activity.in_flight:
+            return  # a request cut off: its upstream connections close with the client
+        handler = connection_handler(client)
+        for server in list(handler.transports) if handler is not None else ():
+            pool = self._pools.get(server.address) if isinstance(server, connection.Server) else None
+            if pool is not None:
+                pool.park(server.id)
 
     def _activity_of(self, client: connection.Client) -> ClientActivity:
         activity = self._activity.get(client.id)
@@ -107,6 +121,9 @@ class UpstreamConnections:
             activity.in_flight.discard(flow.id)
             if not activity.in_flight:
                 activity.idle_since = time.monotonic()
+                pool = self._pools.get(server.address) if server.address else None
+                if pool is not None and pool.waiting:
+                    pool.park(server.id)  # a request waits for room: it takes this socket now
 
     # The upstream connections.
 
@@ -127,8 +144,12 @@ class UpstreamConnections:
                 self._targets[(data.client.id, target.address)] = target
         if data.server.error is None and data.server.address is not None:
             pool = self._pool(data.server.address)
-            if await pool.reserve(timeout=pool.settings.idle_timeout_ms / 1000 + 10):
-                self._reserved.add(data.server.id)
+            room = await pool.reserve(timeout=pool.settings.idle_timeout_ms / 1000 + 10)
+            if room is not None:
+                self._reserved[data.server.id] = room
+                if room.socket is not None:
+                    assert isinstance(room.socket, sockets.ParkedSocket)
+                    sockets.deliver(room.socket)
                 # This hook runs in the task that opens and then serves the connection: when it
                 # ends, however it ends (the client gone before the connection was made, no
                 # server_disconnected), the connection's room is given back.
@@ -144,22 +165,26 @@ class UpstreamConnections:
         target = self._targets.get((data.client.id, data.server.address))
         if target is not None:
             target.connected(data.server)
-        if data.server.id not in self._reserved:
+        if self._reserved.pop(data.server.id, None) is None:
             return
-        self._reserved.discard(data.server.id)
         client, server = data.client, data.server
         # A client gone meanwhile gets no activity entry back: its connection closes with it.
         activity = self._activity.get(client.id) or ClientActivity()
-        closing = OpenConnection(lambda: close_server_connection(client, server), activity)
-        self._pools[server.address].connected(server.id, closing)
+        opened = OpenConnection(
+            lambda: close_server_connection(client, server),
+            activity,
+            lambda released: sockets.detach(client, server, released),
+        )
+        self._pools[server.address].connected(server.id, opened)
 
     def server_connect_error(self, data: ServerConnectionHookData) -> None:
         target = self._targets.get((data.client.id, data.server.address))
         if target is not None:
             target.connected(data.server)
-        if data.server.id in self._reserved:
-            self._reserved.discard(data.server.id)
-            self._pools[data.server.address].failed()
+        room = self._reserved.pop(data.server.id, None)
+        if room is not None:
+            # A parked socket given to a connection another addon killed first stays parked.
+            self._pools[data.server.address].give_back(room if sockets.take_undelivered() else Room())
 
     def server_disconnected(self, data: ServerConnectionHookData) -> None:
         if data.server.address in self._pools:
@@ -169,8 +194,10 @@ class UpstreamConnections:
         pool = self._pools.get(address)
         if pool is None:
             return
-        if server_id in self._reserved:
-            self._reserved.discard(server_id)
+        room = self._reserved.pop(server_id, None)
+        if room is not None:
+            if room.socket is not None:
+                room.socket.close()  # given to a connection that never took it: gone with it
             pool.failed()
         else:
             pool.disconnected(server_id)  # nothing if it is gone already

@@ -6,7 +6,8 @@ buffering (http1_limits), trailer fields (trailers), a 101 that would become a p
 events fed to a connection (injection), the proxy server's handlers and listeners (proxyserver),
 script reloading (scripts), the lean runner's event dispatch (dispatch), its TLS settings for an
 upstream connection (tlsconfig), a message made again from a state it took without its
-checks (messages), and the words of its listener log lines (listener_lines).
+checks (messages), the words of its listener log lines (listener_lines), and upstream sockets
+passed from one client connection to another (sockets).
 Replacements go through `patches.Patches`, which restores the originals when the gateway is
 unloaded and runs without a replacement (saying so) when its target is gone.
 
@@ -51,4 +52,12 @@ INTERNALS = (
     "mitmproxy.http:Headers",
     # listener_lines: the words of ReverseMode.description, checked by the test itself
     "mitmproxy.proxy.mode_specs:ReverseMode.description",
+    # sockets (and what the test itself reads of the methods' source)
+    "mitmproxy.proxy.server:asyncio.open_connection",
+    "mitmproxy.proxy.server:ConnectionHandler.open_connection",
+    "mitmproxy.proxy.server:ConnectionHandler.handle_connection",
+    "mitmproxy.proxy.layers.http:HttpLayer",
+    "mitmproxy.proxy.layers.http:HttpClient",
+    "mitmproxy.proxy.layers.http._http1:Http1Client.read_headers",
+    "mitmproxy.proxy.layers.http._http1:Http1Connection.mark_done",
 )
