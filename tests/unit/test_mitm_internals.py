@@ -118,3 +118,35 @@ def test_asyncio_stream_readers_keep_what_a_parked_socket_is_checked_by():
 
     reader = asyncio.run(make())
     assert reader._buffer == b"" and reader._waiter is None
+
+
+def test_layers_made_while_the_gateway_is_loaded_queue_their_events_in_lists():
+    import inspect
+    import sys
+
+    from mitmproxy import options
+    from mitmproxy.proxy import layer
+    from mitmproxy.proxy.context import Context
+    from mitmproxy.test import tflow
+
+    from mitmgateway.mitm.event_queues import EventQueue, SmallEventQueues
+
+    # collections is used at run time only to make this queue: a new use would get the list too.
+    source = inspect.getsource(layer)
+    assert source.count("collections.") - source.count("collections.abc") == 2  # annotation, __init__
+
+    def new_layer() -> layer.Layer:
+        return layer.NextLayer(Context(tflow.tclient_conn(), options.Options()))
+
+    queues = SmallEventQueues()
+    queues.install()
+    try:
+        queue = new_layer()._paused_event_queue
+        assert isinstance(queue, EventQueue) and not queue
+        queue.append("a")
+        queue.append("b")
+        assert queue and queue.popleft() == "a" and list(queue) == ["b"]
+        assert sys.getsizeof(EventQueue()) < 100
+    finally:
+        queues.uninstall()
+    assert type(new_layer()._paused_event_queue).__name__ == "deque"

@@ -6,8 +6,9 @@ buffering (http1_limits), trailer fields (trailers), a 101 that would become a p
 events fed to a connection (injection), the proxy server's handlers and listeners (proxyserver),
 script reloading (scripts), the lean runner's event dispatch (dispatch), its TLS settings for an
 upstream connection (tlsconfig), a message made again from a state it took without its
-checks (messages), the words of its listener log lines (listener_lines), and upstream sockets
-passed from one client connection to another (sockets).
+checks (messages), the words of its listener log lines (listener_lines), upstream sockets
+passed from one client connection to another (sockets), and its layers' event queues
+(event_queues).
 Replacements go through `patches.Patches`, which restores the originals when the gateway is
 unloaded and runs without a replacement (saying so) when its target is gone.
 
@@ -60,4 +61,7 @@ INTERNALS = (
     "mitmproxy.proxy.layers.http:HttpClient",
     "mitmproxy.proxy.layers.http._http1:Http1Client.read_headers",
     "mitmproxy.proxy.layers.http._http1:Http1Connection.mark_done",
+    # event_queues
+    "mitmproxy.proxy.layer:collections.deque",
+    "mitmproxy.proxy.layer:Layer.__init__",
 )
