@@ -237,7 +237,7 @@ JUDGES: dict[str, Callable[[Checkout, str, Path], None] | None] = {
 }
 SHORTENED = {
     # The same commands with less load: the README's run for minutes.
-    "scripts/bench --rounds 5 --seconds 5": "scripts/bench --rounds 1 --seconds 1",
+    "scripts/bench --rounds 5 --seconds 5": "scripts/bench --rounds 1 --seconds 1 --idle-clients 200",
     "scripts/bench whatif": "scripts/bench whatif --flows 300 --seconds 1",
     "scripts/demo --record logs/walkthrough.mitm --seconds 60": (
         "scripts/demo --record logs/walkthrough.mitm --seconds 3"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +15,7 @@ from http.server import BaseHTTPRequestHandler
 import pytest
 
 from conftest import one_pipeline
-from harness import LocalServer, answer_json, wait_until
+from harness import LocalServer, RawServer, answer_json, wait_until
 
 CLIENTS = 500
 POOL = "pool: {maxConnections: 10, idleTimeoutMs: 300}"
@@ -187,3 +188,78 @@ def test_a_pool_setting_that_makes_no_sense_is_refused(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(config, StepState())
     assert "serviceEndpoints.backend.pool.maxConnections" in str(info.value)
+
+
+class ExchangeThatGoesOn(RawServer):
+    """An upstream whose answer goes on past the point mitmproxy takes it to end: to a GET, a
+    ``103 Early Hints`` (complete as far as mitmproxy reads it) and the final 200 later; to a
+    HEAD, a head announcing a body, and those bytes after it. The late bytes name the request's
+    path: on any connection they reach, they read as an answer to that request."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.accepted = 0
+
+    def answer(self, conn: socket.socket) -> None:
+        self.accepted += 1
+        buffered = b""
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in buffered:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buffered += data
+                head, _, buffered = buffered.partition(b"\r\n\r\n")
+                method, path = head.split(b" ")[:2]
+                late = b"late answer to " + path
+                length = b"Content-Length: %d\r\n\r\n" % len(late)
+                if method == b"HEAD":
+                    conn.sendall(b"HTTP/1.1 200 OK\r\n" + length)
+                    time.sleep(0.4)
+                    conn.sendall(late)
+                else:
+                    conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+                    time.sleep(0.4)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\n" + length + late)
+
+
+def read_for(port: int, method: str, path: str, seconds: float) -> bytes:
+    """What the gateway sends back to one request within `seconds`, on a connection of its own."""
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        conn.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        conn.settimeout(0.05)
+        received, deadline = b"", time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                data = conn.recv(65536)
+            except TimeoutError:
+                continue
+            if not data:
+                break
+            received += data
+        return received
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("pool", ["pool: {idleTimeoutMs: 3000}", "pool: {maxConnections: 1}"])
+def test_an_upstream_answer_that_goes_on_past_its_end_reaches_no_other_client(start_gateway, method, pool):
+    # Client A's exchange looks complete to mitmproxy (a 1xx, a HEAD's head) while its upstream
+    # still has bytes to send; A leaves, or stays connected while B waits for the only connection.
+    # Either way its connection must not pass to B, who would read A's late bytes as its answer.
+    upstream = ExchangeThatGoesOn()
+    try:
+        config = one_pipeline(upstream.url, "- proxy: [{action: {serviceEndpoint: backend}}]")
+        gateway = start_gateway(config.replace(f"url: '{upstream.url}'", f"url: '{upstream.url}', {pool}"))
+        answers: dict[str, bytes] = {}
+        a = threading.Thread(
+            target=lambda: answers.update(a=read_for(gateway.port, method, "/a-secret", 0.15))
+        )
+        a.start()
+        time.sleep(0.05)
+        answers["b"] = read_for(gateway.port, "GET", "/b", 1.5)
+        a.join()
+        assert b"a-secret" not in answers["b"], answers["b"]
+        assert upstream.accepted == 2, "A's connection went to no one"
+    finally:
+        upstream.stop()

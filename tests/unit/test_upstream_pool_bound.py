@@ -109,7 +109,7 @@ def taking(socket: FakeSocket, released: list) -> OpenConnection:  # type: ignor
         released.append(lambda: on_released(socket))
         return True
 
-    return OpenConnection(socket.close, ClientActivity(), detach)
+    return OpenConnection(socket.close, ClientActivity(), detach, reusable=True)
 
 
 def test_a_parked_socket_goes_to_the_next_connection_and_keeps_its_room():
@@ -181,3 +181,45 @@ def test_a_socket_given_to_a_request_that_went_away_is_parked_again():
         assert list(pool.parked) == [socket] and pool.used == 1 and not socket.closed
 
     asyncio.run(scenario())
+
+
+def test_a_connection_whose_exchange_may_go_on_is_not_taken_and_a_closed_pool_parks_nothing():
+    async def scenario() -> None:
+        pool = AddressPool(PoolSettings(max_connections=2, idle_timeout_ms=60_000))
+        released: list = []  # type: ignore[type-arg]
+        assert await pool.reserve(timeout=1)
+        after_1xx = taking(FakeSocket("a"), released)
+        after_1xx.reusable = False  # (what the response hook says after a 103, say)
+        pool.connected("a", after_1xx)
+        assert not pool.park("a") and not released
+        assert await pool.reserve(timeout=1)
+        socket = FakeSocket("b")
+        pool.connected("b", taking(socket, released))
+        assert pool.park("b")
+        pool.close()  # the gateway unloads before the socket was let go of
+        released.pop()()
+        assert socket.closed and not pool.parked
+
+    asyncio.run(scenario())
+
+
+def test_an_exchange_ends_for_the_next_client_only_where_the_upstream_answer_does():
+    from mitmproxy.test import tflow, tutils
+
+    from mitmgateway.hooks.upstream_connections import exchange_ended
+
+    def flow(method: str = "GET", status: int = 200, **headers: str) -> object:
+        f = tflow.tflow(req=tutils.treq(method=method.encode()), resp=tutils.tresp(status_code=status))
+        f.response.headers.clear()
+        f.response.headers.update(headers)
+        return f
+
+    assert exchange_ended(flow())
+    assert exchange_ended(flow(status=304))
+    assert exchange_ended(flow("HEAD", **{"content-length": "0"}))
+    assert not exchange_ended(flow(status=103)), "the final answer is still to come"
+    assert not exchange_ended(flow("HEAD", **{"content-length": "12"})), "12 bytes may yet follow"
+    assert not exchange_ended(flow(status=204, **{"transfer-encoding": "chunked"}))
+    assert not exchange_ended(flow(status=401, **{"www-authenticate": "NTLM"})), "the connection is the login"
+    no_answer = tflow.tflow()
+    assert not exchange_ended(no_answer)

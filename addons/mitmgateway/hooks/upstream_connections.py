@@ -29,6 +29,27 @@ from ..upstreams.pool import AddressPool, ClientActivity, OpenConnection, PoolSe
 
 REAP_SECONDS = 0.5
 Address = tuple[str, int]
+_AUTHENTICATES_THE_CONNECTION = (b"ntlm", b"negotiate")
+_BODILESS_STATUS = (204, 304)
+
+
+def exchange_ended(flow: http.HTTPFlow) -> bool:
+    """Whether the upstream's answer ended where mitmproxy took it to: a final answer (not a 1xx,
+    after which the real one still comes), whose head announces no body it must not have (to a
+    HEAD, a 204 or a 304, a length that bytes may yet follow), on a connection no scheme
+    authenticates as a whole (NTLM, Negotiate: the next client would be the first). Only then may
+    its connection serve another client."""
+    request, response = flow.request, flow.response
+    if response is None or response.status_code < 200:
+        return False
+    if request.method == "HEAD" or response.status_code in _BODILESS_STATUS:
+        headers = response.headers
+        if "transfer-encoding" in headers or headers.get("content-length", "0").strip() != "0":
+            return False
+    for value in (*request.headers.get_all("authorization"), *response.headers.get_all("www-authenticate")):
+        if value.encode().lower().startswith(_AUTHENTICATES_THE_CONNECTION):
+            return False
+    return True
 
 
 class UpstreamConnections:
@@ -67,7 +88,7 @@ class UpstreamConnections:
             self._reaper.cancel()
             self._reaper = None
         for pool in self._pools.values():
-            pool.close_parked()
+            pool.close()
 
     def expect(self, client_id: str, target: UpstreamTarget) -> None:
         key = (client_id, target.address)
@@ -83,9 +104,14 @@ class UpstreamConnections:
 
     def response(self, flow: http.HTTPFlow) -> None:
         if flow.websocket is None:  # a WebSocket holds its connection until websocket_end
+            if (opened := self._opened(flow.server_conn)) is not None:
+                opened.reusable = exchange_ended(flow)
+                opened.last_exchange = time.monotonic()
             self._finished(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
+        if (opened := self._opened(flow.server_conn)) is not None:
+            opened.reusable = False
         self._finished(flow)
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
@@ -100,6 +126,10 @@ class UpstreamConnections:
             pool = self._pools.get(server.address) if isinstance(server, connection.Server) else None
             if pool is not None:
                 pool.park(server.id)
+
+    def _opened(self, server: connection.Server) -> OpenConnection | None:
+        pool = self._pools.get(server.address) if server.address else None
+        return pool.open.get(server.id) if pool is not None else None
 
     def _activity_of(self, client: connection.Client) -> ClientActivity:
         activity = self._activity.get(client.id)
@@ -144,7 +174,10 @@ class UpstreamConnections:
                 self._targets[(data.client.id, target.address)] = target
         if data.server.error is None and data.server.address is not None:
             pool = self._pool(data.server.address)
-            room = await pool.reserve(timeout=pool.settings.idle_timeout_ms / 1000 + 10)
+            # Not for a connection bound to a local address (connect_addr), nor for an HTTP/2
+            # client's request (its HTTP/1 connection is closed after one exchange).
+            take_parked = data.server.sockname is None and data.client.alpn != b"h2"
+            room = await pool.reserve(pool.settings.idle_timeout_ms / 1000 + 10, take_parked)
             if room is not None:
                 self._reserved[data.server.id] = room
                 if room.socket is not None:

@@ -89,15 +89,18 @@ class _ReleasedWriter:
         return self._writer.get_extra_info(name, default)
 
 
-def _http1_client(root: Any, server: connection.Server) -> Any:
-    """The Http1Client layer serving `server` in a client's layer tree, or None."""
+def _http_layer(root: Any) -> Any:
+    """The HttpLayer in a client's layer tree, or None."""
     layer = root
     while layer is not None and not isinstance(layer, http_layers.HttpLayer):
         # NextLayer holds its decision in `layer`; the tunnel layers their child in `child_layer`.
         layer = getattr(layer, "child_layer", None) or getattr(layer, "layer", None)
-    if layer is None:
-        return None
-    stack_top = layer.connections.get(server)
+    return layer
+
+
+def _http1_client(http_layer: Any, server: connection.Server) -> Any:
+    """The Http1Client layer serving `server`, or None."""
+    stack_top = http_layer.connections.get(server)
     client = getattr(stack_top, "child_layer", None)  # HttpClient wraps the protocol's layer
     return client if isinstance(client, _http1.Http1Client) else None
 
@@ -131,7 +134,8 @@ def detach(
     io = handler.transports.get(server) if handler is not None else None
     if io is None or io.handler is None or not isinstance(io.writer, asyncio.StreamWriter):
         return False
-    http1 = _http1_client(handler.layer, server)
+    http_layer = _http_layer(handler.layer)
+    http1 = _http1_client(http_layer, server) if http_layer is not None else None
     if http1 is None or not _between_exchanges(http1):
         return False
     assert isinstance(io.reader, asyncio.StreamReader)
@@ -142,7 +146,15 @@ def detach(
     # reading task stops without closing the socket.
     io.writer = _ReleasedWriter(io.writer)
     server.state = connection.ConnectionState.CLOSED
-    io.handler.add_done_callback(lambda _task: released(socket))
+
+    def let_go(_task: Any) -> None:
+        # mitmproxy's HttpLayer keeps every connection it ever had (it only skips closed ones):
+        # the entry goes once the layers have seen this one close, or a long-lived client whose
+        # sockets keep going to others would gather them.
+        http_layer.connections.pop(server, None)
+        released(socket)
+
+    io.handler.add_done_callback(let_go)
     io.handler.cancel("its socket went to another client")
     return True
 
@@ -173,12 +185,11 @@ class _AsyncioWithDeliveries:
         return getattr(self._original, name)
 
     async def open_connection(self, host: str, port: int, **kwargs: Any) -> Any:
-        socket = _delivered.get()
-        if socket is not None and socket.address == (host, port) and kwargs.get("local_addr") is None:
-            _delivered.set(None)
-            if socket.usable():
+        socket = take_undelivered()
+        if socket is not None:
+            if socket.address == (host, port) and kwargs.get("local_addr") is None and socket.usable():
                 return socket.reader, socket.writer
-            socket.close()
+            socket.close()  # the room it held is this connection's now
         return await self._original.open_connection(host, port, **kwargs)
 
 

@@ -79,6 +79,10 @@ class OpenConnection:
     detach: Callable[[Callable[[Socket], None]], bool] = lambda released: False
     """Take its socket from its client, for another: given to `released` once its client's side
     has let go of it; False if it cannot be taken (not between exchanges, say)."""
+    reusable: bool = False
+    """Its last exchange ended where the upstream's answer ended (`exchange_ended`): nothing more
+    can come on it that the next client would read as its own answer."""
+    last_exchange: float = field(default_factory=time.monotonic)
     closing: bool = False
     """Closed by the pool, still counted until mitmproxy says it is gone."""
 
@@ -101,6 +105,8 @@ class AddressPool:
         self.releasing = 0
         """Sockets taken from their clients, not yet let go of there."""
         self._waiting: deque[asyncio.Future[Room]] = deque()
+        self.closed = False
+        """The gateway unloaded: sockets let go of later are closed, not parked."""
 
     @property
     def used(self) -> int:
@@ -110,11 +116,11 @@ class AddressPool:
     def waiting(self) -> bool:
         return bool(self._waiting)
 
-    async def reserve(self, timeout: float) -> Room | None:
-        """Room for one more connection, with a parked socket when there is one; made or waited
-        for; None if none came in `timeout`."""
+    async def reserve(self, timeout: float, take_parked: bool = True) -> Room | None:
+        """Room for one more connection, with a parked socket when there is one (and
+        `take_parked`); made or waited for; None if none came in `timeout`."""
         if not self._waiting:
-            if (socket := self._take_parked()) is not None:
+            if take_parked and (socket := self._take_parked()) is not None:
                 self.opening += 1
                 return Room(socket)
             if self.used < self.settings.max_connections:
@@ -164,9 +170,9 @@ class AddressPool:
         """Take the socket of a connection whose client is done with it, for the next
         connection; False if it cannot be taken (not between exchanges, say)."""
         connection = self.open.get(server_id)
-        if connection is None or connection.closing:
+        if connection is None or connection.closing or not connection.reusable:
             return False
-        last_used = connection.activity.idle_since
+        last_used = connection.last_exchange
         if not connection.detach(lambda socket: self._released(socket, last_used)):
             return False
         del self.open[server_id]  # its room stays taken: the socket has it
@@ -207,7 +213,9 @@ class AddressPool:
             if (idle := c.idle_for(now)) is not None and idle >= limit
         ]
 
-    def close_parked(self) -> None:
+    def close(self) -> None:
+        """Close the parked sockets, and those let go of from now on."""
+        self.closed = True
         while self.parked:
             self.parked.pop().close()
 
@@ -223,6 +231,9 @@ class AddressPool:
 
     def _park(self, socket: Socket) -> None:
         """A socket free for the next connection: the oldest waiter's, or parked."""
+        if self.closed:
+            socket.close()
+            return
         while self._waiting:
             room = self._waiting.popleft()
             if not room.done():
