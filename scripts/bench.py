@@ -3,7 +3,8 @@
 Starts nginx as a fast upstream on 127.0.0.1, then, in alternating rounds, starts each target
 (scripts/bench_targets.py: the upstream alone, bare `mitmdump --mode reverse:...`, the gateway
 under `mitmdump -s` and the lean runner with 1 and N workers, 1 worker with the same config as
-its shadow, and Express Gateway) fresh for its turn and puts each load on it in turn:
+its shadow, 1 worker with tracing at ratios 1.0 and 0.01 and with its collector down (those on the
+first load only), and Express Gateway) fresh for its turn and puts each load on it in turn:
 
 - keep-alive connections, 16 and 256 (wrk);
 - a new TCP connection per request, and a new TLS connection per request on the https listener
@@ -31,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_idle import IDLE_TARGETS, measure_idle
-from bench_targets import BASELINE, EXPRESS_GATEWAY, HOST, UPSTREAM, Bench, machine, stop_target
+from bench_targets import BASELINE, EXPRESS_GATEWAY, HOST, TRACED, UPSTREAM, Bench, machine, stop_target
 from processes import ROOT
 
 
@@ -53,6 +54,8 @@ class Load:
             # nginx alone is ~100 times faster: a new connection per request would run this machine
             # out of ports, and it has no https listener here.
             return not (self.tls or self.fresh)
+        if target in TRACED:
+            return self.key == "c16"  # tracing's cost, on the everyday load
         return not (self.h2 and target == EXPRESS_GATEWAY)  # Express Gateway has no HTTP/2
 
 
@@ -303,6 +306,7 @@ def main() -> int:
             print(f"bench: --only names no such target; targets: {', '.join(bench.targets)}", file=sys.stderr)
             return 2
         upstream = bench.start_upstream()
+        collector = bench.start_collector()
         measurements: list[Measurement] = []
         idle: list[dict[str, object]] = []
         try:
@@ -315,6 +319,7 @@ def main() -> int:
                 idle = [measure_idle(bench, t, args.idle_clients) for t in IDLE_TARGETS if t in bench.targets]
         finally:
             stop_target(upstream)
+            stop_target(collector)
 
     summaries = {load.key: summarize(measurements, load.key, targets) for load in loads}
     info = machine()
@@ -328,13 +333,13 @@ def main() -> int:
         print(f"\n{load.title}")
         columns = ("req/s", "x mitmdump", "x EG", "p50 ms", "p99 ms", "errors")
         print(
-            f"{'target':<34} "
+            f"{'target':<52} "
             + " ".join(f"{c:>{w}}" for c, w in zip(columns, (8, 11, 6, 8, 8, 7), strict=True))
         )
         for target, f in summaries[load.key].items():
             eg = f"{f['rps_vs_express_gateway']:5.2f}x" if "rps_vs_express_gateway" in f else "     -"
             print(
-                f"{target:<34} {f['requests_per_second']:8.0f} {f['rps_vs_mitmdump']:10.2f}x {eg} "
+                f"{target:<52} {f['requests_per_second']:8.0f} {f['rps_vs_mitmdump']:10.2f}x {eg} "
                 f"{f['p50_ms']:8.2f} {f['p99_ms']:8.2f} {f['errors']:7.0f}"
             )
     for result in idle:

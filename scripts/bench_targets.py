@@ -13,6 +13,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -36,6 +37,12 @@ BASELINE = "mitmdump"
 UPSTREAM = "upstream"
 EXPRESS_GATEWAY = "express gateway"
 EXPRESS_GATEWAY_VERSION = "1.16.11"
+TRACED_ALL = "lean runner, 1 worker, tracing 1.0"
+TRACED_FEW = "lean runner, 1 worker, tracing 0.01"
+TRACED_COLLECTOR_DOWN = "lean runner, 1 worker, tracing 1.0, collector down"
+TRACED = (TRACED_ALL, TRACED_FEW, TRACED_COLLECTOR_DOWN)
+"""One lean worker with ``tracing`` (#18's cost), its spans sent to scripts/otlp_sink.py or, for
+the last, to a port nothing listens on."""
 EXPRESS_GATEWAY_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mitmgateway-bench"
 
 NGINX_CONF = """
@@ -140,6 +147,18 @@ class Bench:
         # delay, which Express Gateway adds by default (1 s from a window's second request).
         config = work / "gateway.config.yml"
         config.write_text(config_text)
+        self.collector_port = free_port()
+        traced = {}
+        for name, endpoint_port, ratio in (
+            (TRACED_ALL, self.collector_port, 1.0),
+            (TRACED_FEW, self.collector_port, 0.01),
+            (TRACED_COLLECTOR_DOWN, free_port(), 1.0),
+        ):
+            traced[name] = work / f"{name.replace(' ', '-').replace(',', '')}.yml"
+            endpoint = f"http://127.0.0.1:{endpoint_port}/v1/traces"
+            traced[name].write_text(
+                config_text + f"tracing: {{endpoint: '{endpoint}', sampleRatio: {ratio}}}\n"
+            )
         upstream = f"http://127.0.0.1:{self.upstream_port}"
         bare = [str(BIN / "mitmdump"), "--set", f"confdir={confdir}"]
         self.targets: dict[str, list[str] | None] = {
@@ -160,6 +179,7 @@ class Bench:
                 f"gateway_shadow={config}",
             ],
             f"lean runner, {workers} workers": gateway_command("mitmgateway", config, confdir, workers),
+            **{name: gateway_command("mitmgateway", file, confdir) for name, file in traced.items()},
         }
         if express_gateway and (package := express_gateway_package()) is not None:
             self.targets[EXPRESS_GATEWAY] = express_gateway_command(
@@ -180,6 +200,12 @@ class Bench:
             ):
                 self.targets[name] = command
                 self.env[name] = other
+
+    def start_collector(self) -> subprocess.Popen[bytes]:
+        sink = Path(__file__).resolve().parent / "otlp_sink.py"
+        process = subprocess.Popen([sys.executable, str(sink), str(self.collector_port)])
+        wait_for_port(self.collector_port, process)
+        return process
 
     def start_upstream(self) -> subprocess.Popen[bytes]:
         conf = self.work / "nginx.conf"

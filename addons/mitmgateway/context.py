@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any
 from mitmproxy import http
 
 from .answers import FORBIDDEN, make_answer
-from .decision import Decision
+from .decision import Decision, StepOutcome
 from .headers import header_value
 
 if TYPE_CHECKING:
     from .client_certificates import ClientCertificate
     from .clients import ClientIdentification
     from .consumers import Authenticated
+    from .observe.timeline import Timeline
     from .pipeline import Step
     from .routing import RouteMatch
     from .upstreams.health import UpstreamTarget
@@ -61,6 +62,7 @@ class RequestContext:
         "route",
         "routed",
         "target",
+        "timeline",
         "unsent",
         "user",
         "wants_request_body",
@@ -101,6 +103,8 @@ class RequestContext:
         self.recorded_identity = recorded_identity
         """Stands in for each step that authenticates: a replay of a request recorded without
         its credentials applies the identity the recording kept (whatif/)."""
+        self.timeline: Timeline | None = None
+        """When each step ended, for a traced request (``tracing``)."""
         self.unsent = unsent
         """Only the decision is wanted: nothing this request leads to is sent (a shadow config's
         decision of a live request). Steps skip what only shapes the messages (the proxy's
@@ -115,6 +119,12 @@ class RequestContext:
         """The request's time (epoch seconds): what token expiry, rate-limit windows and cache
         freshness are judged by, so that a replay of a recorded request judges it as it was."""
         return self.flow.request.timestamp_start or time.time()
+
+    def record_step(self, policy: str, outcome: StepOutcome) -> None:
+        """A step's outcome, in the decision (and its end, on a traced request's timeline)."""
+        self.decision.add_step(policy, outcome)
+        if self.timeline is not None:
+            self.timeline.step_done()
 
     def authenticate(self, who: Authenticated, claims: Mapping[str, Any] | None = None) -> bool:
         """Record the consumer a credential proved; False, answered 403, when it lacks a scope

@@ -50,11 +50,13 @@ class Pipeline:
         a shared rate-limit store); the rest then runs in the coroutine returned instead. Each
         step's outcome goes into the decision.
         """
-        flow, decision = ctx.flow, ctx.decision
+        flow = ctx.flow
+        if start == 0 and ctx.timeline is not None:
+            ctx.timeline.pipeline_started()
         for index in range(start, len(self.steps)):
             step = self.steps[index]
             if step.condition is not None and not step.condition(ctx):
-                decision.add_step(step.policy_name, "skipped")
+                ctx.record_step(step.policy_name, "skipped")
                 continue
             before = _Before(ctx) if step.reporting else None
             if step.policy.authenticates and ctx.recorded_identity is not None:
@@ -64,11 +66,11 @@ class Pipeline:
             if pending is not None:
                 return self._run_after(ctx, index, pending, before)
             if flow.response is None:
-                decision.add_step(step.policy_name, "passed")
+                ctx.record_step(step.policy_name, "passed")
             elif before is not None:
                 before.report(ctx, step)
             else:
-                decision.add_step(step.policy_name, "answered")
+                ctx.record_step(step.policy_name, "answered")
                 return step.policy_name
         return None
 
@@ -78,11 +80,11 @@ class Pipeline:
         await pending
         step = self.steps[index]
         if ctx.flow.response is None:
-            ctx.decision.add_step(step.policy_name, "passed")
+            ctx.record_step(step.policy_name, "passed")
         elif before is not None:
             before.report(ctx, step)
         else:
-            ctx.decision.add_step(step.policy_name, "answered")
+            ctx.record_step(step.policy_name, "answered")
             return step.policy_name
         rest = self.run(ctx, index + 1)
         return rest if rest is None or isinstance(rest, str) else await rest
@@ -106,6 +108,6 @@ class _Before:
         decision.data.clear()
         decision.data.update(self.data)
         decision.add_report(step.policy_name, status, reason)
-        decision.add_step(step.policy_name, "reported")
+        ctx.record_step(step.policy_name, "reported")
         ctx.user = self.user
         ctx.flow.response = None

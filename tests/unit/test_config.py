@@ -105,7 +105,8 @@ def test_valid_config_builds_router_and_pipelines(tmp_path):
             "htp",
             "unknown key, did you mean 'http'? (accepted: http, https, admin, apiEndpoints, "
             "serviceEndpoints, policies, pipelines, trustedProxies, accessLog, rateLimitStore, "
-            "consumers, errors, plugins, limits, paths, apiEndpoint, serviceEndpoint, policy, pipeline)",
+            "consumers, errors, plugins, limits, paths, tracing, apiEndpoint, serviceEndpoint, policy, "
+            "pipeline)",
         ),
         (
             ("paths: ['/v1/*']", "paths: ['v1/*']"),

@@ -31,7 +31,15 @@ from ..upstreams.endpoints import build_upstream_trust, parse_service_endpoint
 from ..upstreams.tls import UpstreamTrust
 from .companion_files import SYSTEM_CONFIG, consumers_file, load_consumers, system_config_store
 from .errors import ROOT, ConfigError, ErrorCollector, KeyPath
-from .model import AccessLogSettings, AdminListener, ErrorSettings, GatewayConfig, HttpListener, RequestLimits
+from .model import (
+    AccessLogSettings,
+    AdminListener,
+    ErrorSettings,
+    GatewayConfig,
+    HttpListener,
+    RequestLimits,
+    TracingSettings,
+)
 from .pipelines import PipelineBuilder, api_endpoints, declared_policies
 from .schema import (
     check_type,
@@ -150,6 +158,7 @@ SECTIONS: dict[str, Section] = {
     "errors": _fields(ErrorSettings, ErrorSettings()),
     "limits": _fields(RequestLimits, RequestLimits()),
     "paths": _fields(PathRules, PathRules()),
+    "tracing": lambda raw, path, _reading: None if raw is None else parse_fields(TracingSettings, raw, path),
 }
 """Each top-level section's reader, in the order their errors are reported (``plugins`` is read
 first, ``pipelines`` last)."""
@@ -171,6 +180,7 @@ TOP_LEVEL_KEYS = (
     "plugins",
     "limits",
     "paths",
+    "tracing",
     *SECTION_ALIASES,
 )
 
@@ -238,6 +248,7 @@ def build_config(document: Any, file: Path, state: StepState) -> GatewayConfig:
             *upstream_trust.files,
         ),
         https=https,
+        tracing=parts["tracing"],
         upstream_trust=upstream_trust,
     )
 

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from ..bodies import STREAM_BODIES_OVER
 from ..clients import ClientResolver
@@ -19,7 +20,17 @@ from ..pipeline import Pipeline
 from ..routing import Router
 from ..upstreams.endpoints import ServiceEndpoint
 from ..upstreams.tls import UpstreamTrust
-from .schema import byte_size, non_negative, option, tcp_port
+from .errors import ConfigError, KeyPath
+from .schema import (
+    byte_size,
+    describe,
+    header_name,
+    non_negative,
+    option,
+    positive,
+    require_mapping,
+    tcp_port,
+)
 
 
 @dataclass(frozen=True)
@@ -84,6 +95,48 @@ class RequestLimits:
         return min(STREAM_BODIES_OVER, self.held_body_bytes or STREAM_BODIES_OVER)
 
 
+def _otlp_endpoint(value: Any, path: KeyPath) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(path, f"must be a url, got {describe(value)}")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            path, f"must be an OTLP/HTTP url such as http://127.0.0.1:4318/v1/traces, got {value!r}"
+        )
+    return value
+
+
+def _ratio(value: Any, path: KeyPath) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ConfigError(path, f"must be a number from 0 to 1, got {describe(value)}")
+    return float(value)
+
+
+def _header_values(value: Any, path: KeyPath) -> tuple[tuple[str, str], ...]:
+    headers = require_mapping(value, path)
+    for name, header in headers.items():
+        header_name(name, path.key(name))
+        if not isinstance(header, str):
+            raise ConfigError(path.key(name), f"must be a string, got {describe(header)}")
+    return tuple(headers.items())
+
+
+@dataclass(frozen=True)
+class TracingSettings:
+    """``tracing`` (ours): each request's spans, sent to an OpenTelemetry collector (OTLP/HTTP)."""
+
+    endpoint: str = option("endpoint", parse=_otlp_endpoint)
+    """The collector's traces url, e.g. ``http://127.0.0.1:4318/v1/traces``."""
+    service_name: str = option("serviceName", "mitmgateway")
+    sample_ratio: float = option("sampleRatio", 1.0, parse=_ratio)
+    """Of the traces the gateway starts; a client's sampled traceparent is always followed."""
+    headers: tuple[tuple[str, str], ...] = option("headers", (), parse=_header_values)
+    """Sent with each export (a collector's API key, say)."""
+    max_queue_size: int = option("maxQueueSize", 2048, parse=positive)
+    """Spans waiting to be sent: beyond, the oldest are dropped (and counted)."""
+    export_timeout_ms: int = option("exportTimeoutMs", 10_000, parse=positive)
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     file: Path
@@ -105,6 +158,7 @@ class GatewayConfig:
     """Every file this config was read from: a change to any of them reloads it."""
     https: HttpsListener | None = None
     upstream_trust: UpstreamTrust = UpstreamTrust({})
+    tracing: TracingSettings | None = None
 
     @property
     def listeners(self) -> list[str]:

@@ -10,6 +10,8 @@ In mitmproxy's calling order:
 - `ConfigService`: gateway.config.yml loaded, watched and swapped whole (`CurrentConfig`);
 - `RecordingTap`: with ``gateway_record`` or ``gateway_shadow``, what the client sent and the
   upstream answered;
+- `Tracing`: with ``tracing``, each request's trace ids chosen as it comes in (before the gate,
+  which then keeps the traceparent it set) and its spans exported once it has ended;
 - `RequestGate`: each request admitted or refused, routed, run through its pipeline;
 - `UpstreamConnections`: the connection to each request's upstream, checked against its health;
 - `Mirrors`: a copy of each request a proxy step mirrors, sent once the upstream has answered, the
@@ -37,6 +39,7 @@ from ..client_certificates import ClientCertificates
 from ..context import Exchanges
 from ..observe.access_log import AccessLog
 from ..observe.metrics import GatewayMetrics
+from ..observe.timeline import Timelines
 from .config_service import ConfigService, CurrentConfig
 from .gate import RequestGate
 from .heap import StartupHeap
@@ -48,6 +51,7 @@ from .recorder import Recorder, RecordingTap
 from .response_side import ResponseSide
 from .shadow import ShadowConfig
 from .shutdown import GracefulShutdown
+from .tracing import Tracing
 from .upstream_connections import UpstreamConnections
 
 
@@ -60,9 +64,11 @@ def gateway_addons() -> list[Any]:
     upstreams = UpstreamConnections()
     config_service = ConfigService(current, metrics)
     listeners = Listeners(current, client_certificates)
-    gate = RequestGate(current, exchanges, upstreams, client_certificates)
+    timelines: Timelines = weakref.WeakKeyDictionary()
+    tracing = Tracing(timelines, metrics)
+    gate = RequestGate(current, exchanges, upstreams, client_certificates, timelines)
     observation = Observation(current, metrics, access_log)
-    for follower in (listeners, gate, upstreams, observation):
+    for follower in (listeners, gate, upstreams, observation, tracing):
         current.follow(follower.apply)
     recorder = Recorder()
     shadow = ShadowConfig(metrics)
@@ -71,6 +77,7 @@ def gateway_addons() -> list[Any]:
         listeners,
         config_service,
         RecordingTap(recorder, also_for=lambda: shadow.active),
+        tracing,  # (before the gate: it reads the client's traceparent, and the gate then keeps it)
         gate,
         upstreams,
         Mirrors(exchanges, metrics),

@@ -25,6 +25,7 @@ from ..headers import declared_length, header_value, host_header, remove_headers
 from ..mitm.error_pages import ProxyErrorAnswers
 from ..mitm.http1_limits import RequestLimitGuards
 from ..mitm.trailers import TrailerFields
+from ..observe.timeline import Timelines
 from ..observe.tracing import ensure_traceparent
 from ..request_limits import BODY_TOO_LARGE, refusal
 from ..routing import hostname_of
@@ -83,11 +84,14 @@ class RequestGate:
         exchanges: Exchanges,
         upstreams: UpstreamConnections,
         client_certificates: ClientCertificates,
+        timelines: Timelines | None = None,
     ) -> None:
         self.current = current
         self.exchanges = exchanges
         self.upstreams = upstreams
         self.client_certificates = client_certificates
+        self.timelines: Timelines = weakref.WeakKeyDictionary() if timelines is None else timelines
+        """Traced requests' timelines (hooks/tracing.py makes them, before this addon runs)."""
         self._error_answers = ProxyErrorAnswers()
         self._request_limit_guards = RequestLimitGuards(self._error_answers.render, self._refuse_over_limit)
         self._trailer_fields = TrailerFields(self._error_answers.render)
@@ -198,6 +202,9 @@ class RequestGate:
             refuse(flow, 404, NOT_FOUND, "no apiEndpoint")
             return None
         context = RequestContext(flow, route, hostname, client, decision, recorded_identity, unsent)
+        if not unsent and (timeline := self.timelines.get(flow)) is not None:
+            context.timeline = timeline
+            timeline.route = route.path_pattern.pattern if route.path_pattern is not None else None
         if (certificate := self.client_certificates.get(flow.client_conn)) is not None:
             context.client_certificate = certificate
             decision.client_certificate = certificate.as_json()

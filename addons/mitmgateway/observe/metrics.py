@@ -110,6 +110,12 @@ class GatewayMetrics:
             registry=registry,
             multiprocess_mode="livemin",
         )
+        self._spans_dropped = Counter(
+            "mitmgateway_trace_spans_dropped",
+            "Spans not exported (tracing): beyond tracing.maxQueueSize, or in a batch the collector "
+            "did not take",
+            registry=registry,
+        )
         self.requests = _cached(self._requests.labels)
         self.upstream_seconds = _cached(self._upstream_seconds.labels)
         self.rate_limited = _cached(self._rate_limited.labels)
@@ -128,6 +134,10 @@ class GatewayMetrics:
         self._shadow_differences.labels(
             serving_pipeline or "", candidate_pipeline or "", str(serving or ""), str(candidate or "")
         ).inc()
+
+    def spans_dropped(self, count: int) -> None:
+        """(Called from the span exporter's thread too: prometheus-client's counters lock.)"""
+        self._spans_dropped.inc(count)
 
     def config_reloaded(self, ok: bool) -> None:
         self._reloads.labels("ok" if ok else "failed").inc()
