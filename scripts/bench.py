@@ -163,7 +163,8 @@ def measure(bench: Bench, target: str, loads: list[Load], round_: int, seconds: 
         for load in loads:
             if not load.fits(target):
                 continue
-            load_once(bench, target, load, 1)  # warm up: connections, caches, imports
+            if seconds > 1:  # (a 1-second run is a smoke test of the bench itself)
+                load_once(bench, target, load, 1)  # warm up: connections, caches, imports
             m = Measurement(load.key, target, round_, *load_once(bench, target, load, seconds))
             measurements.append(m)
             print(

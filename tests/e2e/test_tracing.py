@@ -264,3 +264,19 @@ def test_each_worker_exports_its_own_spans(start_gateway, upstreams, receiver):
     workers = {s.resource.get("mitmgateway.worker") for s in receiver.spans}
     instances = {s.resource["service.instance.id"] for s in receiver.spans}
     assert workers == {1, 2} and len(instances) == 2, (workers, instances)
+
+
+def test_a_shared_rate_limit_store_round_trip_is_an_event_on_its_step(
+    start_gateway, upstreams, redis_server, receiver
+):
+    steps = f"- rate-limit: [{{action: {{max: 100, windowMs: 60000}}}}]\n{PROXY}"
+    store = f"rateLimitStore: {{type: redis, url: '{redis_server.url}'}}\n"
+    gateway = start_gateway(
+        one_pipeline(upstreams["customers"].url, steps, extra=store + tracing(receiver.url))
+    )
+    reply = gateway.send("/", headers={"traceparent": "00-" + "9" * 32 + "-" + "2" * 16 + "-01"})
+    assert reply.status == 200
+    spans = spans_of(receiver, "9" * 32, 4)
+    (limit,) = [s for s in spans["internal"] if s.name == "rate-limit"]
+    ((name, attributes),) = limit.events
+    assert name == "rate-limit store" and attributes["duration_ms"] >= 0

@@ -49,6 +49,13 @@ class GatewayMetrics:
             ["pipeline", "policy", "status"],
             registry=registry,
         )
+        self._request_seconds = Histogram(
+            "mitmgateway_request_duration_seconds",
+            "From the request's first byte to the answer's last, by pipeline",
+            ["pipeline"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self._upstream_seconds = Histogram(
             "mitmgateway_upstream_response_seconds",
             "From the request sent upstream to the upstream's response headers",
@@ -118,6 +125,7 @@ class GatewayMetrics:
         )
         self.requests = _cached(self._requests.labels)
         self.upstream_seconds = _cached(self._upstream_seconds.labels)
+        self.request_seconds = _cached(self._request_seconds.labels)
         self.rate_limited = _cached(self._rate_limited.labels)
         self.jwt_failures = _cached(self._jwt_failures.labels)
         self.reported = _cached(self._reported.labels)
@@ -148,6 +156,8 @@ class GatewayMetrics:
         response = flow.response
         status = str(response.status_code) if response is not None else "error"
         self.requests(pipeline, answered_by or "proxy", status).inc()
+        if response is not None and response.timestamp_end and flow.request.timestamp_start:
+            self.request_seconds(pipeline).observe(response.timestamp_end - flow.request.timestamp_start)
         if answered_by == "rate-limit":
             self.rate_limited(pipeline).inc()
         if reason := decision.jwt_failure:

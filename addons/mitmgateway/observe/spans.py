@@ -166,9 +166,20 @@ class SpanBuilder:
                 attributes["mitmgateway.rate_limit_store"] = decision.rate_limit_store
             if policy == "cache" and decision.cache:
                 attributes["mitmgateway.cache"] = decision.cache
+            events = tuple(
+                Event(name, attrs, at) for step, name, at, attrs in timeline.events if step == index
+            )
             spans.append(
                 self._span(
-                    ids, policy, new_span_id(), ids.server_span_id, SpanKind.INTERNAL, start, end, attributes
+                    ids,
+                    policy,
+                    new_span_id(),
+                    ids.server_span_id,
+                    SpanKind.INTERNAL,
+                    start,
+                    end,
+                    attributes,
+                    events=events,
                 )
             )
         return spans

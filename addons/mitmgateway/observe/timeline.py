@@ -48,16 +48,25 @@ class Timeline:
     or the pipeline did), in nanoseconds since the epoch; the trace's ids; and the path pattern
     the request was routed by."""
 
-    __slots__ = ("ids", "mark", "route", "steps")
+    __slots__ = ("events", "ids", "mark", "route", "steps")
 
     def __init__(self, ids: TraceIds) -> None:
         self.ids = ids
         self.mark = time.time_ns()
         self.steps: list[tuple[int, int]] = []
         self.route: str | None = None
+        self.events: list[tuple[int, str, int, dict[str, str | int | float]]] = []
+        """``(step index, name, time, attributes)``: what a step waited on (a store, a fetch)."""
 
     def pipeline_started(self) -> None:
         self.mark = time.time_ns()
+
+    def note(self, name: str, started: int, **attributes: str | int | float) -> None:
+        """Something the running step waited on since `started` (time.time_ns()): an event on
+        its span, with how long it took."""
+        now = time.time_ns()
+        attributes["duration_ms"] = round((now - started) / 1e6, 3)
+        self.events.append((len(self.steps), name, now, attributes))
 
     def step_done(self) -> None:
         now = time.time_ns()

@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import math
+import time
 from collections.abc import Awaitable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -306,7 +307,10 @@ class JwtPolicy(Policy):
         self, ctx: RequestContext, token: str, kid: str | None, keys: RemoteKeySet, fetch: Awaitable[None]
     ) -> None:
         # Shielded: this request going away must not cancel the fetch other requests wait for.
+        started = time.time_ns()
         await asyncio.shield(fetch)
+        if ctx.timeline is not None:
+            ctx.timeline.note("jwks fetch", started, **{"url.full": keys.uri})
         self._verify(ctx, token, keys.get(kid))
 
     def _verify(self, ctx: RequestContext, token: str, key: VerificationKey | None) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -90,12 +91,16 @@ class RateLimitPolicy(Policy):
         return self._decide_when_counted(ctx, hit)
 
     async def _decide_when_counted(self, ctx: RequestContext, pending: Awaitable[Hit | None]) -> None:
+        started = time.time_ns()
         try:
             hit = await pending
         except StoreUnavailable:
             ctx.decision.rate_limit_store = "unavailable"
             ctx.answer(make_answer(ctx.flow.request, 503, STORE_UNAVAILABLE, {"Retry-After": "1"}))
             return
+        finally:
+            if ctx.timeline is not None:
+                ctx.timeline.note("rate-limit store", started)
         if hit is None:  # store unreachable, failing open
             ctx.decision.rate_limit_store = "unavailable"
             return
