@@ -345,7 +345,10 @@ def main() -> int:
             )
     for result in idle:
         print(json.dumps(result))
-    failed = any(f["errors"] for summary in summaries.values() for f in summary.values())
+    # Express Gateway's own errors (its timeouts at 256 connections) are figures, not a failure.
+    failed = any(
+        f["errors"] for summary in summaries.values() for t, f in summary.items() if t != EXPRESS_GATEWAY
+    )
     if partial:
         return 1 if failed else 0
     args.out.mkdir(parents=True, exist_ok=True)
