@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from ..observe.trace_export import SpanExport
 
 _TRACESTATE = frozenset((b"tracestate",))
+UNLOAD_FLUSH_SECONDS = 2.0
 
 
 class Tracing:
@@ -57,11 +58,12 @@ class Tracing:
             self._root_bound = TraceIdRatioBased(settings.sample_ratio).bound
 
     def done(self) -> None:
-        self._stop()
+        # Unloaded (shutdown, code reload): what is queued has a moment to go.
+        self._stop(wait_seconds=UNLOAD_FLUSH_SECONDS)
 
-    def _stop(self) -> None:
+    def _stop(self, wait_seconds: float = 0) -> None:
         if self._export is not None:
-            self._export.close()
+            self._export.close(wait_seconds)
         self._export = self._builder = None
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -77,7 +79,8 @@ class Tracing:
             ids = TraceIds.choose(trace_id, None, trace_id & 0xFFFF_FFFF_FFFF_FFFF < self._root_bound)
             remove_headers(request, _TRACESTATE)  # vendor state belongs to the trace it came with
         set_headers(request, ((b"traceparent", ids.upstream_traceparent.encode()),))
-        self.timelines[flow] = Timeline(ids)
+        if ids.sampled:  # (nothing is noted of a request that is not)
+            self.timelines[flow] = Timeline(ids)
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._end(flow)
@@ -87,7 +90,7 @@ class Tracing:
 
     def _end(self, flow: http.HTTPFlow) -> None:
         timeline = self.timelines.get(flow)
-        if timeline is None or not timeline.ids.sampled or self._export is None or flow in self._ended:
+        if timeline is None or self._export is None or flow in self._ended:
             return
         decision = Decision.recorded(flow)
         if decision is None:

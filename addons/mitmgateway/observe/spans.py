@@ -46,6 +46,10 @@ def process_resource(service_name: str) -> Resource:
     return Resource.create(attributes)
 
 
+def _failure(flow: http.HTTPFlow) -> str:
+    return flow.error.msg if flow.error is not None else "no response"
+
+
 def _ns(seconds: float | None) -> int:
     return int(seconds * 1e9) if seconds else time.time_ns()
 
@@ -98,11 +102,12 @@ class SpanBuilder:
         end = _ns(response.timestamp_end if response is not None else None)
         server: dict[str, object] = {
             "http.request.method": request.method,
-            "url.scheme": request.scheme,
-            "url.path": request.path.partition("?")[0],
+            # As the client sent them: the proxy step has rewritten the request for the upstream.
+            "url.scheme": "https" if flow.client_conn.tls else "http",
+            "url.path": (decision.path or request.path).partition("?")[0],
             "server.address": decision.host or request.host,
             "network.protocol.version": request.http_version.removeprefix("HTTP/"),
-            "client.address": decision.client or flow.client_conn.peername[0],
+            "client.address": decision.client or (flow.client_conn.peername or ("",))[0],
         }
         if route is not None:
             server["http.route"] = route
@@ -120,7 +125,7 @@ class SpanBuilder:
                 server[key] = value
         failed = status is None or status >= 500
         if failed:
-            server["error.type"] = str(status) if status is not None else "no response"
+            server["error.type"] = str(status) if status is not None else _failure(flow)
         spans = [
             self._span(
                 ids,
@@ -136,7 +141,10 @@ class SpanBuilder:
             )
         ]
         spans += self._step_spans(ids, decision, timeline, status)
-        if decision.answered_by is None and decision.upstream:
+        # Only an exchange that happened, or was tried: not one whose client left before its
+        # held body had come.
+        tried = response is not None or flow.server_conn.timestamp_start or decision.upstream_failures
+        if decision.answered_by is None and decision.upstream and tried:
             # It went upstream when the pipeline was done, or (a body held for the steps, or
             # not streamed) once the body had all come.
             sent = timeline.mark if request.stream else max(timeline.mark, _ns(request.timestamp_end))
@@ -189,27 +197,24 @@ class SpanBuilder:
     ) -> ReadableSpan:
         request, response = flow.request, flow.response
         host, _, port = (decision.upstream or "").rpartition(":")
+        authority = f"[{host}]:{port}" if ":" in host else decision.upstream
         attributes: dict[str, object] = {
             "http.request.method": request.method,
             "server.address": host,
             "server.port": int(port) if port.isdigit() else 0,
-            "url.full": f"{request.scheme}://{decision.upstream}{request.path.partition('?')[0]}",
+            "url.full": f"{request.scheme}://{authority}{request.path.partition('?')[0]}",
         }
         if decision.service_endpoint:
             attributes["mitmgateway.service_endpoint"] = decision.service_endpoint
-        if decision.upstream_retried:
-            attributes["http.request.resend_count"] = 1
+        if decision.upstream_retried:  # (moved before anything was sent: not a resend)
+            attributes["mitmgateway.upstream_moved"] = True
         events = tuple(
             Event("upstream failure", {"url.full": url, "error.type": reason}, start)
             for url, reason in decision.upstream_failures
         )
         failure = None
         if response is None or decision.upstream_timed_out:
-            failure = (
-                "timeout"
-                if decision.upstream_timed_out
-                else (flow.error.msg if flow.error else "no response")
-            )
+            failure = "timeout" if decision.upstream_timed_out else _failure(flow)
         elif response.status_code >= 400:
             failure = str(response.status_code)
         if response is not None:

@@ -71,6 +71,11 @@ class SpanExport:
             self._submitted += 1
             self._processor.on_end(span)
 
-    def close(self) -> None:
-        """Send what is queued and stop, in a thread: a collector that hangs holds up nothing."""
-        threading.Thread(target=self._processor.shutdown, name="mitmgateway span export", daemon=True).start()
+    def close(self, wait_seconds: float = 0) -> None:
+        """Send what is queued and stop, in a thread: a collector that hangs holds up nothing
+        beyond `wait_seconds` (the unload's grace; a config change waits for nothing)."""
+        closing = threading.Thread(
+            target=self._processor.shutdown, name="mitmgateway span export", daemon=True
+        )
+        closing.start()
+        closing.join(wait_seconds)

@@ -1,8 +1,8 @@
 """W3C trace context: every request leaves the gateway with a valid ``traceparent``.
 
-A client's traceparent is kept as sent when it is well formed (the gateway does not start a span
-of its own); an absent or malformed one is replaced by a new trace (and its ``tracestate``
-dropped), so upstreams and the access log always see one.
+A client's traceparent is kept as sent when it is well formed (with ``tracing``, hooks/tracing.py
+has already made the gateway's client span its parent); an absent or malformed one is replaced
+by a new trace (and its ``tracestate`` dropped), so upstreams and the access log always see one.
 """
 
 from __future__ import annotations

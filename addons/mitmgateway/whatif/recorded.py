@@ -24,9 +24,11 @@ from mitmproxy.proxy import mode_specs
 
 from ..client_certificates import ClientCertificate
 from ..decision import METADATA_KEY, Decision
+from ..headers import header_values, set_headers
 from ..hooks.recorder import CLIENT_REQUEST_KEY, STRIPPED_KEY, UPSTREAM_RESPONSE_KEY
 from ..ids import IdSource
 from ..mitm.messages import from_live_state
+from ..observe.tracing import is_valid_traceparent
 from . import flowfile
 from .forked import ForkFailed, forked, received
 from .outcome import Outcome
@@ -211,6 +213,12 @@ class Recorded:
         listener, to decide again."""
         flow = http.HTTPFlow(*self._connections)
         flow.request = self.client_request()
+        # With tracing, the gateway gave a client's valid traceparent its own client span as the
+        # parent (hooks/tracing.py, before the gate): the replay forwards what was forwarded.
+        recorded = self.decision.traceparent if self.decision is not None else None
+        sent = header_values(flow.request, b"traceparent")
+        if recorded and len(sent) == 1 and sent[0] != recorded and is_valid_traceparent(sent[0]):
+            set_headers(flow.request, ((b"traceparent", recorded.encode()),))
         return flow
 
     def ids(self) -> IdSource:
