@@ -301,3 +301,20 @@ def test_a_recording_made_with_tracing_replays_unchanged_under_its_config(
     status = whatif.main([str(recording), "-c", str(gateway.config)])
     out = capsys.readouterr().out
     assert status == 0, out
+
+
+def test_a_cache_hit_is_an_event_on_the_cache_step(start_gateway, upstreams, receiver):
+    steps = f"- cache: [{{action: {{ttl: 60}}}}]\n{PROXY}"
+    config = one_pipeline(upstreams["customers"].url, steps, extra=tracing(receiver.url))
+    gateway = start_gateway(config.replace("policies: [jwt,", "policies: [cache, jwt,"))
+    for trace in ("5" * 32, "6" * 32):
+        reply = gateway.send(
+            "/kept?cacheControl=max-age%3D60", headers={"traceparent": f"00-{trace}-{'2' * 16}-01"}
+        )
+        assert reply.status == 200
+    miss, hit = (
+        next(s for s in spans_of(receiver, t, 2)["internal"] if s.name == "cache")
+        for t in ("5" * 32, "6" * 32)
+    )
+    assert [name for name, _ in miss.events] == ["cache miss"]
+    assert [name for name, _ in hit.events] == ["cache hit"] and hit.attributes["mitmgateway.cache"] == "hit"

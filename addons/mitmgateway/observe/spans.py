@@ -172,11 +172,10 @@ class SpanBuilder:
                     attributes["mitmgateway.step.reported_status"] = reported[1]
             if policy == "rate-limit" and decision.rate_limit_store:
                 attributes["mitmgateway.rate_limit_store"] = decision.rate_limit_store
+            noted = [Event(name, attrs, at) for step, name, at, attrs in timeline.events if step == index]
             if policy == "cache" and decision.cache:
                 attributes["mitmgateway.cache"] = decision.cache
-            events = tuple(
-                Event(name, attrs, at) for step, name, at, attrs in timeline.events if step == index
-            )
+                noted.append(Event(f"cache {decision.cache}", {}, end))
             spans.append(
                 self._span(
                     ids,
@@ -187,7 +186,7 @@ class SpanBuilder:
                     start,
                     end,
                     attributes,
-                    events=events,
+                    events=tuple(noted),
                 )
             )
         return spans
