@@ -21,17 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_targets import BASELINE, EXPRESS_GATEWAY, HOST, Bench, stop_target
+from processes import rss_bytes
 
 IDLE_TARGETS = (BASELINE, "lean runner, 1 worker", EXPRESS_GATEWAY)
 SETTLE_SECONDS = 6.0
 """Longer than the gateway's default upstream idle timeout (4 s) and its reaper's half second."""
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 def established_to(port: int) -> int:
@@ -73,12 +67,12 @@ def measure_idle(bench: Bench, target: str, clients: int) -> dict[str, object]:
     assert process is not None
     try:
         time.sleep(1.0)
-        before = rss_kib(process.pid)
+        before = rss_bytes(process.pid) // 1024
 
         async def run() -> dict[str, object]:
             writers = await open_idle_clients(bench.port, bench.token, clients)
             await asyncio.sleep(0.5)
-            after = rss_kib(process.pid)
+            after = rss_bytes(process.pid) // 1024
             held = established_to(bench.upstream_port)
             await asyncio.sleep(SETTLE_SECONDS)
             settled = established_to(bench.upstream_port)
