@@ -10,9 +10,10 @@ import re
 import time
 
 import pytest
+from test_jwks import Signer
 
 from conftest import one_pipeline
-from harness import free_port, listening_pids, send, wait_until
+from harness import JwksServer, free_port, listening_pids, send, wait_until
 from otlp_receiver import OtlpReceiver, Span
 
 STEPS = """\
@@ -319,3 +320,30 @@ def test_a_cache_hit_is_an_event_on_the_cache_step(start_gateway, upstreams, rec
     )
     assert [name for name, _ in miss.events] == ["cache miss"]
     assert [name for name, _ in hit.events] == ["cache hit"] and hit.attributes["mitmgateway.cache"] == "hit"
+
+
+def test_a_jwks_fetch_for_a_new_key_is_an_event_on_the_jwt_step(start_gateway, upstreams, receiver):
+    provider = JwksServer()
+    try:
+        first, rotated = Signer("r1"), Signer("r2")
+        provider.document = {"keys": [first.jwk]}
+        action = f"jwksUri: '{provider.url}', jwksRefreshInterval: 1, checkCredentialExistence: false"
+        steps = f"- jwt: [{{action: {{{action}}}}}]\n{PROXY}"
+        gateway = start_gateway(one_pipeline(upstreams["customers"].url, steps, extra=tracing(receiver.url)))
+        assert gateway.send("/", headers={"Authorization": f"Bearer {first.token()}"}).status == 200
+        provider.document = {"keys": [first.jwk, rotated.jwk]}
+        time.sleep(1.1)  # jwksRefreshInterval: a kid it does not know may be fetched now
+        reply = gateway.send(
+            "/",
+            headers={
+                "Authorization": f"Bearer {rotated.token()}",
+                "traceparent": f"00-{'8' * 32}-{'2' * 16}-01",
+            },
+        )
+        assert reply.status == 200
+        (jwt_step,) = [s for s in spans_of(receiver, "8" * 32, 4)["internal"] if s.name == "jwt"]
+        ((name, attributes),) = jwt_step.events
+        assert name == "jwks fetch" and attributes["url.full"] == provider.url
+        assert attributes["duration_ms"] >= 0
+    finally:
+        provider.stop()
