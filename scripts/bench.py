@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_idle import IDLE_TARGETS, measure_idle
+from bench_idle import IDLE_TARGETS, WAVE, measure_idle
 from bench_targets import BASELINE, EXPRESS_GATEWAY, HOST, TRACED, UPSTREAM, Bench, machine, stop_target
 from processes import ROOT
 
@@ -241,13 +241,17 @@ def chart(
         ax.set_xlabel("requests/s (higher is better)", fontsize=8)
     if idle:
         ax = flat[len(summaries)]
-        names = [str(r["target"]) for r in idle]
-        bars = ax.barh(names, [float(r["kib_per_idle_client"]) for r in idle], color="#dd8452")  # type: ignore[arg-type]
+        names = [f"{r['target']}, {r['arrival']}" for r in idle]
+        # A target that closed the idle clients holds none of them: no figure for it.
+        kib = [float(r["kib_per_idle_client"]) if r["still_connected"] else 0.0 for r in idle]  # type: ignore[arg-type]
+        bars = ax.barh(names, kib, color="#dd8452")
         ax.bar_label(
             bars,
             labels=[
                 f"upstream conns: {r['upstream_connections_after_requests']}, "
                 f"then {r['upstream_connections_after_idle']}"
+                if r["still_connected"]
+                else f"closed {r['clients']} of {r['clients']} while idle"
                 for r in idle
             ],
             padding=3,
@@ -317,7 +321,12 @@ def main() -> int:
                 for target in order:
                     measurements += measure(bench, target, loads, round_, args.seconds)
             if args.idle_clients and not partial:
-                idle = [measure_idle(bench, t, args.idle_clients) for t in IDLE_TARGETS if t in bench.targets]
+                idle = [
+                    measure_idle(bench, t, args.idle_clients, wave)
+                    for t in IDLE_TARGETS
+                    if t in bench.targets
+                    for wave in (None, WAVE)
+                ]
         finally:
             stop_target(upstream)
             stop_target(collector)

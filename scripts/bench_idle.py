@@ -26,6 +26,9 @@ from processes import rss_bytes
 IDLE_TARGETS = (BASELINE, "lean runner, 1 worker", EXPRESS_GATEWAY)
 SETTLE_SECONDS = 6.0
 """Longer than the gateway's default upstream idle timeout (4 s) and its reaper's half second."""
+WAVE = 200
+WAVE_SECONDS = 3.0
+"""Longer than the gateway takes to set an idle client aside (2 s, swept every half second)."""
 
 
 def established_to(port: int) -> int:
@@ -62,7 +65,16 @@ async def open_idle_clients(port: int, token: str, clients: int) -> list[asyncio
     return writers
 
 
-def measure_idle(bench: Bench, target: str, clients: int) -> dict[str, object]:
+def still_open(writers: list[asyncio.StreamWriter]) -> int:
+    """Clients whose connection the target has not closed (Node closes idle ones after 5 s)."""
+    return sum(1 for w in writers if not w.is_closing() and not w._reader.at_eof())  # type: ignore[attr-defined]
+
+
+def measure_idle(bench: Bench, target: str, clients: int, wave: int | None = None) -> dict[str, object]:
+    """`wave` None: all `clients` at once, 64 at a time, measured 0.5 s after the last answer (the
+    peak: a process's heap does not give back what it freed since). `wave` N: N clients at a time,
+    WAVE_SECONDS apart, measured once the last wave has been idle SETTLE_SECONDS (what a crowd that
+    arrives over time costs: the memory of those no longer served is reused by those arriving)."""
     process = bench.start(target)
     assert process is not None
     try:
@@ -70,20 +82,32 @@ def measure_idle(bench: Bench, target: str, clients: int) -> dict[str, object]:
         before = rss_bytes(process.pid) // 1024
 
         async def run() -> dict[str, object]:
-            writers = await open_idle_clients(bench.port, bench.token, clients)
-            await asyncio.sleep(0.5)
-            after = rss_bytes(process.pid) // 1024
+            writers: list[asyncio.StreamWriter] = []
+            if wave is None:
+                writers = await open_idle_clients(bench.port, bench.token, clients)
+                await asyncio.sleep(0.5)
+            else:
+                while len(writers) < clients:
+                    arriving = min(wave, clients - len(writers))
+                    writers += await open_idle_clients(bench.port, bench.token, arriving)
+                    await asyncio.sleep(WAVE_SECONDS)
+            measured = rss_bytes(process.pid) // 1024
             held = established_to(bench.upstream_port)
             await asyncio.sleep(SETTLE_SECONDS)
             settled = established_to(bench.upstream_port)
+            if wave is not None:
+                measured = rss_bytes(process.pid) // 1024
+            connected = still_open(writers)
             for writer in writers:
                 writer.close()
             return {
                 "target": target,
                 "clients": clients,
+                "arrival": "all at once" if wave is None else f"{wave} every {WAVE_SECONDS:g} s",
+                "still_connected": connected,
                 "rss_kib_before": before,
-                "rss_kib_after": after,
-                "kib_per_idle_client": round((after - before) / clients, 1),
+                "rss_kib_after": measured,
+                "kib_per_idle_client": round((measured - before) / clients, 1),
                 "upstream_connections_after_requests": held,
                 "idle_seconds": SETTLE_SECONDS,
                 "upstream_connections_after_idle": settled,
@@ -97,6 +121,7 @@ def measure_idle(bench: Bench, target: str, clients: int) -> dict[str, object]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=2000)
+    parser.add_argument("--wave", type=int, default=WAVE, help="clients arriving together, in the second run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mitmgateway-bench-idle-") as tmp:
         bench = Bench(Path(tmp), workers=1)
@@ -104,7 +129,8 @@ def main() -> int:
         try:
             for target in IDLE_TARGETS:
                 if target in bench.targets:
-                    print(json.dumps(measure_idle(bench, target, args.clients)), flush=True)
+                    for wave in (None, args.wave):
+                        print(json.dumps(measure_idle(bench, target, args.clients, wave)), flush=True)
         finally:
             stop_target(upstream)
     return 0

@@ -151,3 +151,24 @@ def test_layers_made_while_the_gateway_is_loaded_queue_their_events_in_lists():
     finally:
         queues.uninstall()
     assert layer.collections is before
+
+
+def test_mitmproxy_keeps_what_an_idle_client_is_set_aside_by():
+    # mitm/resting_clients.py reads a handler's watchdog and pending work, its layers' pause, and
+    # serves a socket again through the listener's handle_stream, as asyncio.start_server does.
+    import inspect
+
+    from mitmproxy.proxy import layer, mode_servers, server
+
+    watchdog = inspect.getsource(server.TimeoutWatchdog)
+    assert "self.last_activity = time.time()" in watchdog and "self.blocker += 1" in watchdog
+    init = inspect.getsource(server.ConnectionHandler.__init__)
+    assert "self.wakeup_timer = set()" in init and "self.hook_tasks = set()" in init
+    client = inspect.getsource(server.ConnectionHandler.handle_client)
+    assert "ClientDisconnectedHook" in client and "io.handler.cancel(" in client
+    streams = inspect.signature(mode_servers.ServerInstance.handle_stream).parameters
+    assert list(streams)[1:] == ["reader", "writer"]
+    assert "self._paused = None" in inspect.getsource(layer.Layer.__init__)
+    # The HTTP layer forgets a stream once it is done, and keeps a connection's Http1Server.
+    http = inspect.getsource(importlib.import_module("mitmproxy.proxy.layers.http").HttpLayer)
+    assert "self.streams.pop(" in http and "self.waiting_for_establishment" in http

@@ -14,6 +14,7 @@ In mitmproxy's calling order:
   which then keeps the traceparent it set) and its spans exported once it has ended;
 - `RequestGate`: each request admitted or refused, routed, run through its pipeline;
 - `UpstreamConnections`: the connection to each request's upstream, checked against its health;
+- `IdleClients`: a plain-HTTP/1 client idle between requests held as a bare socket until it sends;
 - `Mirrors`: a copy of each request a proxy step mirrors, sent once the upstream has answered, the
   two answers compared (before the response side changes the upstream's);
 - `ResponseSide`: what the steps asked of the response; a 101 nobody asked for refused;
@@ -43,6 +44,7 @@ from ..observe.timeline import Timelines
 from .config_service import ConfigService, CurrentConfig
 from .gate import RequestGate
 from .heap import StartupHeap
+from .idle_clients import IdleClients
 from .lean_dispatch import LeanDispatch
 from .listeners import Listeners
 from .mirrors import Mirrors
@@ -80,6 +82,7 @@ def gateway_addons() -> list[Any]:
         tracing,  # (before the gate: it reads the client's traceparent, and the gate then keeps it)
         gate,
         upstreams,
+        IdleClients(metrics),
         Mirrors(exchanges, metrics),
         ResponseSide(exchanges, access_log),
         shadow,

@@ -7,8 +7,8 @@ events fed to a connection (injection), the proxy server's handlers and listener
 script reloading (scripts), the lean runner's event dispatch (dispatch), its TLS settings for an
 upstream connection (tlsconfig), a message made again from a state it took without its
 checks (messages), the words of its listener log lines (listener_lines), upstream sockets
-passed from one client connection to another (sockets), and its layers' event queues
-(event_queues).
+passed from one client connection to another (sockets), idle client connections held as a bare
+socket (resting_clients), and its layers' event queues (event_queues).
 Replacements go through `patches.Patches`, which restores the originals when the gateway is
 unloaded and runs without a replacement (saying so) when its target is gone.
 
@@ -61,6 +61,15 @@ INTERNALS = (
     "mitmproxy.proxy.layers.http:HttpClient",
     "mitmproxy.proxy.layers.http._http1:Http1Client.read_headers",
     "mitmproxy.proxy.layers.http._http1:Http1Connection.mark_done",
+    # resting_clients (and what the test itself reads of the methods' source)
+    "mitmproxy.proxy.server:TCP_TIMEOUT",
+    "mitmproxy.proxy.server:TimeoutWatchdog.register_activity",
+    "mitmproxy.proxy.server:TimeoutWatchdog.disarm",
+    "mitmproxy.proxy.server:ConnectionHandler.handle_client",
+    "mitmproxy.proxy.mode_servers:ServerInstance.handle_stream",
+    "mitmproxy.addons.proxyserver:Proxyserver().servers.__getitem__",
+    "mitmproxy.proxy.layers.http._http1:Http1Server",
+    "mitmproxy.proxy.layer:Layer._handle_event",
     # event_queues
     "mitmproxy.proxy.layer:collections.deque",
     "mitmproxy.proxy.layer:Layer.__init__",

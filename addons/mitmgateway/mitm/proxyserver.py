@@ -1,9 +1,9 @@
 """mitmproxy's proxy server addon, from outside: its connection handlers and its listeners.
 
 Written against mitmproxy 11.0's ``addons/proxyserver.py``: ``Proxyserver.connections`` (the
-handler of each client connection, by client id), ``Proxyserver.servers.update`` (the
-listeners), and the handlers' ``server_event``, ``on_timeout``, ``close_connection`` and ``transports``. It
-has no public API for any of them.
+handler of each client connection, by client id), ``Proxyserver.servers.update`` and
+``Proxyserver.servers[mode]`` (the listeners), and the handlers' ``server_event``, ``on_timeout``,
+``close_connection`` and ``transports``. It has no public API for any of them.
 """
 
 from __future__ import annotations
@@ -25,6 +25,19 @@ def connection_handler(client: connection.Client) -> Any:
 async def stop_listening() -> None:
     """Close every listening socket (connections already open stay)."""
     await _proxyserver().servers.update([])
+
+
+def live_handlers() -> list[Any]:
+    """The ConnectionHandler of every open client connection."""
+    return list(_proxyserver().connections.values())
+
+
+def listener_of(client: connection.Client) -> Any | None:
+    """mitmproxy's ServerInstance whose listener accepted `client`, or None once it is gone."""
+    try:
+        return _proxyserver().servers[client.proxy_mode]
+    except KeyError:
+        return None
 
 
 def open_connections() -> int:

@@ -63,9 +63,10 @@ class ParkedSocket:
         self.writer.close()
 
 
-class _ReleasedWriter:
-    """What mitmproxy's handler holds for a connection whose socket went elsewhere: its
-    ``handle_connection`` closes this instead of the socket, and nothing is written through it."""
+class ReleasedWriter:
+    """What mitmproxy's handler holds for a connection whose socket went elsewhere (another client's
+    handler, or a client's rest: mitm/resting_clients.py): its ``handle_connection`` closes this
+    instead of the socket, and nothing is written through it."""
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self._writer = writer
@@ -89,7 +90,7 @@ class _ReleasedWriter:
         return self._writer.get_extra_info(name, default)
 
 
-def _http_layer(root: Any) -> Any:
+def http_layer_of(root: Any) -> Any:
     """The HttpLayer in a client's layer tree, or None."""
     layer = root
     while layer is not None and not isinstance(layer, http_layers.HttpLayer):
@@ -105,13 +106,17 @@ def _http1_client(http_layer: Any, server: connection.Server) -> Any:
     return client if isinstance(client, _http1.Http1Client) else None
 
 
-def _between_exchanges(client: Any) -> bool:
+def between_exchanges(http1: Any) -> bool:
+    """Whether an HTTP/1 connection's layer (either side) is back to reading a head, with nothing
+    of the last exchange or of a next one kept."""
     return (
-        client.stream_id is None
-        and client.request is None
-        and client.response is None
-        and not client.buf
-        and client.state == client.read_headers
+        http1.request is None
+        and http1.response is None
+        and not http1.request_done
+        and not http1.response_done
+        and not http1.buf
+        and http1.state == http1.read_headers
+        and http1._paused is None
     )
 
 
@@ -134,9 +139,9 @@ def detach(
     io = handler.transports.get(server) if handler is not None else None
     if io is None or io.handler is None or not isinstance(io.writer, asyncio.StreamWriter):
         return False
-    http_layer = _http_layer(handler.layer)
+    http_layer = http_layer_of(handler.layer)
     http1 = _http1_client(http_layer, server) if http_layer is not None else None
-    if http1 is None or not _between_exchanges(http1):
+    if http1 is None or http1.stream_id is not None or not between_exchanges(http1):
         return False
     assert isinstance(io.reader, asyncio.StreamReader)
     socket = ParkedSocket((server.address[0], server.address[1]), io.reader, io.writer)
@@ -144,7 +149,7 @@ def detach(
         return False
     # Closed for this client's layers at once (no request of its own goes out on it), and its
     # reading task stops without closing the socket.
-    io.writer = _ReleasedWriter(io.writer)
+    io.writer = ReleasedWriter(io.writer)
     server.state = connection.ConnectionState.CLOSED
 
     def let_go(_task: Any) -> None:

@@ -123,6 +123,14 @@ class GatewayMetrics:
             "did not take",
             registry=registry,
         )
+        self._client_connections = Gauge(
+            "mitmgateway_client_connections",
+            "Open client connections: live (mitmproxy serves them) and resting (idle keep-alive "
+            "clients held as a bare socket until they send)",
+            ["state"],
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         self.requests = _cached(self._requests.labels)
         self.upstream_seconds = _cached(self._upstream_seconds.labels)
         self.request_seconds = _cached(self._request_seconds.labels)
@@ -146,6 +154,10 @@ class GatewayMetrics:
     def spans_dropped(self, count: int) -> None:
         """(Called from the span exporter's thread too: prometheus-client's counters lock.)"""
         self._spans_dropped.inc(count)
+
+    def client_connections(self, live: int, resting: int) -> None:
+        self._client_connections.labels("live").set(live)
+        self._client_connections.labels("resting").set(resting)
 
     def config_reloaded(self, ok: bool) -> None:
         self._reloads.labels("ok" if ok else "failed").inc()

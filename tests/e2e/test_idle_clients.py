@@ -1,0 +1,189 @@
+"""Idle keep-alive clients set aside down to their socket and served again when they send
+(hooks/idle_clients.py), through a running gateway, with raw client sockets that see whether their
+connection stayed the same."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from test_upstream_pool import CountingUpstream
+
+from conftest import one_pipeline
+from harness import admin_get, free_port, metric, wait_until
+from mitmgateway.hooks.idle_clients import SET_ASIDE_AFTER_SECONDS
+
+CLIENTS = 300
+POOL = "pool: {maxConnections: 10, idleTimeoutMs: 300}"
+
+
+@pytest.fixture
+def upstream():
+    server = CountingUpstream()
+    yield server
+    server.stop()
+
+
+def start_with_admin(start_gateway, upstream, **kwargs):  # type: ignore[no-untyped-def]
+    admin_port = free_port()
+    steps = "- proxy: [{action: {serviceEndpoint: backend}}]"
+    config = one_pipeline(upstream.url, steps, extra=f"admin: {{port: {admin_port}}}\n")
+    config = config.replace(f"url: '{upstream.url}'", f"url: '{upstream.url}', {POOL}")
+    gateway = start_gateway(config, **kwargs)
+    gateway.admin_port = admin_port
+    return gateway
+
+
+@pytest.fixture
+def gateway(start_gateway, upstream):  # type: ignore[no-untyped-def]
+    return start_with_admin(start_gateway, upstream)
+
+
+def request(request_id: str, path: str = "/x") -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: api\r\nX-Request-Id: {request_id}\r\n\r\n".encode()
+
+
+def read_answer(conn: socket.socket) -> tuple[int, str | None]:
+    """One HTTP/1.1 answer with a Content-Length: (status, the id the upstream echoed)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        assert chunk, f"closed after {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    length = next(int(line.split(":")[1]) for line in lines if line.lower().startswith("content-length:"))
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        assert chunk, "closed in the body"
+        body += chunk
+    assert len(body) == length, "nothing past the answer"
+    status = int(lines[0].split()[1])
+    return status, json.loads(body)["id"] if status == 200 else None
+
+
+def connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=30)
+
+
+def client_connections(gateway) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    text = admin_get(gateway.admin_port, "/metrics")[1]
+    return (
+        metric(text, "mitmgateway_client_connections", state="live"),
+        metric(text, "mitmgateway_client_connections", state="resting"),
+    )
+
+
+def wait_resting(gateway, count: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    return wait_until(
+        lambda: (c := client_connections(gateway))[1] == count and c, timeout=SET_ASIDE_AFTER_SECONDS + 8
+    )
+
+
+def resting_client(gateway) -> socket.socket:  # type: ignore[no-untyped-def]
+    """A client connection that made one request and was then set aside."""
+    conn = connect(gateway.port)
+    conn.sendall(request("one"))
+    assert read_answer(conn) == (200, "one")
+    assert wait_resting(gateway, 1)
+    return conn
+
+
+@pytest.mark.parametrize("runner", ["mitmdump", "mitmgateway"])
+def test_an_idle_client_is_set_aside_and_its_next_request_is_served_on_the_same_connection(
+    start_gateway, upstream, runner
+):
+    gateway = start_with_admin(start_gateway, upstream, runner=runner)
+    conn = connect(gateway.port)
+    try:
+        local = conn.getsockname()
+        conn.sendall(request("one"))
+        assert read_answer(conn) == (200, "one")
+        assert wait_resting(gateway, 1) == (0, 1)
+        conn.sendall(request("two"))
+        assert read_answer(conn) == (200, "two")
+        # The same TCP connection throughout, live again.
+        assert conn.getsockname() == local
+        assert wait_until(lambda: client_connections(gateway) == (1, 0))
+    finally:
+        conn.close()
+
+
+def test_many_idle_clients_rest_and_each_next_answer_is_its_own(gateway, upstream):
+    conns = [connect(gateway.port) for _ in range(CLIENTS)]
+
+    def exchange(i: int, label: str) -> tuple[int, str | None]:
+        conns[i].sendall(request(f"{label}-{i}"))
+        return read_answer(conns[i])
+
+    try:
+        with ThreadPoolExecutor(30) as pool:
+            assert list(pool.map(lambda i: exchange(i, "first"), range(CLIENTS))) == [
+                (200, f"first-{i}") for i in range(CLIENTS)
+            ]
+        assert wait_resting(gateway, CLIENTS) == (0, CLIENTS)
+        # Set aside, they hold no upstream connection either.
+        assert wait_until(lambda: upstream.open == 0, timeout=5), upstream.open
+        with ThreadPoolExecutor(30) as pool:
+            assert list(pool.map(lambda i: exchange(i, "second"), range(CLIENTS))) == [
+                (200, f"second-{i}") for i in range(CLIENTS)
+            ]
+        assert upstream.peak <= 12, upstream.peak
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+def test_a_resting_client_that_closes_is_let_go(gateway):
+    conn = resting_client(gateway)
+    conn.close()
+    assert wait_until(lambda: client_connections(gateway) == (0, 0), timeout=3)
+    assert "Traceback" not in gateway.log()
+
+
+def test_what_a_resting_client_sends_is_read_from_its_first_byte(gateway):
+    conn = resting_client(gateway)
+    try:
+        # A head in two pieces, the first alone long enough to wake the connection.
+        second = request("two")
+        conn.sendall(second[:7])
+        time.sleep(0.3)
+        conn.sendall(second[7:])
+        assert read_answer(conn) == (200, "two")
+        assert wait_resting(gateway, 1)
+        # Two requests at once: both answered, in order.
+        conn.sendall(request("three") + request("four"))
+        assert read_answer(conn) == (200, "three")
+        assert read_answer(conn) == (200, "four")
+        assert wait_resting(gateway, 1)
+        # What a new connection would be refused for, a resting one is refused for.
+        conn.sendall(b"GET /x HTTP/1.1\r\nHost: api\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab")
+        assert conn.recv(65536).startswith(b"HTTP/1.1 400")
+    finally:
+        conn.close()
+
+
+def test_a_code_reload_serves_resting_clients_again(gateway):
+    conn = resting_client(gateway)
+    try:
+        module = Path(__file__).resolve().parents[2] / "addons/mitmgateway/hooks/idle_clients.py"
+        module.touch()
+        assert wait_until(lambda: gateway.log().count("Loading script") >= 2, timeout=10), gateway.log()
+        conn.sendall(request("two"))
+        assert read_answer(conn) == (200, "two")
+    finally:
+        conn.close()
+
+
+def test_sigterm_closes_resting_clients_and_exits(gateway):
+    conn = resting_client(gateway)
+    gateway.process.send_signal(signal.SIGTERM)
+    assert gateway.process.wait(timeout=10) == 0
+    conn.settimeout(5)
+    assert conn.recv(1) == b""
+    conn.close()
