@@ -29,11 +29,11 @@ def upstream():
     server.stop()
 
 
-def start_with_admin(start_gateway, upstream, **kwargs):  # type: ignore[no-untyped-def]
+def start_with_admin(start_gateway, upstream, pool: str = POOL, **kwargs):  # type: ignore[no-untyped-def]
     admin_port = free_port()
     steps = "- proxy: [{action: {serviceEndpoint: backend}}]"
     config = one_pipeline(upstream.url, steps, extra=f"admin: {{port: {admin_port}}}\n")
-    config = config.replace(f"url: '{upstream.url}'", f"url: '{upstream.url}', {POOL}")
+    config = config.replace(f"url: '{upstream.url}'", f"url: '{upstream.url}', {pool}")
     gateway = start_gateway(config, **kwargs)
     gateway.admin_port = admin_port
     return gateway
@@ -44,8 +44,8 @@ def gateway(start_gateway, upstream):  # type: ignore[no-untyped-def]
     return start_with_admin(start_gateway, upstream)
 
 
-def request(request_id: str, path: str = "/x") -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: api\r\nX-Request-Id: {request_id}\r\n\r\n".encode()
+def request(request_id: str, path: str = "/x", extra: str = "") -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: api\r\nX-Request-Id: {request_id}\r\n{extra}\r\n".encode()
 
 
 def read_answer(conn: socket.socket) -> tuple[int, str | None]:
@@ -174,6 +174,9 @@ def test_a_code_reload_serves_resting_clients_again(gateway):
         module = Path(__file__).resolve().parents[2] / "addons/mitmgateway/hooks/idle_clients.py"
         module.touch()
         assert wait_until(lambda: gateway.log().count("Loading script") >= 2, timeout=10), gateway.log()
+        # The next code's addon took the resting socket over as it was.
+        time.sleep(1)
+        assert client_connections(gateway) == (0, 1)
         conn.sendall(request("two"))
         assert read_answer(conn) == (200, "two")
     finally:
@@ -187,3 +190,25 @@ def test_sigterm_closes_resting_clients_and_exits(gateway):
     conn.settimeout(5)
     assert conn.recv(1) == b""
     conn.close()
+
+
+def test_a_client_whose_upstream_connection_could_not_be_pooled_keeps_it_until_the_idle_timeout(
+    start_gateway, upstream
+):
+    # An NTLM login authenticates the upstream connection itself: it cannot go to another client,
+    # and setting the client aside would close it, so the client's next request would start a
+    # login the upstream never saw. The client is set aside once the pool's idle timeout closed it.
+    pool = "pool: {maxConnections: 10, idleTimeoutMs: 5000}"
+    gateway = start_with_admin(start_gateway, upstream, pool=pool)
+    conn = connect(gateway.port)
+    try:
+        for label in ("one", "two"):
+            conn.sendall(request(label, extra="Authorization: NTLM TlRMTVNTUAABAAAA\r\n"))
+            assert read_answer(conn) == (200, label)
+            time.sleep(SET_ASIDE_AFTER_SECONDS + 1)
+            assert client_connections(gateway) == (1, 0)
+        assert upstream.accepted == 1, "both requests on the connection the login was on"
+        assert wait_resting(gateway, 1) == (0, 1)
+        assert upstream.open == 0
+    finally:
+        conn.close()

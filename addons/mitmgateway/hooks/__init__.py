@@ -72,6 +72,7 @@ def gateway_addons() -> list[Any]:
     observation = Observation(current, metrics, access_log)
     for follower in (listeners, gate, upstreams, observation, tracing):
         current.follow(follower.apply)
+    idle_clients = IdleClients(metrics, upstreams)
     recorder = Recorder()
     shadow = ShadowConfig(metrics)
     return [
@@ -82,12 +83,12 @@ def gateway_addons() -> list[Any]:
         tracing,  # (before the gate: it reads the client's traceparent, and the gate then keeps it)
         gate,
         upstreams,
-        IdleClients(metrics),
+        idle_clients,
         Mirrors(exchanges, metrics),
         ResponseSide(exchanges, access_log),
         shadow,
         observation,
-        GracefulShutdown(on_drain=observation.stop_accepting),
+        GracefulShutdown(on_drain=observation.stop_accepting, close_idle=idle_clients.close_all),
         recorder,
         StartupHeap(),
     ]

@@ -3,10 +3,16 @@
 Every half second, each plain-HTTP/1 client connection that has been idle for
 `SET_ASIDE_AFTER_SECONDS`, between two requests, is set aside (mitm/resting_clients.py): its
 mitmproxy handler ends, its upstream connections go back to their pools as on any client's leave,
-and its socket waits in the event loop's selector. When the client sends again, its socket is
-served as a newly accepted connection; when it closes, or stays idle for mitmproxy's own idle
-timeout, the socket is closed. A client sees one keep-alive connection throughout; mitmproxy's
-hooks see a client connection end when it is set aside and a new one begin when it sends again.
+and its socket waits in the event loop's selector. A client holding an upstream connection that
+could not go back to its pool (TLS, NTLM-authenticated) waits until the pool's idle timeout has
+closed it: setting it aside sooner would cost its next request a new upstream connection. When
+the client sends again, its socket is served as a newly accepted connection; when it closes, or
+stays idle for mitmproxy's own idle timeout, the socket is closed. A client sees one keep-alive
+connection throughout; mitmproxy's hooks see a client connection end when it is set aside and a
+new one begin when it sends again (the new one's client_connected may come before the old one's
+client_disconnected: an addon that follows clients by address rather than by connection id would
+have to allow for it). On a code reload the resting sockets pass to the next code's addon as they
+are.
 
 TLS clients stay as they are: their TLS session lives in mitmproxy's layers. So do HTTP/2 clients
 (several streams, a connection-level state) and a connection in the middle of anything.
@@ -16,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import time
+from typing import Any
 
 from mitmproxy import ctx
 from mitmproxy.proxy import server as mitmproxy_server
@@ -25,6 +33,9 @@ from mitmproxy.proxy import server as mitmproxy_server
 from ..mitm.proxyserver import live_handlers
 from ..mitm.resting_clients import RestingClient, serve_again, set_aside
 from ..observe.metrics import GatewayMetrics
+from .upstream_connections import UpstreamConnections
+
+logger = logging.getLogger("mitmgateway")
 
 SET_ASIDE_AFTER_SECONDS = 2.0
 """Idle this long, a client is set aside. A client that sends more often is never set aside, so a
@@ -32,11 +43,15 @@ busy keep-alive client never pays for being served again."""
 SWEEP_SECONDS = 0.5
 EXPIRY_SWEEPS = 10
 """Resting sockets are checked against the idle timeout every this many sweeps."""
+HANDED_OVER = "_mitmgateway_resting_clients"
+"""Where a code reload leaves the resting sockets for the next code's addon (on mitmproxy's master,
+the one object both see)."""
 
 
 class IdleClients:
-    def __init__(self, metrics: GatewayMetrics) -> None:
+    def __init__(self, metrics: GatewayMetrics, upstreams: UpstreamConnections) -> None:
         self._metrics = metrics
+        self._upstreams = upstreams
         self._resting: dict[int, RestingClient] = {}
         """By the socket's descriptor, as the selector knows it."""
         self._waking: set[asyncio.Task[None]] = set()
@@ -46,36 +61,56 @@ class IdleClients:
     def running(self) -> None:
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+        handed_over: dict[int, Any] = getattr(ctx.master, HANDED_OVER, {})
+        with contextlib.suppress(AttributeError):
+            delattr(ctx.master, HANDED_OVER)
+        for resting in handed_over.values():
+            self._unregister(resting)  # the previous code's callback
+            self._rest(resting)
 
     def done(self) -> None:
-        """On a code reload, resting clients are served again (the next code's addon sets them
-        aside later); on the way out, their sockets close."""
+        """On a code reload, the resting sockets stay as they are, for the next code's addon to
+        take over (until then the previous code serves those that send); on the way out, they
+        close."""
         self._ended = True
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        exiting = ctx.master.should_exit.is_set()
+        if ctx.master.should_exit.is_set():
+            self.close_all()
+        else:
+            setattr(ctx.master, HANDED_OVER, self._resting)
+
+    def close_all(self) -> None:
+        """Close every resting client (a graceful shutdown's last step, and the exit's)."""
         for resting in list(self._resting.values()):
             self._unregister(resting)
-            if exiting:
+            with contextlib.suppress(OSError):
                 resting.close()
-            else:
-                self._serve(resting)
 
     async def _sweep_forever(self) -> None:
         sweeps = 0
         while True:
             await asyncio.sleep(SWEEP_SECONDS)
-            now = time.time()
-            handlers = live_handlers()
-            for handler in handlers:
-                if now - handler.timeout_watchdog.last_activity >= SET_ASIDE_AFTER_SECONDS:
-                    set_aside(handler, self._rest)
-            # As the sweep found them: those it set aside still count as live until they end.
-            self._metrics.client_connections(len(handlers), len(self._resting))
+            try:
+                self._sweep(sweeps)
+            except Exception:  # a sweep that fails must not end the ones after it
+                logger.exception("setting idle clients aside failed")
             sweeps += 1
-            if sweeps % EXPIRY_SWEEPS == 0:
-                self._close_expired(now - mitmproxy_server.TCP_TIMEOUT)
+
+    def _sweep(self, sweeps: int) -> None:
+        now = time.time()
+        handlers = live_handlers()
+        for handler in handlers:
+            if (
+                now - handler.timeout_watchdog.last_activity >= SET_ASIDE_AFTER_SECONDS
+                and self._upstreams.would_give_back(handler.client)
+            ):
+                set_aside(handler, self._rest)
+        # As the sweep found them: those it set aside still count as live until they end.
+        self._metrics.client_connections(len(handlers), len(self._resting))
+        if sweeps % EXPIRY_SWEEPS == EXPIRY_SWEEPS - 1:
+            self._close_expired(now - mitmproxy_server.TCP_TIMEOUT)
 
     def _rest(self, resting: RestingClient) -> None:
         if self._ended:  # the addon went while the handler was ending
@@ -84,21 +119,22 @@ class IdleClients:
             else:
                 self._serve(resting)
             return
-        descriptor = resting.socket.fileno()
-        self._resting[descriptor] = resting
-        asyncio.get_running_loop().add_reader(descriptor, self._readable, resting)
+        self._resting[resting.descriptor] = resting
+        asyncio.get_running_loop().add_reader(resting.descriptor, self._readable, resting)
 
     def _unregister(self, resting: RestingClient) -> None:
-        descriptor = resting.socket.fileno()
-        self._resting.pop(descriptor, None)
-        asyncio.get_running_loop().remove_reader(descriptor)
+        self._resting.pop(resting.descriptor, None)
+        asyncio.get_running_loop().remove_reader(resting.descriptor)
 
-    def _readable(self, resting: RestingClient) -> None:
+    def _readable(self, resting: RestingClient, expired: bool = False) -> None:
         self._unregister(resting)
         try:
             first = resting.socket.recv(1, socket.MSG_PEEK)
         except (BlockingIOError, InterruptedError):
-            self._rest(resting)  # woken for nothing
+            if expired:
+                resting.close()
+            else:
+                self._rest(resting)  # woken for nothing
             return
         except OSError:
             first = b""
@@ -113,8 +149,7 @@ class IdleClients:
         task.add_done_callback(self._waking.discard)
 
     def _close_expired(self, idle_since_before: float) -> None:
-        """mitmproxy closes a connection idle for its TCP_TIMEOUT; a resting one goes the same way."""
+        """mitmproxy closes a connection idle for its TCP_TIMEOUT; a resting one goes the same way
+        (unless what it just sent is waiting: closing it unread would reset the connection)."""
         for resting in [r for r in self._resting.values() if r.idle_since < idle_since_before]:
-            self._unregister(resting)
-            with contextlib.suppress(OSError):
-                resting.close()
+            self._readable(resting, expired=True)

@@ -27,9 +27,13 @@ DRAIN_POLL_SECONDS = 0.05
 
 
 class GracefulShutdown:
-    def __init__(self, on_drain: Callable[[], None] = lambda: None) -> None:
-        """`on_drain`: called as the drain begins (readiness goes to 503)."""
+    def __init__(
+        self, on_drain: Callable[[], None] = lambda: None, close_idle: Callable[[], None] = lambda: None
+    ) -> None:
+        """`on_drain`: called as the drain begins (readiness goes to 503); `close_idle`: when the
+        idle keep-alive connections close (those mitmproxy does not hold: hooks/idle_clients.py)."""
         self.on_drain = on_drain
+        self.close_idle = close_idle
         self.in_flight: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
         self.draining = False
         self._drain: asyncio.Task[None] | None = None
@@ -75,6 +79,13 @@ class GracefulShutdown:
             self._drain = asyncio.get_running_loop().create_task(self.drain())
 
     async def drain(self) -> None:
+        try:
+            await self._drain_requests()
+        except Exception:  # whatever failed, the process still exits
+            logger.exception("graceful shutdown failed; exiting now")
+        ctx.master.shutdown()
+
+    async def _drain_requests(self) -> None:
         self.draining = True
         timeout = ctx.options.gateway_shutdown_timeout
         logger.info(
@@ -95,7 +106,7 @@ class GracefulShutdown:
         # The last responses may still be on their way out: give them a moment, then close the
         # keep-alive connections that are left idle.
         await asyncio.sleep(DRAIN_POLL_SECONDS)
+        self.close_idle()
         close_all_connections()
         while open_connections() and loop.time() < deadline + 1:
             await asyncio.sleep(DRAIN_POLL_SECONDS)
-        ctx.master.shutdown()

@@ -127,6 +127,29 @@ class UpstreamConnections:
             if pool is not None:
                 pool.park(server.id)
 
+    def would_give_back(self, client: connection.Client) -> bool:
+        """Whether `client` leaving now would give every upstream connection it holds open back to
+        its pool: nothing in flight, each one reusable and detachable. A TLS or an NTLM-authenticated
+        connection, say, would close instead, and the client's next request pay for a new one."""
+        activity = self._activity.get(client.id)
+        if activity is not None and activity.in_flight:
+            return False
+        handler = connection_handler(client)
+        if handler is None:
+            return False
+        for server in handler.transports:
+            if not isinstance(server, connection.Server) or server.state is connection.ConnectionState.CLOSED:
+                continue
+            opened = self._opened(server)
+            if (
+                opened is None
+                or opened.closing
+                or not opened.reusable
+                or not sockets.detachable(client, server)
+            ):
+                return False
+        return True
+
     def _opened(self, server: connection.Server) -> OpenConnection | None:
         pool = self._pools.get(server.address) if server.address else None
         return pool.open.get(server.id) if pool is not None else None

@@ -54,4 +54,7 @@ def close_server_connection(client: connection.Client, server: connection.Server
 
 def close_all_connections() -> None:
     for handler in list(_proxyserver().connections.values()):
-        handler.close_connection(handler.client)
+        # A handler whose client is already gone (its teardown still running) is skipped:
+        # close_connection would not find the client's transport.
+        if handler.client in handler.transports:
+            handler.close_connection(handler.client)

@@ -46,6 +46,11 @@ class RestingClient:
     """mitmproxy's ServerInstance: it serves the client again even once it stopped listening."""
     idle_since: float
     """When the connection last saw activity, on mitmproxy's watchdog clock (time.time())."""
+    descriptor: int = -1
+    """The socket's, as the selector knows it (a closed socket's fileno() is -1)."""
+
+    def __post_init__(self) -> None:
+        self.descriptor = self.socket.fileno()
 
     def close(self) -> None:
         self.socket.close()
@@ -115,8 +120,12 @@ def set_aside(handler: Any, rested: Callable[[RestingClient], None]) -> bool:
 
     def ended(_task: Any) -> None:
         # Closing the handler's descriptor sends nothing: the duplicate keeps the connection.
-        own_writer.close()
-        rested(resting)
+        try:
+            own_writer.close()
+            rested(resting)
+        except Exception:
+            resting.close()  # the client sees its connection close, as on any idle close
+            raise
 
     io.handler.add_done_callback(ended)
     io.handler.cancel("set aside while idle")

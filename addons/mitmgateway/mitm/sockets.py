@@ -120,13 +120,10 @@ def between_exchanges(http1: Any) -> bool:
     )
 
 
-def detach(
-    client: connection.Client, server: connection.Server, released: Callable[[ParkedSocket], None]
-) -> bool:
-    """Take `server`'s socket from `client`'s handler, if it is a plain HTTP/1 connection between
-    exchanges (its last response read in full, nothing of a next request sent); False otherwise.
-    `released` gets the socket once the handler's task that read it has ended: until then that
-    task may still be waiting on the socket's reader, and asyncio allows one reader at a time."""
+def _detachable(client: connection.Client, server: connection.Server) -> tuple[Any, Any, ParkedSocket] | None:
+    """`server`'s transport, its client's HTTP layer and its socket, if it is a plain HTTP/1
+    connection between exchanges (its last response read in full, nothing of a next request
+    sent, nothing unread); None otherwise."""
     if (
         server.state is not connection.ConnectionState.OPEN
         or server.tls
@@ -134,19 +131,34 @@ def detach(
         or server.transport_protocol != "tcp"
         or server.address is None
     ):
-        return False
+        return None
     handler = connection_handler(client)
     io = handler.transports.get(server) if handler is not None else None
     if io is None or io.handler is None or not isinstance(io.writer, asyncio.StreamWriter):
-        return False
+        return None
     http_layer = http_layer_of(handler.layer)
     http1 = _http1_client(http_layer, server) if http_layer is not None else None
     if http1 is None or http1.stream_id is not None or not between_exchanges(http1):
-        return False
+        return None
     assert isinstance(io.reader, asyncio.StreamReader)
     socket = ParkedSocket((server.address[0], server.address[1]), io.reader, io.writer)
-    if not socket.clean():
+    return (io, http_layer, socket) if socket.clean() else None
+
+
+def detachable(client: connection.Client, server: connection.Server) -> bool:
+    return _detachable(client, server) is not None
+
+
+def detach(
+    client: connection.Client, server: connection.Server, released: Callable[[ParkedSocket], None]
+) -> bool:
+    """Take `server`'s socket from `client`'s handler, if it is `detachable`; False otherwise.
+    `released` gets the socket once the handler's task that read it has ended: until then that
+    task may still be waiting on the socket's reader, and asyncio allows one reader at a time."""
+    found = _detachable(client, server)
+    if found is None:
         return False
+    io, http_layer, socket = found
     # Closed for this client's layers at once (no request of its own goes out on it), and its
     # reading task stops without closing the socket.
     io.writer = ReleasedWriter(io.writer)
