@@ -80,6 +80,7 @@ def client_connections(gateway) -> tuple[float, float]:  # type: ignore[no-untyp
 
 
 def wait_resting(gateway, count: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """(live, resting) once `count` clients rest; False if they do not in time."""
     return wait_until(
         lambda: (c := client_connections(gateway))[1] == count and c, timeout=SET_ASIDE_AFTER_SECONDS + 8
     )
@@ -168,19 +169,39 @@ def test_what_a_resting_client_sends_is_read_from_its_first_byte(gateway):
         conn.close()
 
 
-def test_a_code_reload_serves_resting_clients_again(gateway):
+def test_a_code_reload_hands_resting_clients_over_and_lets_go_of_older_upstream_connections(
+    start_gateway, upstream
+):
+    pool = "pool: {maxConnections: 10, idleTimeoutMs: 60000}"
+    gateway = start_with_admin(start_gateway, upstream, pool=pool)
     conn = resting_client(gateway)
+    # A client busy while the code changes: its upstream connection, opened before, is one the
+    # next code's pools do not know.
+    live = connect(gateway.port)
     try:
         module = Path(__file__).resolve().parents[2] / "addons/mitmgateway/hooks/idle_clients.py"
         module.touch()
-        assert wait_until(lambda: gateway.log().count("Loading script") >= 2, timeout=10), gateway.log()
-        # The next code's addon took the resting socket over as it was.
-        time.sleep(1)
-        assert client_connections(gateway) == (0, 1)
+        sent = 0
+        while gateway.log().count("Loading script") < 2:
+            assert sent < 60, gateway.log()
+            live.sendall(request(f"busy-{sent}"))
+            assert read_answer(live) == (200, f"busy-{sent}")
+            sent += 1
+            time.sleep(0.2)
+        live.sendall(request("after"))
+        assert read_answer(live) == (200, "after")
+        # The next code's addon took the resting socket over as it was, and sets the busy client
+        # aside once idle: its older upstream connection closes with it (the resting client's
+        # parked one closed with the previous code's pools).
+        assert wait_resting(gateway, 2) == (0, 2)
+        assert wait_until(lambda: upstream.open == 0), upstream.open
         conn.sendall(request("two"))
         assert read_answer(conn) == (200, "two")
+        live.sendall(request("three"))
+        assert read_answer(live) == (200, "three")
     finally:
         conn.close()
+        live.close()
 
 
 def test_sigterm_closes_resting_clients_and_exits(gateway):

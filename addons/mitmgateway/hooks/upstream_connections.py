@@ -130,7 +130,9 @@ class UpstreamConnections:
     def would_give_back(self, client: connection.Client) -> bool:
         """Whether `client` leaving now would give every upstream connection it holds open back to
         its pool: nothing in flight, each one reusable and detachable. A TLS or an NTLM-authenticated
-        connection, say, would close instead, and the client's next request pay for a new one."""
+        connection, say, would close instead, and the client's next request pay for a new one. A
+        connection no pool knows (opened before a code reload) closes with its client: that is
+        how the pools of the code now running come to count every connection again."""
         activity = self._activity.get(client.id)
         if activity is not None and activity.in_flight:
             return False
@@ -141,12 +143,9 @@ class UpstreamConnections:
             if not isinstance(server, connection.Server) or server.state is connection.ConnectionState.CLOSED:
                 continue
             opened = self._opened(server)
-            if (
-                opened is None
-                or opened.closing
-                or not opened.reusable
-                or not sockets.detachable(client, server)
-            ):
+            if opened is None:
+                continue
+            if opened.closing or not opened.reusable or not sockets.detachable(client, server):
                 return False
         return True
 
