@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_idle import IDLE_TARGETS, WAVE, measure_idle
+from bench_idle import IDLE_TARGETS, WAVE, arrivals, measure_idle
 from bench_targets import BASELINE, EXPRESS_GATEWAY, HOST, TRACED, UPSTREAM, Bench, machine, stop_target
 from processes import ROOT
 
@@ -325,7 +325,7 @@ def main() -> int:
                     measure_idle(bench, t, args.idle_clients, wave)
                     for t in IDLE_TARGETS
                     if t in bench.targets
-                    for wave in (None, WAVE)
+                    for wave in arrivals(args.idle_clients, WAVE)
                 ]
         finally:
             stop_target(upstream)

@@ -65,6 +65,11 @@ async def open_idle_clients(port: int, token: str, clients: int) -> list[asyncio
     return writers
 
 
+def arrivals(clients: int, wave: int) -> tuple[int | None, ...]:
+    """All at once, then in waves; only all at once when they fit in one wave (the same arrival)."""
+    return (None, wave) if clients > wave else (None,)
+
+
 def still_open(writers: list[asyncio.StreamWriter]) -> int:
     """Clients whose connection the target has not closed (Node closes idle ones after 5 s)."""
     return sum(1 for w in writers if not w.is_closing() and not w._reader.at_eof())  # type: ignore[attr-defined]
@@ -129,7 +134,7 @@ def main() -> int:
         try:
             for target in IDLE_TARGETS:
                 if target in bench.targets:
-                    for wave in (None, args.wave):
+                    for wave in arrivals(args.clients, args.wave):
                         print(json.dumps(measure_idle(bench, target, args.clients, wave)), flush=True)
         finally:
             stop_target(upstream)
