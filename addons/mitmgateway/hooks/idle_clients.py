@@ -64,9 +64,8 @@ class IdleClients:
         handed_over: dict[int, Any] = getattr(ctx.master, HANDED_OVER, {})
         with contextlib.suppress(AttributeError):
             delattr(ctx.master, HANDED_OVER)
-        for resting in handed_over.values():
-            self._unregister(resting)  # the previous code's callback
-            self._rest(resting)
+        for descriptor, previous in list(handed_over.items()):
+            self._adopt(descriptor, previous)
 
     def done(self) -> None:
         """On a code reload, the resting sockets stay as they are, for the next code's addon to
@@ -80,6 +79,29 @@ class IdleClients:
             self.close_all()
         else:
             setattr(ctx.master, HANDED_OVER, self._resting)
+            # A reload runs the next code's `running` before the loop turns: if none took them
+            # by then (the next code failed to build, or has no such addon), serve them again.
+            asyncio.get_running_loop().call_soon(self._unclaimed)
+
+    def _adopt(self, descriptor: int, previous: Any) -> None:
+        """A resting client the previous code's addon left, made this code's (its class may have
+        changed with the code) and watched by this code's callback."""
+        asyncio.get_running_loop().remove_reader(descriptor)
+        try:
+            resting = RestingClient(previous.socket, previous.listener, previous.idle_since)
+            self._rest(resting)
+        except Exception:
+            logger.exception("a resting client could not be taken over from the previous code; closed")
+            with contextlib.suppress(Exception):
+                previous.socket.close()
+
+    def _unclaimed(self) -> None:
+        if getattr(ctx.master, HANDED_OVER, None) is not self._resting:
+            return
+        delattr(ctx.master, HANDED_OVER)
+        for resting in list(self._resting.values()):
+            self._unregister(resting)
+            self._serve(resting)
 
     def close_all(self) -> None:
         """Close every resting client (a graceful shutdown's last step, and the exit's)."""
@@ -95,18 +117,21 @@ class IdleClients:
             try:
                 self._sweep(sweeps)
             except Exception:  # a sweep that fails must not end the ones after it
-                logger.exception("setting idle clients aside failed")
+                logger.exception("sweeping idle clients failed")
             sweeps += 1
 
     def _sweep(self, sweeps: int) -> None:
         now = time.time()
         handlers = live_handlers()
         for handler in handlers:
-            if (
-                now - handler.timeout_watchdog.last_activity >= SET_ASIDE_AFTER_SECONDS
-                and self._upstreams.would_give_back(handler.client)
-            ):
-                set_aside(handler, self._rest)
+            try:
+                if (
+                    now - handler.timeout_watchdog.last_activity >= SET_ASIDE_AFTER_SECONDS
+                    and self._upstreams.would_give_back(handler.client)
+                ):
+                    set_aside(handler, self._rest)
+            except Exception:  # one client's failure must not keep the others from rest
+                logger.exception("setting an idle client aside failed")
         # As the sweep found them: those it set aside still count as live until they end.
         self._metrics.client_connections(len(handlers), len(self._resting))
         if sweeps % EXPIRY_SWEEPS == EXPIRY_SWEEPS - 1:
@@ -119,8 +144,8 @@ class IdleClients:
             else:
                 self._serve(resting)
             return
-        self._resting[resting.descriptor] = resting
         asyncio.get_running_loop().add_reader(resting.descriptor, self._readable, resting)
+        self._resting[resting.descriptor] = resting
 
     def _unregister(self, resting: RestingClient) -> None:
         self._resting.pop(resting.descriptor, None)
