@@ -250,7 +250,11 @@ class LocalServer:
         raise NotImplementedError
 
     def start(self) -> None:
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), self.handler())
+        handler = self.handler()
+        # A handler writes its head and body apart: with Nagle's algorithm the second write of a
+        # keep-alive answer waits for the gateway's delayed ACK, 40 ms a request.
+        handler.disable_nagle_algorithm = True
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         threading.Thread(

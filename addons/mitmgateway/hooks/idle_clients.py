@@ -77,7 +77,7 @@ class IdleClients:
             self._sweeper = None
         if ctx.master.should_exit.is_set():
             self.close_all()
-        else:
+        elif self._resting:
             setattr(ctx.master, HANDED_OVER, self._resting)
             # A reload runs the next code's `running` before the loop turns: if none took them
             # by then (the next code failed to build, or has no such addon), serve them again.
