@@ -95,7 +95,7 @@ def resting_client(gateway) -> socket.socket:  # type: ignore[no-untyped-def]
     return conn
 
 
-@pytest.mark.parametrize("runner", ["mitmdump", "mitmgateway"])
+@pytest.mark.parametrize("runner", ["mitmdump", "mitmweb", "mitmgateway"])
 def test_an_idle_client_is_set_aside_and_its_next_request_is_served_on_the_same_connection(
     start_gateway, upstream, runner
 ):
