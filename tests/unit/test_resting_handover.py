@@ -80,3 +80,30 @@ def test_resting_clients_no_next_code_takes_are_served_again():
             client.close()
 
     asyncio.run(run())
+
+
+def test_a_resting_client_idle_past_the_timeout_is_closed_unless_it_just_sent():
+    # mitmproxy closes a connection idle for its TCP_TIMEOUT; a resting one goes the same way,
+    # but one whose request is already waiting is served rather than reset.
+    async def run() -> None:
+        with taddons.context():
+            listener = Listener()
+            silent, silent_kept = socket.socketpair()
+            sending, sending_kept = socket.socketpair()
+            for kept in (silent_kept, sending_kept):
+                kept.setblocking(False)
+            clients = idle_clients()
+            long_ago = time.time() - 3600
+            clients._rest(RestingClient(silent_kept, listener, long_ago))
+            clients._rest(RestingClient(sending_kept, listener, long_ago))
+            sending.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            clients._close_expired(time.time() - 600)
+            await settle()
+            assert not clients._resting
+            silent.settimeout(1)
+            assert silent.recv(1) == b""  # closed
+            assert listener.received == [b"GET / HTTP/1.1\r\n\r\n"]  # served
+            for s in (silent, sending):
+                s.close()
+
+    asyncio.run(run())

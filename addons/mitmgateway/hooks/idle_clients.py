@@ -96,19 +96,26 @@ class IdleClients:
                 previous.socket.close()
 
     def _unclaimed(self) -> None:
-        if getattr(ctx.master, HANDED_OVER, None) is not self._resting:
-            return
-        delattr(ctx.master, HANDED_OVER)
-        for resting in list(self._resting.values()):
-            self._unregister(resting)
-            self._serve(resting)
+        if getattr(ctx.master, HANDED_OVER, None) is self._resting:
+            delattr(ctx.master, HANDED_OVER)
+            self._let_go_all(close=False)
 
     def close_all(self) -> None:
         """Close every resting client (a graceful shutdown's last step, and the exit's)."""
+        self._let_go_all(close=True)
+
+    def _let_go_all(self, close: bool) -> None:
         for resting in list(self._resting.values()):
             self._unregister(resting)
+            self._let_go(resting, close)
+
+    def _let_go(self, resting: RestingClient, close: bool) -> None:
+        """A resting client this addon no longer watches: closed, or served as it is."""
+        if close:
             with contextlib.suppress(OSError):
                 resting.close()
+        else:
+            self._serve(resting)
 
     async def _sweep_forever(self) -> None:
         sweeps = 0
@@ -139,10 +146,7 @@ class IdleClients:
 
     def _rest(self, resting: RestingClient) -> None:
         if self._ended:  # the addon went while the handler was ending
-            if ctx.master.should_exit.is_set():
-                resting.close()
-            else:
-                self._serve(resting)
+            self._let_go(resting, close=ctx.master.should_exit.is_set())
             return
         asyncio.get_running_loop().add_reader(resting.descriptor, self._readable, resting)
         self._resting[resting.descriptor] = resting
