@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 from test_upstream_pool import CountingUpstream
 
+from certificates import CertificateAuthority
 from conftest import one_pipeline
-from harness import admin_get, free_port, metric, wait_until
-from mitmgateway.hooks.idle_clients import SET_ASIDE_AFTER_SECONDS
+from h2_client import H2Client, client_context, tls_connect
+from harness import admin_get, free_port, metric, wait_for_port, wait_until
+from mitmgateway.hooks.idle_clients import CROWD, SET_ASIDE_AFTER_SECONDS, SWEEP_SECONDS
 
 CLIENTS = 300
 POOL = "pool: {maxConnections: 10, idleTimeoutMs: 300}"
@@ -30,10 +32,10 @@ def upstream():
     server.stop()
 
 
-def start_with_admin(start_gateway, upstream, pool: str = POOL, **kwargs):  # type: ignore[no-untyped-def]
+def start_with_admin(start_gateway, upstream, pool: str = POOL, extra: str = "", **kwargs):  # type: ignore[no-untyped-def]
     admin_port = free_port()
     steps = "- proxy: [{action: {serviceEndpoint: backend}}]"
-    config = one_pipeline(upstream.url, steps, extra=f"admin: {{port: {admin_port}}}\n")
+    config = one_pipeline(upstream.url, steps, extra=f"admin: {{port: {admin_port}}}\n{extra}")
     config = config.replace(f"url: '{upstream.url}'", f"url: '{upstream.url}', {pool}")
     gateway = start_gateway(config, **kwargs)
     gateway.admin_port = admin_port
@@ -145,6 +147,52 @@ def test_many_idle_clients_rest_and_each_next_answer_is_its_own(gateway, upstrea
                 (200, f"second-{i}") for i in range(CLIENTS)
             ]
         assert upstream.peak <= 12, upstream.peak
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+def test_in_a_crowd_an_idle_client_rests_sooner_and_tls_and_http2_clients_stay_live(
+    start_gateway, upstream, tmp_path
+):
+    # The crowd: TLS clients, over HTTP/1.1 and one over HTTP/2, which are never set aside (their
+    # session lives in mitmproxy's layers).
+    ca = CertificateAuthority(tmp_path)
+    issued = ca.issue("gateway", "api.test")
+    https_port = free_port()
+    https = (
+        f"https:\n  port: {https_port}\n  hostname: 127.0.0.1\n  tls:\n"
+        f"    default: {{key: {issued.key_file}, cert: {issued.cert_file}}}\n"
+    )
+    gateway = start_with_admin(start_gateway, upstream, extra=https)
+    wait_for_port(https_port, gateway.process, gateway.log_path)
+    tls_clients = CROWD
+
+    def tls_client(i: int) -> socket.socket:
+        conn = tls_connect(https_port, "api.test", client_context(ca.cert_file))
+        conn.sendall(request(f"tls-{i}"))
+        assert read_answer(conn) == (200, f"tls-{i}")
+        return conn
+
+    with ThreadPoolExecutor(30) as pool:
+        conns = list(pool.map(tls_client, range(tls_clients)))
+    h2 = tls_connect(https_port, "api.test", client_context(ca.cert_file, alpn=["h2"]))
+    plain = connect(gateway.port)
+    conns += [h2, plain]
+    try:
+        assert H2Client(h2).get("api.test", "/h2")[0][b":status"] == b"200"
+        plain.sendall(request("plain"))
+        assert read_answer(plain) == (200, "plain")
+        # More than CROWD live: the plain client rests before it has been idle the usual time.
+        assert wait_until(lambda: client_connections(gateway)[1] == 1, timeout=SET_ASIDE_AFTER_SECONDS - 0.3)
+        # Idle well past that time, the TLS and HTTP/2 clients are still live, and the plain one
+        # still rests (the crowd is live, not resting).
+        time.sleep(SET_ASIDE_AFTER_SECONDS + 2 * SWEEP_SECONDS)
+        assert client_connections(gateway) == (tls_clients + 1, 1)
+        plain.sendall(request("plain-again"))
+        assert read_answer(plain) == (200, "plain-again")
+        conns[0].sendall(request("tls-again"))
+        assert read_answer(conns[0]) == (200, "tls-again")
     finally:
         for conn in conns:
             conn.close()

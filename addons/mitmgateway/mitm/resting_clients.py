@@ -33,9 +33,6 @@ from mitmproxy.proxy.layers.http import _http1
 from .proxyserver import listener_of
 from .sockets import ReleasedWriter, between_exchanges, http_layer_of
 
-STREAM_LIMIT = 2**16
-"""asyncio.start_server's default buffer limit: what mitmproxy's listeners give each connection."""
-
 
 @dataclass(slots=True, eq=False)
 class RestingClient:
@@ -135,7 +132,7 @@ def set_aside(handler: Any, rested: Callable[[RestingClient], None]) -> bool:
 async def serve_again(resting: RestingClient) -> None:
     """Give a resting client's socket to its listener, as a freshly accepted connection."""
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
+    reader = asyncio.StreamReader(loop=loop)  # asyncio.start_server's default limit, as mitmproxy's
     # As asyncio.start_server does for each connection it accepts: the protocol starts the
     # listener's handle_stream in its own task and keeps it.
     protocol = asyncio.StreamReaderProtocol(reader, resting.listener.handle_stream, loop=loop)
