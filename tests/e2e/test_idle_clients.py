@@ -227,6 +227,21 @@ def test_what_a_resting_client_sends_is_read_from_its_first_byte(gateway):
         conn.close()
 
 
+def test_a_woken_client_gets_headers_timeout_ms_for_its_head_as_a_new_connection_does(
+    start_gateway, upstream
+):
+    gateway = start_with_admin(start_gateway, upstream, extra="limits: {headersTimeoutMs: 600}\n")
+    conn = resting_client(gateway)
+    try:
+        conn.sendall(b"GET /x HTTP/1.1\r\nHost: api\r\n")  # and no more of the head
+        conn.settimeout(10)
+        answer = conn.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert upstream.accepted == 1, "the first request's connection only"
+    finally:
+        conn.close()
+
+
 def test_a_code_reload_hands_resting_clients_over_and_lets_go_of_older_upstream_connections(
     start_gateway, upstream
 ):
