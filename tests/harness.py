@@ -9,6 +9,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -245,6 +246,8 @@ class LocalServer:
 
     port = 0
     _server: ThreadingHTTPServer | None = None
+    tls_context: ssl.SSLContext | None = None
+    """Set, the server speaks TLS with it (its url is https)."""
 
     def handler(self) -> type[BaseHTTPRequestHandler]:
         raise NotImplementedError
@@ -256,6 +259,8 @@ class LocalServer:
         handler.disable_nagle_algorithm = True
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
         self._server.daemon_threads = True
+        if self.tls_context is not None:
+            self._server.socket = self.tls_context.wrap_socket(self._server.socket, server_side=True)
         self.port = self._server.server_address[1]
         threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -263,7 +268,7 @@ class LocalServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls_context else 'http'}://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
         if self._server is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,8 +15,10 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
+from certificates import CertificateAuthority
 from conftest import one_pipeline
-from harness import LocalServer, RawServer, answer_json, wait_until
+from harness import LocalServer, RawServer, admin_get, answer_json, free_port, metric, wait_until
+from mitmgateway.hooks.idle_clients import SET_ASIDE_AFTER_SECONDS
 
 CLIENTS = 500
 POOL = "pool: {maxConnections: 10, idleTimeoutMs: 300}"
@@ -68,9 +71,16 @@ class CountingUpstream(LocalServer):
         return Handler
 
 
-def gateway_with_pool(start_gateway, upstream: CountingUpstream, pool: str = POOL):  # type: ignore[no-untyped-def]
+def pool_config(upstream: CountingUpstream, pool: str = POOL) -> str:
+    """One pipeline to `upstream` with `pool`; over TLS, with its CA as the caFile."""
     config = one_pipeline(upstream.url, "- proxy: [{action: {serviceEndpoint: backend}}]")
-    return start_gateway(config.replace(f"url: '{upstream.url}'", f"url: '{upstream.url}', {pool}"))
+    if isinstance(upstream, TlsCountingUpstream):
+        pool += f", proxyOptions: {{target: {{caFile: {upstream.ca.cert_file}}}}}"
+    return config.replace(f"url: '{upstream.url}'", f"url: '{upstream.url}', {pool}")
+
+
+def gateway_with_pool(start_gateway, upstream: CountingUpstream, pool: str = POOL):  # type: ignore[no-untyped-def]
+    return start_gateway(pool_config(upstream, pool))
 
 
 def ask(conn: http.client.HTTPConnection, request_id: str, path: str = "/x") -> tuple[int, str | None]:
@@ -119,7 +129,20 @@ def ask_once(port: int, request_id: str, path: str = "/x") -> tuple[int, str | N
         conn.close()
 
 
-def test_a_new_client_connection_per_request_reuses_the_upstream_connections(start_gateway, upstream):
+@pytest.fixture(params=["http", "https"])
+def plain_or_tls_upstream(request, tmp_path):
+    server = (
+        CountingUpstream() if request.param == "http" else TlsCountingUpstream(CertificateAuthority(tmp_path))
+    )
+    yield server
+    server.stop()
+
+
+def test_a_new_client_connection_per_request_reuses_the_upstream_connections(
+    start_gateway, plain_or_tls_upstream
+):
+    # Over TLS, the session goes with the socket: one handshake serves one client after another.
+    upstream = plain_or_tls_upstream
     gateway = gateway_with_pool(start_gateway, upstream, "pool: {idleTimeoutMs: 2000}")
     one_after_another = [ask_once(gateway.port, f"seq-{i}") for i in range(30)]
     assert one_after_another == [(200, f"seq-{i}") for i in range(30)]
@@ -256,10 +279,72 @@ def test_an_upstream_answer_that_goes_on_past_its_end_reaches_no_other_client(st
             target=lambda: answers.update(a=read_for(gateway.port, method, "/a-secret", 0.15))
         )
         a.start()
-        time.sleep(0.05)
+        # B only once A's request has its connection (a thread may start late on a busy machine,
+        # and B's request would then take the only connection first).
+        assert wait_until(lambda: upstream.accepted == 1, interval=0.005)
         answers["b"] = read_for(gateway.port, "GET", "/b", 1.5)
         a.join()
         assert b"a-secret" not in answers["b"], answers["b"]
         assert upstream.accepted == 2, "A's connection went to no one"
     finally:
         upstream.stop()
+
+
+class TlsCountingUpstream(CountingUpstream):
+    """CountingUpstream over TLS, with a certificate for 127.0.0.1 from `ca`: each connection it
+    accepts is one TLS handshake."""
+
+    def __init__(self, ca: CertificateAuthority) -> None:
+        self.ca = ca
+        issued = ca.issue("upstream", "127.0.0.1")
+        self.tls_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.tls_context.load_cert_chain(issued.cert_file, issued.key_file)
+        super().__init__()
+
+
+@pytest.fixture
+def tls_upstream(tmp_path):
+    ca = CertificateAuthority(tmp_path)
+    server = TlsCountingUpstream(ca)
+    yield server
+    server.stop()
+
+
+def test_a_client_holding_a_tls_session_is_set_aside_when_idle_and_the_session_parked(
+    start_gateway, tls_upstream
+):
+    admin_port = free_port()
+    config = pool_config(tls_upstream, "pool: {idleTimeoutMs: 60000}") + f"admin: {{port: {admin_port}}}\n"
+    gateway = start_gateway(config)
+    keeping = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
+    try:
+        assert ask(keeping, "kept-1") == (200, "kept-1")
+        # Long before the pool's idle timeout would close its upstream connection.
+        assert wait_until(lambda: resting_clients(admin_port) == 1, timeout=SET_ASIDE_AFTER_SECONDS + 5)
+        assert ask_once(gateway.port, "other") == (200, "other")
+        assert ask(keeping, "kept-2") == (200, "kept-2")
+        assert tls_upstream.accepted == 1
+    finally:
+        keeping.close()
+
+
+def resting_clients(admin_port: int) -> float:
+    text = admin_get(admin_port, "/metrics")[1]
+    return metric(text, "mitmgateway_client_connections", state="resting")
+
+
+def test_a_tls_session_verified_under_an_earlier_config_is_not_passed_on(start_gateway, tls_upstream):
+    gateway = gateway_with_pool(start_gateway, tls_upstream, "pool: {idleTimeoutMs: 5000}")
+    assert ask_once(gateway.port, "before") == (200, "before")
+    assert ask_once(gateway.port, "before-again") == (200, "before-again")
+    assert tls_upstream.accepted == 1
+    # What verifies the upstream may have changed with the config (its caFile): the next
+    # connection makes its own handshake.
+    gateway.config.write_text(
+        pool_config(tls_upstream, "pool: {idleTimeoutMs: 5001}").replace("{port}", str(gateway.port))
+    )
+    assert wait_until(lambda: "config reloaded: " in gateway.log())
+    assert ask_once(gateway.port, "after") == (200, "after")
+    assert tls_upstream.accepted == 2
+    assert ask_once(gateway.port, "after-again") == (200, "after-again")
+    assert tls_upstream.accepted == 2

@@ -112,6 +112,25 @@ def test_mitmproxy_opens_and_lets_go_of_upstream_sockets_as_the_handover_expects
     assert "self.state = self.read_headers" in done
 
 
+def test_mitmproxy_takes_a_tls_session_as_given_and_never_closes_one_itself():
+    # mitm/sockets.py hands an established session to the next connection's TLS layer through the
+    # tls_start_server hook, and finishes its handshake at once; the previous connection's layer
+    # must not have ended the session (a close_notify) when its socket was taken.
+    import inspect
+
+    from mitmproxy.proxy import tunnel
+    from mitmproxy.proxy.layers import tls
+
+    assert "self.tls = tls_start.ssl_conn" in inspect.getsource(tls.TLSLayer.start_tls)
+    starting = inspect.getsource(tls.ServerTLSLayer.start_handshake)
+    assert 'yield from self.receive_handshake_data(b"")' in starting
+    assert "self.tls.do_handshake()" in inspect.getsource(tls.TLSLayer.receive_handshake_data)
+    for method in (tls.TLSLayer.send_close, tls.TLSLayer.receive_close):
+        assert ".shutdown(" not in inspect.getsource(method)
+    finished = inspect.getsource(tunnel.TunnelLayer._handshake_finished)
+    assert "events.OpenConnectionCompleted(self.command_to_reply_to, err)" in finished
+
+
 def test_asyncio_stream_readers_keep_what_a_parked_socket_is_checked_by():
     async def make() -> asyncio.StreamReader:
         return asyncio.StreamReader()

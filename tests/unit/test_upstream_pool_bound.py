@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
+from OpenSSL import SSL
+
+from certificates import CertificateAuthority
+from mitmgateway.mitm.sockets import _RecordFraming
 from mitmgateway.upstreams.pool import AddressPool, ClientActivity, OpenConnection, PoolSettings
 
 
@@ -223,3 +228,34 @@ def test_an_exchange_ends_for_the_next_client_only_where_the_upstream_answer_doe
     assert not exchange_ended(flow(status=401, **{"www-authenticate": "NTLM"})), "the connection is the login"
     no_answer = tflow.tflow()
     assert not exchange_ended(no_answer)
+
+
+def test_the_tls_record_framing_is_followed_across_any_split(tmp_path):
+    # Real records, each what an OpenSSL server sends for one write; only where one ends may a
+    # TLS upstream socket be handed on (what arrived of a record in part stays inside OpenSSL).
+    issued = CertificateAuthority(tmp_path).issue("upstream", "127.0.0.1")
+    server_context = SSL.Context(SSL.TLS_METHOD)
+    server_context.use_certificate_file(str(issued.cert_file))
+    server_context.use_privatekey_file(str(issued.key_file))
+    server, client = SSL.Connection(server_context), SSL.Connection(SSL.Context(SSL.TLS_METHOD))
+    server.set_accept_state()
+    client.set_connect_state()
+    for _ in range(4):  # the handshake, its messages carried by hand
+        for side, other in ((client, server), (server, client)):
+            with contextlib.suppress(SSL.WantReadError):
+                side.do_handshake()
+            with contextlib.suppress(SSL.WantReadError):
+                while True:
+                    other.bio_write(side.bio_read(65536))
+    records = []
+    for size in (16_000, 5, 9_000):
+        server.sendall(b"x" * size)
+        records.append(server.bio_read(65536))
+    wire = b"".join(records)
+    ends = {sum(len(r) for r in records[: i + 1]) for i in range(len(records))}
+    for chunk in (1, 2, 5, 7, 4096):
+        framing = _RecordFraming()
+        for at in range(0, len(wire), chunk):
+            framing.feed(wire[at : at + chunk])
+            fed = min(at + chunk, len(wire))
+            assert framing.between_records == (fed in ends), (chunk, fed)

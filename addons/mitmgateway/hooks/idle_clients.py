@@ -5,7 +5,7 @@ Every half second, each plain-HTTP/1 client connection that has been idle for
 client connections), is set aside (mitm/resting_clients.py): its
 mitmproxy handler ends, its upstream connections go back to their pools as on any client's leave,
 and its socket waits in the event loop's selector. A client holding an upstream connection that
-could not go back to its pool (TLS, NTLM-authenticated) waits until the pool's idle timeout has
+could not go back to its pool (NTLM-authenticated, say) waits until the pool's idle timeout has
 closed it: setting it aside sooner would cost its next request a new upstream connection. When
 the client sends again, its socket is served as a newly accepted connection; when it closes, or
 stays idle for mitmproxy's own idle timeout, the socket is closed. A client sees one keep-alive

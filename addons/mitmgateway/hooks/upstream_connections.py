@@ -18,7 +18,7 @@ import time
 import weakref
 from collections.abc import Mapping
 
-from mitmproxy import connection, http
+from mitmproxy import connection, http, tls
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from ..config.model import GatewayConfig
@@ -66,6 +66,11 @@ class UpstreamConnections:
         """Upstream connections given room in their pool (and maybe a parked socket), being opened."""
         self._reaper: asyncio.Task[None] | None = None
         self._handover = sockets.SocketHandover()
+        self._tls_settings = 0
+        """Counts the changes of what verifies an upstream's TLS (the config's CA stores, mitmproxy's
+        options): a session verified before one goes to no connection after it."""
+        self._resuming: dict[str, sockets.ParkedSocket] = {}
+        """TLS connections given a parked socket, by server connection id, until their TLS starts."""
 
     def apply(self, config: GatewayConfig, previous: GatewayConfig | None) -> None:
         """Each upstream address's pool settings (the first serviceEndpoint naming it gives them)."""
@@ -76,6 +81,12 @@ class UpstreamConnections:
         self._settings = settings
         for address, pool in self._pools.items():
             pool.settings = settings.get(address, PoolSettings())
+        self._tls_settings += 1
+
+    def configure(self, updated: set[str]) -> None:
+        # Any option: several of mitmproxy's decide how an upstream is verified (ssl_insecure,
+        # ssl_verify_upstream_trusted_ca, client_certs, the TLS versions), and they change rarely.
+        self._tls_settings += 1
 
     def running(self) -> None:
         self._handover.install()
@@ -129,7 +140,7 @@ class UpstreamConnections:
 
     def would_give_back(self, client: connection.Client) -> bool:
         """Whether `client` leaving now would give every upstream connection it holds open back to
-        its pool: nothing in flight, each one reusable and detachable. A TLS or an NTLM-authenticated
+        its pool: nothing in flight, each one reusable and detachable. An NTLM-authenticated
         connection, say, would close instead, and the client's next request pay for a new one. A
         connection no pool knows (opened before a code reload) closes with its client: that is
         how the pools of the code now running come to count every connection again."""
@@ -201,10 +212,16 @@ class UpstreamConnections:
             take_parked = data.server.sockname is None and data.client.alpn != b"h2"
             room = await pool.reserve(pool.settings.idle_timeout_ms / 1000 + 10, take_parked)
             if room is not None:
-                self._reserved[data.server.id] = room
                 if room.socket is not None:
                     assert isinstance(room.socket, sockets.ParkedSocket)
-                    sockets.deliver(room.socket)
+                    if room.socket.verified_for == self._verified_for(data.server):
+                        sockets.deliver(room.socket)
+                        if room.socket.tls is not None:
+                            self._resuming[data.server.id] = room.socket
+                    else:  # verified for another name or other settings, or TLS where none is wanted
+                        room.socket.close()
+                        room = Room()  # the room it held is a new connection's
+                self._reserved[data.server.id] = room
                 # This hook runs in the task that opens and then serves the connection: when it
                 # ends, however it ends (the client gone before the connection was made, no
                 # server_disconnected), the connection's room is given back.
@@ -225,12 +242,36 @@ class UpstreamConnections:
         client, server = data.client, data.server
         # A client gone meanwhile gets no activity entry back: its connection closes with it.
         activity = self._activity.get(client.id) or ClientActivity()
+        resumed = self._resuming.get(server.id)
+        if resumed is not None and resumed.taken:
+            verified_for = resumed.verified_for  # as its handshake was, whatever changed since
+        else:
+            verified_for = self._verified_for(server)
         opened = OpenConnection(
             lambda: close_server_connection(client, server),
             activity,
-            lambda released: sockets.detach(client, server, released),
+            lambda released: sockets.detach(client, server, released, verified_for),
         )
         self._pools[server.address].connected(server.id, opened)
+
+    def tls_start_server(self, data: tls.TlsData) -> None:
+        """A TLS connection that took a parked socket goes on with the session that came with it
+        (in place of the one mitmproxy, or the caFile's Listeners, would start afresh), unless
+        what verifies the upstream changed since it was delivered (a reload in that instant): then
+        the connection closes, and its request is answered as on any failed upstream connection.
+        A reload may cost that request; it never lets a session verified otherwise serve it."""
+        socket = self._resuming.pop(data.conn.id, None)
+        if socket is None or not socket.taken:
+            return
+        if socket.verified_for == self._verified_for(data.conn):
+            data.ssl_conn = socket.tls
+        else:
+            socket.close()
+
+    def _verified_for(self, server: connection.Connection) -> tuple[str | None, int] | None:
+        """What a TLS connection to `server` is verified for: its server name, under the TLS
+        settings in force (None without TLS: a plain socket)."""
+        return (server.sni, self._tls_settings) if server.tls else None
 
     def server_connect_error(self, data: ServerConnectionHookData) -> None:
         target = self._targets.get((data.client.id, data.server.address))
@@ -246,6 +287,7 @@ class UpstreamConnections:
             self._pools[data.server.address].disconnected(data.server.id)
 
     def _forget(self, server_id: str, address: Address) -> None:
+        self._resuming.pop(server_id, None)
         pool = self._pools.get(address)
         if pool is None:
             return

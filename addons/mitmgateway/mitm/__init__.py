@@ -7,8 +7,8 @@ events fed to a connection (injection), the proxy server's handlers and listener
 script reloading (scripts), the lean runner's event dispatch (dispatch), its TLS settings for an
 upstream connection (tlsconfig), a message made again from a state it took without its
 checks (messages), the words of its listener log lines (listener_lines), upstream sockets
-passed from one client connection to another (sockets), idle client connections held as a bare
-socket (resting_clients), and its layers' event queues (event_queues).
+passed from one client connection to another, with their TLS sessions (sockets), idle client
+connections held as a bare socket (resting_clients), and its layers' event queues (event_queues).
 Replacements go through `patches.Patches`, which restores the originals when the gateway is
 unloaded and runs without a replacement (saying so) when its target is gone.
 
@@ -61,6 +61,12 @@ INTERNALS = (
     "mitmproxy.proxy.layers.http:HttpClient",
     "mitmproxy.proxy.layers.http._http1:Http1Client.read_headers",
     "mitmproxy.proxy.layers.http._http1:Http1Connection.mark_done",
+    "mitmproxy.proxy.layers.tls:ServerTLSLayer.start_handshake",
+    "mitmproxy.proxy.layers.tls:TLSLayer.start_tls",
+    "mitmproxy.proxy.layers.tls:TLSLayer.receive_close",
+    "mitmproxy.proxy.layers.tls:TLSLayer.send_close",
+    "mitmproxy.proxy.tunnel:TunnelLayer._handshake_finished",
+    "mitmproxy.proxy.tunnel:TunnelState.OPEN",
     # resting_clients (and what the test itself reads of the methods' source)
     "mitmproxy.proxy.server:TCP_TIMEOUT",
     "mitmproxy.proxy.server:TimeoutWatchdog.register_activity",
