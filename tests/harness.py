@@ -411,3 +411,12 @@ def metric(text: str, name: str, **labels: str) -> float:
         if all(found.get(k) == v for k, v in labels.items()):
             return float(match.group(3))
     return 0.0
+
+
+def client_connections(admin_port: int) -> tuple[float, float]:
+    """The gateway's client connections as its admin port counts them: (live, resting)."""
+    text = admin_get(admin_port, "/metrics")[1]
+    return (
+        metric(text, "mitmgateway_client_connections", state="live"),
+        metric(text, "mitmgateway_client_connections", state="resting"),
+    )

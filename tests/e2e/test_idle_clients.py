@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 from test_upstream_pool import CountingUpstream
 
+import harness
 from certificates import CertificateAuthority
 from conftest import one_pipeline
 from h2_client import H2Client, client_context, tls_connect
-from harness import admin_get, free_port, metric, wait_for_port, wait_until
+from harness import free_port, wait_for_port, wait_until
 from mitmgateway.hooks.idle_clients import CROWD, SET_ASIDE_AFTER_SECONDS, SWEEP_SECONDS
 
 CLIENTS = 300
@@ -84,11 +85,7 @@ def connect(port: int) -> socket.socket:
 
 
 def client_connections(gateway) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    text = admin_get(gateway.admin_port, "/metrics")[1]
-    return (
-        metric(text, "mitmgateway_client_connections", state="live"),
-        metric(text, "mitmgateway_client_connections", state="resting"),
-    )
+    return harness.client_connections(gateway.admin_port)
 
 
 def wait_resting(gateway, count: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]

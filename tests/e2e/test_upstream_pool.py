@@ -17,7 +17,7 @@ import pytest
 
 from certificates import CertificateAuthority
 from conftest import one_pipeline
-from harness import LocalServer, RawServer, admin_get, answer_json, free_port, metric, wait_until
+from harness import LocalServer, RawServer, answer_json, client_connections, free_port, wait_until
 from mitmgateway.hooks.idle_clients import SET_ASIDE_AFTER_SECONDS
 
 CLIENTS = 500
@@ -320,17 +320,12 @@ def test_a_client_holding_a_tls_session_is_set_aside_when_idle_and_the_session_p
     try:
         assert ask(keeping, "kept-1") == (200, "kept-1")
         # Long before the pool's idle timeout would close its upstream connection.
-        assert wait_until(lambda: resting_clients(admin_port) == 1, timeout=SET_ASIDE_AFTER_SECONDS + 5)
+        assert wait_until(lambda: client_connections(admin_port)[1] == 1, timeout=SET_ASIDE_AFTER_SECONDS + 5)
         assert ask_once(gateway.port, "other") == (200, "other")
         assert ask(keeping, "kept-2") == (200, "kept-2")
         assert tls_upstream.accepted == 1
     finally:
         keeping.close()
-
-
-def resting_clients(admin_port: int) -> float:
-    text = admin_get(admin_port, "/metrics")[1]
-    return metric(text, "mitmgateway_client_connections", state="resting")
 
 
 def test_a_tls_session_verified_under_an_earlier_config_is_not_passed_on(start_gateway, tls_upstream):

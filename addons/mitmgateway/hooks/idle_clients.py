@@ -45,7 +45,7 @@ SWEEP_SECONDS = 0.5
 CROWD = 256
 """More live client connections than this, and a client idle for `SWEEP_SECONDS` is set aside:
 what a crowd arriving at once costs is then its busy clients' handlers, not every client's (2,000
-clients making one request each: about 11 KiB each at the peak instead of 18). The price is a
+clients making one request each: 12 KiB each at the peak instead of 25, in scripts/bench). The price is a
 new handler for a client of the crowd that sends again after more than half a second."""
 EXPIRY_SWEEPS = 10
 """Resting sockets are checked against the idle timeout every this many sweeps."""
