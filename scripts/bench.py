@@ -197,8 +197,10 @@ def summarize(measurements: list[Measurement], load: str, targets: list[str]) ->
                 "errors": sum(m.errors for m in mine),
             }
     for reference, suffix in ((BASELINE, "mitmdump"), (EXPRESS_GATEWAY, "express_gateway")):
-        if reference in summary:
-            base = summary[reference]
+        base = summary.get(reference)
+        # A reference that answered nothing in its rounds (1 s at 256 connections on a slow
+        # machine) gives no ratios.
+        if base is not None and base["requests_per_second"] > 0 and base["p99_ms"] > 0:
             for figures in summary.values():
                 figures[f"rps_vs_{suffix}"] = figures["requests_per_second"] / base["requests_per_second"]
                 figures[f"p99_vs_{suffix}"] = figures["p99_ms"] / base["p99_ms"]
@@ -348,8 +350,9 @@ def main() -> int:
         )
         for target, f in summaries[load.key].items():
             eg = f"{f['rps_vs_express_gateway']:5.2f}x" if "rps_vs_express_gateway" in f else "     -"
+            md = f"{f['rps_vs_mitmdump']:10.2f}x" if "rps_vs_mitmdump" in f else "          -"
             print(
-                f"{target:<52} {f['requests_per_second']:8.0f} {f['rps_vs_mitmdump']:10.2f}x {eg} "
+                f"{target:<52} {f['requests_per_second']:8.0f} {md} {eg} "
                 f"{f['p50_ms']:8.2f} {f['p99_ms']:8.2f} {f['errors']:7.0f}"
             )
     for result in idle:
